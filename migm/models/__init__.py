@@ -1,0 +1,1 @@
+"""Model definitions: base MIGMs, the VQ tokenizer, the evaluation classifier, presets."""

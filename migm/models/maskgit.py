@@ -1,0 +1,115 @@
+"""The MaskGIT base model (Halton-MaskGIT v1.0 layout), a bidirectional transformer.
+
+Embedding table rows: [0, K) image codes, K the [MASK] token, K+1 .. K+C the classes,
+K+C+1 the "no class" token used for classifier-free guidance. The class token is
+prepended to the token grid, so the position embedding has L+1 rows.
+
+    forward(tokens [B, L], labels [B]) -> features [B, L, d], logits [B, L, K]
+
+`features` is the output of the final LayerNorm/Linear/GELU/LayerNorm block, the
+quantity the MIGM-Shortcut model predicts; `logits = head(features)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class MaskGITConfig:
+    codebook_size: int = 64
+    num_classes: int = 10
+    grid: int = 16  # tokens per side; L = grid * grid
+    width: int = 256
+    depth: int = 4
+    heads: int = 8
+    mlp: int = 1024
+    dropout: float = 0.0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def mask_id(self) -> int:
+        return self.codebook_size
+
+    @property
+    def no_class_id(self) -> int:
+        return self.num_classes  # label value meaning "unconditional"
+
+    @property
+    def vocab(self) -> int:
+        return self.codebook_size + 1 + self.num_classes + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: MaskGITConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
+        self.proj = nn.Linear(cfg.width, cfg.width)
+        self.dropout = cfg.dropout
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: MaskGITConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.width)
+        self.attn = Attention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.width)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.width, cfg.mlp), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.mlp, cfg.width)
+        )
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class MaskGIT(nn.Module):
+    def __init__(self, cfg: MaskGITConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.width
+        self.tok_emb = nn.Embedding(cfg.vocab, d)
+        self.pos_emb = nn.Parameter(torch.zeros(1, cfg.num_tokens + 1, d))
+        self.first_layer = nn.Sequential(
+            nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Dropout(cfg.dropout), nn.Linear(d, d)
+        )
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.last_layer = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
+        self.bias = nn.Parameter(torch.zeros(cfg.num_tokens, cfg.codebook_size))
+        nn.init.trunc_normal_(self.pos_emb, std=0.02)
+        nn.init.trunc_normal_(self.tok_emb.weight, std=0.02)
+
+    def embed(self, tokens, labels):
+        """Input sequence [B, L+1, d]: the class token, then the grid."""
+        cls = (labels + self.cfg.codebook_size + 1).unsqueeze(1)
+        seq = torch.cat([cls, tokens], dim=1)
+        return self.tok_emb(seq) + self.pos_emb
+
+    def head(self, features):
+        """Logits over the K image codes: features @ code embeddings.T + per-position bias."""
+        w = self.tok_emb.weight[: self.cfg.codebook_size]
+        return features @ w.T + self.bias
+
+    def forward(self, tokens, labels):
+        x = self.first_layer(self.embed(tokens, labels))
+        for block in self.blocks:
+            x = block(x)
+        features = self.last_layer(x)[:, 1:]
+        return features, self.head(features)

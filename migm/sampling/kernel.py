@@ -1,0 +1,54 @@
+"""The MaskGIT token-sampling kernel (Halton-MaskGIT v1.0 sampler), pure tensors.
+
+One step, given the logits at every position:
+  1. CFG: (1 + w_i) * cond - w_i * uncond, with w_i = w * i / (N - 1)   (a linear ramp)
+  2. categorical sample at temperature T (Gumbel-max: argmax(logits / T + Gumbel))
+  3. confidence = log p(sample) + tau * Gumbel * (1 - i / (N - 1))
+  4. already-known positions get -inf; the top-k masked positions (k from the
+     schedule) take their sampled token, the rest stay masked.
+
+All randomness comes from an explicit `torch.Generator`, so a seed fixes the tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def step_ratio(step: int, steps: int) -> float:
+    """i / (N - 1): 0 at the first step, 1 at the last (1 for a single step)."""
+    return step / (steps - 1) if steps > 1 else 1.0
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
+    """Classifier-free guidance on logits: (1 + w) * cond - w * uncond."""
+    return torch.lerp(uncond, cond, 1.0 + w) if w != 0 else cond
+
+
+def gumbel(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+    # clamp keeps -log(-log(u)) finite at u = 0 or 1
+    eps = torch.finfo(dtype).tiny
+    return -torch.log(-torch.log(u.clamp(eps, 1 - torch.finfo(dtype).eps)))
+
+
+def sample_step(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, reveal: int, ratio: float,
+                temperature: float = 1.0, tau: float = 4.5, generator: torch.Generator | None = None):
+    """Reveal `reveal` masked positions per row.
+
+    logits [B, L, K] (already guided), tokens [B, L] with `mask_id` at unknown positions.
+    Returns (new tokens [B, L], positions [B, reveal]: the positions unmasked by this step).
+    The count per step is fixed by the schedule, so the shapes are static.
+    """
+    b, n, k = logits.shape
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    sample = (logp + gumbel((b, n, k), generator, logits.device)).argmax(-1)
+    conf = logp.gather(-1, sample.unsqueeze(-1)).squeeze(-1)
+    if tau != 0 and ratio < 1:
+        conf = conf + tau * (1.0 - ratio) * gumbel((b, n), generator, logits.device)
+    masked = tokens == mask_id
+    conf = conf.masked_fill(~masked, float("-inf"))
+    top = conf.topk(reveal, dim=-1).indices
+    # `reveal` never exceeds the masked count (the schedule sums to L), so every top-k
+    # position is a masked one and known tokens are never overwritten.
+    return tokens.scatter(1, top, sample.gather(1, top)), top

@@ -1,0 +1,107 @@
+"""The generation loop: vanilla MaskGIT sampling, and hybrid MIGM-Shortcut sampling with
+the base model on the B full steps, a cheaper feature predictor on the others and the
+unchanged sampling kernel on every step.
+
+Strategies (how features are obtained on a step that is not a full step):
+  vanilla       every step is full (B is ignored)
+  fewer         vanilla sampling with N = B steps
+  reuse         f[i+1] = f[i]                          (feature caching)
+  extrapolate   first-order extrapolation from the last two full steps (TaylorSeer-like)
+  shortcut      f[i+1] = S(f[i], tokens sampled at i, mask ratio after i)
+
+Pure sampling code: the base model, its head and the shortcut are callables.
+With CFG both branches are carried through the same predictor, batched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .kernel import guide, sample_step, step_ratio
+from .plan import full_step_plan
+from .schedules import mask_schedule
+
+STRATEGIES = ("vanilla", "fewer", "reuse", "extrapolate", "shortcut")
+
+BaseFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+HeadFn = Callable[[torch.Tensor], torch.Tensor]
+# (features, new_pos, new_tok, key_mask, mask_ratio) -> next features
+ShortcutFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class HybridStats:
+    base_calls: int = 0
+    predicted_steps: int = 0
+    full_steps: list[int] = field(default_factory=list)
+
+
+@torch.no_grad()
+def generate_tokens(base: BaseFn, labels: torch.Tensor, *, num_tokens: int, mask_id: int, no_class_id: int,
+                    steps: int, budget: int | None = None, strategy: str = "vanilla", head: HeadFn | None = None,
+                    shortcut: ShortcutFn | None = None, cfg: float = 0.0, tau: float = 4.5,
+                    temperature: float = 1.0, schedule: str = "arccos",
+                    generator: torch.Generator | None = None, stats: HybridStats | None = None,
+                    on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Sample token grids [B, num_tokens] for class `labels` [B] in `steps` steps.
+
+    `strategy` and `budget` (B full steps) choose hybrid sampling; `head` maps features
+    to logits on predicted steps, `shortcut` is the learned predictor.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    budget = steps if budget is None or strategy == "vanilla" else budget
+    if strategy == "fewer":
+        steps = budget
+    plan = set(full_step_plan(steps, budget))
+    if len(plan) < steps and head is None:
+        raise ValueError(f"the {strategy} strategy needs the base model's head")
+    if strategy == "shortcut" and shortcut is None and len(plan) < steps:
+        raise ValueError("the shortcut strategy needs a shortcut model")
+    stats = stats if stats is not None else HybridStats()
+    stats.full_steps = sorted(plan)
+
+    b = labels.shape[0]
+    guided = cfg != 0
+    tokens = torch.full((b, num_tokens), mask_id, dtype=torch.long, device=labels.device)
+    labs = torch.cat([labels, torch.full_like(labels, no_class_id)]) if guided else labels
+    feats = None  # features of the current step (computed or predicted)
+    anchors: list[tuple[int, torch.Tensor]] = []  # (step, features) of the last two full steps
+    new_pos = None
+    remaining = num_tokens
+    for i, reveal in enumerate(mask_schedule(schedule, steps, num_tokens)):
+        if i in plan:
+            seq = torch.cat([tokens, tokens]) if guided else tokens
+            feats, logits = base(seq, labs)
+            anchors = (anchors + [(i, feats)])[-2:]
+            stats.base_calls += 1
+        else:
+            if strategy == "reuse":
+                pass  # feats stays the last full step's
+            elif strategy == "extrapolate" and len(anchors) == 2:
+                (s0, f0), (s1, f1) = anchors
+                feats = f1 + (f1 - f0) * ((i - s1) / (s1 - s0))
+            elif strategy == "shortcut":
+                feats = _shortcut_step(shortcut, feats, tokens, new_pos, remaining / num_tokens, guided)
+            logits = head(feats)
+            stats.predicted_steps += 1
+        ratio = step_ratio(i, steps)
+        logits = guide(logits[:b], logits[b:], cfg * ratio) if guided else logits
+        tokens, new_pos = sample_step(logits, tokens, mask_id, reveal, ratio, temperature, tau, generator)
+        remaining -= reveal
+        if on_step:
+            on_step(i + 1, steps)
+    return tokens
+
+
+def _shortcut_step(shortcut, feats, tokens, new_pos, mask_ratio, guided):
+    """Advance features by one step from the tokens sampled at the previous step."""
+    tok = tokens.gather(1, new_pos)
+    pos = torch.cat([new_pos, new_pos]) if guided else new_pos
+    tok = torch.cat([tok, tok]) if guided else tok
+    keys = torch.ones_like(pos, dtype=torch.bool)  # the count per step is static: no padding
+    r = torch.full((feats.shape[0],), mask_ratio, device=feats.device)
+    return shortcut(feats, pos, tok, keys, r)

@@ -1,0 +1,1 @@
+"""Training: datasets, VQ / classifier / base training, evaluation metrics."""

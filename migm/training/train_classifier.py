@@ -1,0 +1,51 @@
+"""Train the evaluation classifier (its penultimate features define FD)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..models.classifier import Classifier, ClassifierConfig
+from .data import load_animals
+from .state import Progress, load_train_state, save_train_state
+
+
+def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random mirror and a shift of up to 2 pixels (the padding leaves room)."""
+    b = x.shape[0]
+    flip = torch.rand(b, generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
+    return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+
+
+@torch.no_grad()
+def accuracy(model: Classifier, images, labels) -> float:
+    model.eval()
+    pred = torch.cat([model(images[i:i + 500]).argmax(-1) for i in range(0, len(images), 500)])
+    return (pred == labels).float().mean().item()
+
+
+def train_classifier(out: str, cfg: ClassifierConfig, steps: int = 2000, batch_size: int = 128, lr: float = 1e-3,
+                     seed: int = 0, progress: Progress | None = None) -> Classifier:
+    torch.manual_seed(seed)
+    train, val = load_animals("train"), load_animals("val")
+    model = Classifier(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    start = load_train_state(out, model, opt)
+    acc = float("nan")
+    for step in range(start, steps):
+        model.train()
+        for group in opt.param_groups:  # linear decay to zero
+            group["lr"] = lr * (1 - step / steps)
+        idx = torch.randint(0, len(train.images), (batch_size,))
+        loss = F.cross_entropy(model(augment(train.images[idx])), train.labels[idx], label_smoothing=0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 250 == 0 or step + 1 == steps:
+            acc = accuracy(model, val.images, val.labels)
+            save_train_state(out, model, opt, step + 1, meta={"val_acc": acc})
+        if progress:
+            progress(step + 1, steps, {"loss": loss.item(), "val_acc": acc})
+    return model.eval()

@@ -1,0 +1,53 @@
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from migm.cli.run import main as run_main
+
+
+def _run(args):
+    return CliRunner().invoke(run_main, args)
+
+
+def test_generates_grid_and_images(tmp_path):
+    out = tmp_path / "out"
+    res = _run(["--num", "3", "--steps", "4", "--classes", "cat,dog", "--seed", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["0000_cat.png", "0001_dog.png", "0002_cat.png", "grid.png"]
+    assert Image.open(out / "0000_cat.png").size == (128, 128)
+    assert "images/s" in res.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--classes", "unicorn"], "unknown class 'unicorn'"),
+    (["--classes", "12"], "out of range"),
+    (["--steps", "0"], "must be >= 1"),
+    (["--steps", "999"], "cannot exceed"),
+    (["--num", "0"], "must be >= 1"),
+])
+def test_bad_input_one_line_error(tmp_path, args, message):
+    res = _run(args + ["--out", str(tmp_path / "o")])
+    assert res.exit_code != 0
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "o" / "grid.png").exists()
+
+
+def test_unwritable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = _run(["--num", "1", "--steps", "1", "--out", str(blocker / "sub")])
+    assert res.exit_code != 0
+    assert "cannot write to output directory" in res.output
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "migm.cli.run", "--classes", "unicorn", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
