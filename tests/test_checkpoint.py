@@ -41,3 +41,15 @@ def test_config_mismatch(tmp_path):
     (tmp_path / "m.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_checkpoint(tmp_path / "m")
+
+
+def test_written_files_are_not_private(tmp_path):
+    import os
+    import stat
+
+    save_checkpoint(MaskGIT(CFG), tmp_path / "m")
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = stat.S_IMODE(os.stat(tmp_path / "m.json").st_mode)
+    # the umask's usual permissions, not mkstemp's 0600 (that would hide shipped assets from other users)
+    assert mode == 0o666 & ~umask, oct(mode)
