@@ -32,7 +32,7 @@ def main():
     ap.add_argument("--num", type=int, default=1000)
     ap.add_argument("--cfg", type=float, default=None)
     ap.add_argument("--tau", type=float, default=None)
-    ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--base", default=None)
     ap.add_argument("--vq", default=None)
     ap.add_argument("--classifier", default=None)
@@ -60,8 +60,20 @@ def main():
 
     labels = [i % pipe.num_classes for i in range(args.num)]
     rows = []
-    for steps in [int(s) for s in args.steps.split(",")]:
-        for seed in [int(s) for s in args.seeds.split(",")]:
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    d = pipe.defaults
+    sampling = {"cfg": d.cfg if args.cfg is None else args.cfg, "tau": d.tau if args.tau is None else args.tau,
+                "schedule": d.schedule}
+
+    def write(summary=None):
+        # rewritten after every run so an interrupted sweep keeps what it measured
+        out.write_text(json.dumps({"floors": floors, "rows": rows, "summary": summary, "sampling": sampling,
+                                   "torch": torch.__version__}, indent=2) + "\n")
+
+    # seeds outermost: a sweep cut short still has every N for the seeds it finished
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for steps in [int(s) for s in args.steps.split(",")]:
             bar = tqdm(total=args.num * steps, desc=f"N={steps} seed={seed}", leave=False)
             t0 = time.perf_counter()
             images = pipe.generate(labels, steps=steps, cfg=args.cfg, tau=args.tau, seed=seed,
@@ -73,6 +85,7 @@ def main():
                          "class_acc": m["class_acc"], "num": args.num, "seconds": seconds})
             print(f"N={steps:3d} seed={seed}: FD {m['fd']:.2f}  class acc {m['class_acc']:.3f}  ({seconds:.0f} s)",
                   flush=True)
+            write()
 
     print("\n| N | FD (mean ± sd) | class acc (mean ± sd) |\n|---|---|---|")
     summary = []
@@ -84,14 +97,7 @@ def main():
                         "class_acc_mean": statistics.mean(accs), "class_acc_sd": sd(accs), "seeds": len(fds)})
         print(f"| {steps} | {statistics.mean(fds):.2f} ± {sd(fds):.2f} | "
               f"{statistics.mean(accs):.3f} ± {sd(accs):.3f} |")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    d = pipe.defaults
-    out.write_text(json.dumps({"floors": floors, "rows": rows, "summary": summary,
-                               "sampling": {"cfg": d.cfg if args.cfg is None else args.cfg,
-                                            "tau": d.tau if args.tau is None else args.tau,
-                                            "schedule": d.schedule},
-                               "torch": torch.__version__}, indent=2) + "\n")
+    write(summary)
     print(f"wrote {out}")
 
 
