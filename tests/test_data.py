@@ -4,7 +4,7 @@ from conftest import needs_data
 
 
 @needs_data
-def test_split_is_fixed_and_disjoint():
+def test_split_is_fixed_and_by_index():
     from migm.training.data import load_animals
 
     train, val = load_animals("train"), load_animals("val")
