@@ -3,7 +3,7 @@ import torch
 
 from migm.models.maskgit import MaskGIT, MaskGITConfig
 from migm.models.shortcut import Shortcut, ShortcutConfig
-from migm.sampling.loop import HybridStats, generate_tokens
+from migm.sampling.loop import CachedBase, HybridStats, generate_tokens
 
 CFG = MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=1, heads=2, mlp=64)
 
@@ -15,10 +15,11 @@ def _setup():
     return base, sc
 
 
-def _hybrid(base, sc, strategy, steps, budget, seed=0, cfg=1.0, stats=None):
+def _hybrid(base, sc, strategy, steps, budget, seed=0, cfg=1.0, stats=None, **kw):
     return generate_tokens(base, torch.tensor([0, 1, 2]), head=base.head, num_tokens=16, mask_id=CFG.mask_id,
                            no_class_id=CFG.no_class_id, steps=steps, budget=budget, strategy=strategy, shortcut=sc,
-                           cfg=cfg, generator=torch.Generator().manual_seed(seed), stats=stats)
+                           cfg=cfg, generator=torch.Generator().manual_seed(seed), stats=stats,
+                           cached=CachedBase(base, autocast=False), **kw)
 
 
 def _vanilla(base, steps, seed=0, cfg=1.0):
@@ -27,7 +28,7 @@ def _vanilla(base, steps, seed=0, cfg=1.0):
                            generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("strategy", ["vanilla", "reuse", "extrapolate", "shortcut"])
+@pytest.mark.parametrize("strategy", ["vanilla", "reuse", "extrapolate", "mlcache", "shortcut"])
 @pytest.mark.parametrize("cfg", [0.0, 1.5])
 def test_budget_equal_steps_is_vanilla(strategy, cfg):
     base, sc = _setup()
@@ -41,7 +42,7 @@ def test_fewer_is_vanilla_with_budget_steps():
     assert stats.base_calls == 3 and stats.predicted_steps == 0
 
 
-@pytest.mark.parametrize("strategy", ["reuse", "extrapolate", "shortcut"])
+@pytest.mark.parametrize("strategy", ["reuse", "extrapolate", "mlcache", "shortcut"])
 def test_budget_counts_base_calls(strategy):
     base, sc = _setup()
     stats = HybridStats()
@@ -63,3 +64,35 @@ def test_unknown_strategy_and_missing_shortcut():
         _hybrid(base, None, "magic", 8, 3)
     with pytest.raises(ValueError, match="needs a shortcut"):
         _hybrid(base, None, "shortcut", 8, 3)
+
+
+def test_subset_forward_of_every_position_is_the_full_forward():
+    base, _ = _setup()
+    tok = torch.randint(0, CFG.mask_id + 1, (2, 16))
+    lab = torch.tensor([0, CFG.no_class_id])
+    with torch.no_grad():
+        f, logits, cache = base.forward_cached(tok, lab)
+        torch.testing.assert_close(f, base(tok, lab)[0])
+        tok2 = tok.clone()
+        tok2[:, [2, 9]] = 3
+        sub = base.forward_subset(tok2, lab, torch.arange(16).expand(2, 16), cache)
+        torch.testing.assert_close(sub, base(tok2, lab)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_mlcache_recomputes_new_and_least_confident_tokens():
+    base, sc = _setup()
+    stats, seen = HybridStats(), []
+    _hybrid(base, sc, "mlcache", 8, 3, stats=stats, recompute=0.25, probe=lambda i, f, seq, labs: seen.append(i))
+    assert stats.base_calls == 3 and seen == [1, 2, 4, 6, 7]
+    assert stats.recomputed_tokens > 5 * 4 and 3 < stats.cost(16) < 8
+    none = HybridStats()
+    a = _hybrid(base, sc, "mlcache", 8, 3, stats=none, recompute=0.0)
+    assert none.recomputed_tokens > 0  # the tokens just sampled are always recomputed
+    assert (a != CFG.mask_id).all()
+
+
+def test_mlcache_needs_the_cached_base():
+    base, _ = _setup()
+    with pytest.raises(ValueError, match="mlcache strategy needs"):
+        generate_tokens(base, torch.tensor([0]), head=base.head, num_tokens=16, mask_id=CFG.mask_id,
+                        no_class_id=CFG.no_class_id, steps=8, budget=3, strategy="mlcache")

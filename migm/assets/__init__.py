@@ -6,3 +6,4 @@ ASSETS = Path(__file__).parent
 VQ = ASSETS / "vq"
 CLASSIFIER = ASSETS / "classifier"
 BASE = ASSETS / "base"
+SHORTCUT = ASSETS / "shortcut"

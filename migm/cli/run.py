@@ -17,15 +17,26 @@ from .common import Bar, one_line_errors
 @click.option("--steps", type=int, default=None, help="Sampling steps N (default: the model's, 16 for tiny-animals).")
 @click.option("--cfg", type=float, default=None, help="Classifier-free guidance weight w (default: the model's).")
 @click.option("--tau", type=float, default=None, help="Gumbel temperature of the confidence noise (default: the model's).")
+@click.option("--strategy", default="vanilla", show_default=True,
+              type=click.Choice(["vanilla", "fewer", "reuse", "extrapolate", "mlcache", "shortcut"]),
+              help="How steps without the base model get their features (see --budget).")
+@click.option("--budget", type=int, default=None,
+              help="B: steps that run the base model (of N); the others use --strategy. Default: N.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--out", default="migm-out", show_default=True, type=click.Path(file_okay=False),
               help="Output directory: grid.png plus one PNG per image.")
 @click.option("--base", "base_path", default=None, help="Base model checkpoint (default: shipped tiny-animals).")
 @click.option("--vq", "vq_path", default=None, help="VQ-VAE checkpoint (default: shipped).")
+@click.option("--shortcut", "shortcut_path", default=None,
+              help="Shortcut checkpoint (default: the shipped one, with the shipped base).")
 @one_line_errors
-def main(classes, num, steps, cfg, tau, seed, batch_size, out, base_path, vq_path):
-    """Generate class-conditional images with vanilla MaskGIT sampling (torch backend, CPU)."""
+def main(classes, num, steps, cfg, tau, strategy, budget, seed, batch_size, out, base_path, vq_path, shortcut_path):
+    """Generate class-conditional images (torch backend, CPU).
+
+    Vanilla MaskGIT sampling by default; `--strategy shortcut --steps 32 --budget 8` runs
+    the base model on 8 of 32 steps and the learned shortcut on the others.
+    """
     from ..runtime.images import make_grid, save_png
     from ..runtime.pipeline import Pipeline
 
@@ -42,7 +53,11 @@ def main(classes, num, steps, cfg, tau, seed, batch_size, out, base_path, vq_pat
     except OSError as e:
         raise click.ClickException(f"cannot write to output directory {out_dir}: {e.strerror or e}") from None
 
-    pipe = Pipeline.from_checkpoints(base_path, vq_path)
+    pipe = Pipeline.from_checkpoints(base_path, vq_path, shortcut_path)
+    n_steps = pipe.defaults.steps if steps is None else steps
+    if budget is not None and not 1 <= budget <= n_steps:
+        raise click.BadParameter(f"budget B={budget} must be between 1 and the number of steps N={n_steps}",
+                                 param_hint="--budget")
     if classes is None:
         chosen = list(range(pipe.num_classes))
     else:
@@ -56,7 +71,7 @@ def main(classes, num, steps, cfg, tau, seed, batch_size, out, base_path, vq_pat
     bar = Bar("sampling")
     t0 = time.perf_counter()
     images = pipe.generate(labels, steps=steps, cfg=cfg, tau=tau, seed=seed, batch_size=batch_size,
-                           progress=lambda i, n: bar(i, n))
+                           strategy=strategy, budget=budget, progress=lambda i, n: bar(i, n))
     elapsed = time.perf_counter() - t0
     bar.close()
     names = pipe.class_names or [str(i) for i in range(pipe.num_classes)]

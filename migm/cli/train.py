@@ -112,3 +112,153 @@ def ship(vq_path, classifier_path, base_path, steps, cfg, tau, out_dir):
         meta = {**getattr(model, "meta", {}), **extra}
         save_checkpoint(model, out / name, meta=meta, dtype=torch.float16)
         click.echo(f"{name}: {src} -> {out / name}.safetensors")
+
+
+@main.command()
+@click.option("--base", "base_path", default=None, help="Base model checkpoint (default: the shipped tiny-animals base).")
+@click.option("--out", default="runs/trajectories", show_default=True, type=click.Path(file_okay=False),
+              help="Output directory (shards + manifest.json); an unfinished one is resumed.")
+@click.option("--images", "--num", "num", default=1000, show_default=True,
+              help="Number of sampled images (trajectories per branch). Under torchrun write --images: "
+                   "torchrun's own parser takes --num for its --numa-binding.")
+@click.option("--steps", default=32, show_default=True, help="Sampling steps N.")
+@click.option("--cfg", type=float, default=None, help="Guidance weight (default: the base model's); 0 = one branch.")
+@click.option("--tau", type=float, default=None, help="Confidence-noise temperature (default: the base model's).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--shard-size", default=50, show_default=True, help="Images per shard (one sampling batch).")
+@one_line_errors
+def trajectories(base_path, out, num, steps, cfg, tau, seed, shard_size):
+    """Record the base model's sampling trajectories: the shortcut's training data.
+
+    Runs under torchrun too (shards are split across processes).
+    """
+    from .. import assets
+    from ..models.checkpoint import checkpoint_digest, load_checkpoint
+    from ..models.maskgit import MaskGIT
+    from ..training.dist import close_distributed, init_distributed
+    from ..training.trajectories import CollectSettings, collect_trajectories
+
+    if shard_size < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--shard-size")
+    path = base_path or assets.BASE
+    model = load_checkpoint(path)
+    if not isinstance(model, MaskGIT):
+        raise click.ClickException(f"{path} is not a maskgit base checkpoint")
+    sampling = getattr(model, "meta", {}).get("sampling", {})
+    s = CollectSettings(num=num, steps=steps, cfg=sampling.get("cfg", 0.0) if cfg is None else cfg,
+                        tau=sampling.get("tau", 4.5) if tau is None else tau, seed=seed, shard_size=shard_size)
+    info = init_distributed()
+    torch_threads_note = f" (process {info.rank + 1}/{info.world})" if info.world > 1 else ""
+    bar = Bar("trajectories" + torch_threads_note)
+    try:
+        manifest = collect_trajectories(model, out, s, base_digest=checkpoint_digest(path), info=info,
+                                        progress=lambda i, n: bar(i, n))
+    finally:
+        bar.close()
+        close_distributed(info)
+    if info.main:
+        click.echo(f"wrote {num} trajectories x {2 if s.cfg else 1} branches, N={steps}, to {manifest.parent}")
+
+
+def _int_list(value: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()] if value else []
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint=name) from None
+
+
+@main.command()
+@click.option("--trajectories", "traj_path", default="runs/traj32", show_default=True,
+              type=click.Path(file_okay=False), help="A trajectory set from `migm-train trajectories`.")
+@click.option("--base", "base_path", default=None, help="The base model the trajectories came from (default: shipped).")
+@click.option("--out", default="runs/shortcut", show_default=True, help="Checkpoint path (without suffix).")
+@click.option("--steps", default=3000, show_default=True, help="Training iterations.")
+@click.option("--batch-size", default=32, show_default=True, help="Windows per iteration (per process).")
+@click.option("--lr", default=1e-4, show_default=True)
+@click.option("--weight-decay", default=1e-2, show_default=True)
+@click.option("--decay-at", default=1000, show_default=True, help="Multiply the lr by 0.1 after this many iterations.")
+@click.option("--ema", "ema_decay", default=0.999, show_default=True, help="EMA decay of the saved weights.")
+@click.option("--rollout", default=1, show_default=True, help="Most shortcut steps chained per window (1 = teacher forcing).")
+@click.option("--plan-budgets", default="", help="Draw windows along these hybrid plans, e.g. 6,8,12 (start at full steps).")
+@click.option("--kl", default=0.0, show_default=True, help="Weight of the (CFG-guided) logit KL term; 0 = MSE only.")
+@click.option("--ratio", default=2, show_default=True, help="Bottleneck ratio r (inner width d/r).")
+@click.option("--blocks", "n_block", default=1, show_default=True, help="Number of shortcut blocks.")
+@click.option("--heads", default=4, show_default=True)
+@click.option("--no-cross-attention", is_flag=True, help="Ablation: self-attention instead of attending to sampled tokens.")
+@click.option("--eval-every", default=500, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--seed", default=0, show_default=True)
+@one_line_errors
+def shortcut(traj_path, base_path, out, steps, batch_size, lr, weight_decay, decay_at, ema_decay, rollout, plan_budgets,
+             kl, ratio, n_block, heads, no_cross_attention, eval_every, device, seed):
+    """Train the MIGM-Shortcut feature predictor on recorded trajectories (resumable).
+
+    Runs under torchrun with DistributedDataParallel (gloo on CPU, nccl on CUDA).
+    Reports, on held-out trajectories, one-step and 3-step chained feature error and
+    guided logit KL, next to the same numbers for plain feature reuse.
+    """
+    from .. import assets
+    from ..models.checkpoint import checkpoint_digest, load_checkpoint
+    from ..models.maskgit import MaskGIT
+    from ..models.shortcut import ShortcutConfig
+    from ..training.dist import close_distributed, init_distributed
+    from ..training.train_shortcut import ShortcutTrainSettings, train_shortcut
+    from ..training.trajectories import TrajectorySet
+
+    path = base_path or assets.BASE
+    base_model = load_checkpoint(path)
+    if not isinstance(base_model, MaskGIT):
+        raise click.ClickException(f"{path} is not a maskgit base checkpoint")
+    ts = TrajectorySet(traj_path)
+    digest = checkpoint_digest(path)
+    recorded = ts.manifest.get("base", {}).get("digest")
+    if recorded and recorded != digest:
+        raise click.ClickException(f"the trajectories in {traj_path} were recorded with another base model "
+                                   f"(digest {recorded}, {path} has {digest})")
+    c = base_model.cfg
+    if c.width % ratio or (c.width // ratio) % heads:
+        raise click.BadParameter(f"width {c.width} / ratio {ratio} must split into {heads} heads", param_hint="--ratio")
+    cfg = ShortcutConfig(width=c.width, codebook_size=c.codebook_size, vocab=c.vocab, num_tokens=c.num_tokens,
+                         ratio=ratio, n_block=n_block, heads=heads, cross_attention=not no_cross_attention)
+    settings = ShortcutTrainSettings(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                     decay_at=decay_at, ema_decay=ema_decay, rollout=rollout,
+                                     plan_budgets=_int_list(plan_budgets, "--plan-budgets"), kl=kl,
+                                     eval_every=eval_every, seed=seed, device=device)
+    info = init_distributed(device)
+    bar = Bar("shortcut")
+    try:
+        _, val = train_shortcut(out, base_model, ts, cfg, settings, meta={"base_digest": digest}, info=info,
+                                progress=bar)
+    finally:
+        bar.close()
+        close_distributed(info)
+    if info.main:
+        n_params = sum(p.numel() for p in load_checkpoint(out).parameters())
+        click.echo(f"saved {out} ({n_params / 1e6:.2f}M params)")
+        click.echo("validation (held-out trajectories, still-masked positions; reuse = f[i+1] = f[i]):")
+        for key in ("rel_err_1", "rel_err_chain", "kl_1", "kl_chain"):
+            click.echo(f"  {key:14s} shortcut {val[key]:.4f}   reuse {val['reuse_' + key]:.4f}")
+
+
+@main.command("ship-shortcut")
+@click.argument("path", default="runs/shortcut")
+@click.option("--out", "out_dir", default=None, help="Asset directory (default: the package's migm/assets).")
+@one_line_errors
+def ship_shortcut(path, out_dir):
+    """Copy a trained shortcut into the package (fp16), after checking it belongs to the shipped base."""
+    from pathlib import Path
+
+    import torch
+
+    from .. import assets
+    from ..models.checkpoint import save_checkpoint
+    from ..runtime.pipeline import load_shortcut
+
+    out = Path(out_dir) if out_dir else assets.ASSETS
+    model = load_shortcut(path, assets.BASE)
+    save_checkpoint(model, out / "shortcut", meta=getattr(model, "meta", {}), dtype=torch.float16)
+    click.echo(f"shortcut: {path} -> {out / 'shortcut'}.safetensors")
+
+
+if __name__ == "__main__":
+    main()

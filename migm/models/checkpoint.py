@@ -23,12 +23,14 @@ class CheckpointError(RuntimeError):
 def _kinds():
     from .classifier import Classifier, ClassifierConfig
     from .maskgit import MaskGIT, MaskGITConfig
+    from .shortcut import Shortcut, ShortcutConfig
     from .vqvae import VQVAE, VQConfig
 
     return {
         "vqvae": (VQConfig, VQVAE),
         "classifier": (ClassifierConfig, Classifier),
         "maskgit": (MaskGITConfig, MaskGIT),
+        "shortcut": (ShortcutConfig, Shortcut),
     }
 
 
@@ -65,6 +67,18 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, meta: dict | None 
     doc = {"kind": kind_of(model), "config": model.cfg.to_dict(), "meta": meta or {}}
     with atomic_path(config) as tmp:
         tmp.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """A short content hash of a checkpoint's weights: ties trained shortcuts and bundles to their base."""
+    import hashlib
+
+    weights, _ = _paths(path)
+    h = hashlib.sha256()
+    with open(weights, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def read_config(path: str | Path) -> dict:

@@ -58,11 +58,18 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.width, cfg.width)
         self.dropout = cfg.dropout
 
-    def forward(self, x):
+    def split(self, x):
+        """q, k, v as [B, heads, N, d/heads]."""
         b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+
+    def attend(self, q, k, v):
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(b, n, d))
+        b, _, n, _ = q.shape
+        return self.proj(y.transpose(1, 2).reshape(b, n, -1))
+
+    def forward(self, x):
+        return self.attend(*self.split(x))
 
 
 class Block(nn.Module):
@@ -77,6 +84,23 @@ class Block(nn.Module):
 
     def forward(self, x):
         x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+    def forward_kv(self, x):
+        """forward, also returning this block's keys and values (for ML-Cache)."""
+        q, k, v = self.attn.split(self.ln1(x))
+        x = x + self.attn.attend(q, k, v)
+        return x + self.mlp(self.ln2(x)), (k, v)
+
+    def forward_subset(self, x, idx, kv):
+        """x [B, m, d] at sequence positions idx [B, m]; the cached (k, v) are updated there in place
+        and the rest of the sequence is taken from the cache as it is."""
+        q, k_new, v_new = self.attn.split(self.ln1(x))
+        k, v = kv
+        at = idx[:, None, :, None].expand_as(k_new)
+        k.scatter_(2, at, k_new.to(k.dtype))
+        v.scatter_(2, at, v_new.to(v.dtype))
+        x = x + self.attn.attend(q, k, v)
         return x + self.mlp(self.ln2(x))
 
 
@@ -113,3 +137,25 @@ class MaskGIT(nn.Module):
             x = block(x)
         features = self.last_layer(x)[:, 1:]
         return features, self.head(features)
+
+    def forward_cached(self, tokens, labels):
+        """forward, plus every block's keys and values: the cache ML-Cache-style sampling reuses."""
+        x = self.first_layer(self.embed(tokens, labels))
+        cache = []
+        for block in self.blocks:
+            x, kv = block.forward_kv(x)
+            cache.append(kv)
+        features = self.last_layer(x)[:, 1:]
+        return features, self.head(features), cache
+
+    def forward_subset(self, tokens, labels, positions, cache):
+        """Features [B, m, d] at grid positions [B, m], recomputed against the cached keys and
+        values of every other position (updated in place at these positions). The class
+        token, which attends to the whole grid, is recomputed too."""
+        b = tokens.shape[0]
+        seq = torch.cat([torch.zeros(b, 1, dtype=positions.dtype, device=positions.device), positions + 1], 1)
+        x = self.embed(tokens, labels)
+        x = self.first_layer(x.gather(1, seq[..., None].expand(-1, -1, x.shape[-1])))
+        for block, kv in zip(self.blocks, cache):
+            x = block.forward_subset(x, seq, kv)
+        return self.last_layer(x)[:, 1:]

@@ -8,6 +8,9 @@ Strategies (how features are obtained on a step that is not a full step):
   reuse         f[i+1] = f[i]                          (feature caching)
   extrapolate   first-order extrapolation from the last two full steps (TaylorSeer-like)
   shortcut      f[i+1] = S(f[i], tokens sampled at i, mask ratio after i)
+  mlcache       ML-Cache-style: recompute only the tokens just sampled plus the ~10%
+                least-confident masked tokens against the cached keys/values of the
+                last full step; every other position keeps its cached features
 
 Pure sampling code: the base model, its head and the shortcut are callables.
 With CFG both branches are carried through the same predictor, batched.
@@ -18,18 +21,42 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import math
+
 import torch
 
 from .kernel import guide, sample_step, step_ratio
 from .plan import full_step_plan
 from .schedules import mask_schedule
 
-STRATEGIES = ("vanilla", "fewer", "reuse", "extrapolate", "shortcut")
+STRATEGIES = ("vanilla", "fewer", "reuse", "extrapolate", "mlcache", "shortcut")
 
 BaseFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 HeadFn = Callable[[torch.Tensor], torch.Tensor]
 # (features, new_pos, new_tok, key_mask, mask_ratio) -> next features
 ShortcutFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (step, predicted features, token sequence, labels) -> None: sees every predicted step
+ProbeFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+class CachedBase:
+    """What the mlcache strategy needs of a base model: `forward_cached` at full steps
+    (features, logits, per-block keys/values) and `forward_subset` at the others."""
+
+    def __init__(self, model, autocast: bool = True):
+        self.model = model
+        self.autocast = autocast
+
+    def _ctx(self, t):
+        return torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=self.autocast and t.device.type == "cpu")
+
+    def full(self, tokens, labels):
+        with self._ctx(tokens):
+            return self.model.forward_cached(tokens, labels)
+
+    def subset(self, tokens, labels, positions, cache):
+        with self._ctx(tokens):
+            return self.model.forward_subset(tokens, labels, positions, cache)
 
 
 @dataclass
@@ -37,6 +64,11 @@ class HybridStats:
     base_calls: int = 0
     predicted_steps: int = 0
     full_steps: list[int] = field(default_factory=list)
+    recomputed_tokens: int = 0  # mlcache: grid positions recomputed on predicted steps (per row)
+
+    def cost(self, num_tokens: int) -> float:
+        """Base-model cost in full-call equivalents (mlcache's partial calls count by their share)."""
+        return self.base_calls + self.recomputed_tokens / num_tokens
 
 
 @torch.no_grad()
@@ -45,11 +77,14 @@ def generate_tokens(base: BaseFn, labels: torch.Tensor, *, num_tokens: int, mask
                     shortcut: ShortcutFn | None = None, cfg: float = 0.0, tau: float = 4.5,
                     temperature: float = 1.0, schedule: str = "arccos",
                     generator: torch.Generator | None = None, stats: HybridStats | None = None,
-                    on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                    on_step: Callable[[int, int], None] | None = None, cached: CachedBase | None = None,
+                    recompute: float = 0.1, probe: ProbeFn | None = None) -> torch.Tensor:
     """Sample token grids [B, num_tokens] for class `labels` [B] in `steps` steps.
 
     `strategy` and `budget` (B full steps) choose hybrid sampling; `head` maps features
-    to logits on predicted steps, `shortcut` is the learned predictor.
+    to logits on predicted steps, `shortcut` is the learned predictor, `cached` the base
+    model's cached/partial forward for mlcache (with `recompute` the least-confident share).
+    `probe` is called on every predicted step (evaluation of feature error).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
@@ -61,6 +96,8 @@ def generate_tokens(base: BaseFn, labels: torch.Tensor, *, num_tokens: int, mask
         raise ValueError(f"the {strategy} strategy needs the base model's head")
     if strategy == "shortcut" and shortcut is None and len(plan) < steps:
         raise ValueError("the shortcut strategy needs a shortcut model")
+    if strategy == "mlcache" and cached is None and len(plan) < steps:
+        raise ValueError("the mlcache strategy needs the base model's cached forward (CachedBase)")
     stats = stats if stats is not None else HybridStats()
     stats.full_steps = sorted(plan)
 
@@ -71,11 +108,16 @@ def generate_tokens(base: BaseFn, labels: torch.Tensor, *, num_tokens: int, mask
     feats = None  # features of the current step (computed or predicted)
     anchors: list[tuple[int, torch.Tensor]] = []  # (step, features) of the last two full steps
     new_pos = None
+    cache = None  # mlcache: per-block keys/values, refreshed at full steps
+    logits = None
     remaining = num_tokens
     for i, reveal in enumerate(mask_schedule(schedule, steps, num_tokens)):
+        seq = torch.cat([tokens, tokens]) if guided else tokens
         if i in plan:
-            seq = torch.cat([tokens, tokens]) if guided else tokens
-            feats, logits = base(seq, labs)
+            if strategy == "mlcache":
+                feats, logits, cache = cached.full(seq, labs)
+            else:
+                feats, logits = base(seq, labs)
             anchors = (anchors + [(i, feats)])[-2:]
             stats.base_calls += 1
         else:
@@ -86,6 +128,14 @@ def generate_tokens(base: BaseFn, labels: torch.Tensor, *, num_tokens: int, mask
                 feats = f1 + (f1 - f0) * ((i - s1) / (s1 - s0))
             elif strategy == "shortcut":
                 feats = _shortcut_step(shortcut, feats, tokens, new_pos, remaining / num_tokens, guided)
+            elif strategy == "mlcache":
+                pos = _least_confident(logits[:b], tokens, mask_id, new_pos, math.ceil(recompute * num_tokens))
+                pos2 = torch.cat([pos, pos]) if guided else pos
+                sub = cached.subset(seq, labs, pos2, cache)
+                feats = feats.scatter(1, pos2[..., None].expand(-1, -1, feats.shape[-1]), sub.to(feats.dtype))
+                stats.recomputed_tokens += pos.shape[1]
+            if probe is not None:
+                probe(i, feats, seq, labs)
             logits = head(feats)
             stats.predicted_steps += 1
         ratio = step_ratio(i, steps)
@@ -95,6 +145,16 @@ def generate_tokens(base: BaseFn, labels: torch.Tensor, *, num_tokens: int, mask
         if on_step:
             on_step(i + 1, steps)
     return tokens
+
+
+def _least_confident(logits, tokens, mask_id, new_pos, count):
+    """The positions just unmasked plus the `count` masked positions whose previous-step
+    distribution was least peaked: the tokens ML-Cache recomputes. [B, len(new) + count]"""
+    masked = tokens == mask_id
+    count = min(count, int(masked.sum(1).min()))
+    conf = torch.softmax(logits.float(), -1).amax(-1).masked_fill(~masked, float("inf"))
+    low = conf.topk(count, dim=-1, largest=False).indices
+    return torch.cat([new_pos, low], 1)
 
 
 def _shortcut_step(shortcut, feats, tokens, new_pos, mask_ratio, guided):

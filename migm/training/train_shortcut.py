@@ -1,0 +1,236 @@
+"""Train the MIGM-Shortcut model on recorded trajectories (DESIGN §1).
+
+One training sample is a window of a trajectory: the true features f[s] at a start
+step s, then k shortcut steps chained from them (k = 1 is teacher forcing, the
+released recipe), each fed the tokens the sampler unmasked at that step and the mask
+ratio after it. The loss at each step is
+
+    MSE(f_hat[s+j], f[s+j])               on the positions still masked (their logits matter)
+  + kl * KL(p[s+j] || p_hat[s+j])         through the frozen base head; with CFG on the
+                                          guided logits the sampler actually draws from
+
+With `plan_budgets`, windows start at the full steps of those hybrid plans and run to
+the step before the next full step: exactly the chains the sampler runs.
+AdamW, lr x0.1 after `decay_at` iterations, EMA weights are the ones saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..models.maskgit import MaskGIT
+from ..models.shortcut import Shortcut, ShortcutConfig
+from ..sampling.kernel import step_ratio
+from ..sampling.plan import full_step_plan
+from .dist import DistInfo, barrier
+from .state import EMA, Progress, load_train_state, save_train_state
+from .trajectories import TrajectorySet
+
+
+@dataclass
+class ShortcutTrainSettings:
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    decay_at: int = 1000  # lr x 0.1 after this many iterations
+    ema_decay: float = 0.999
+    rollout: int = 1  # the most shortcut steps chained in one window
+    plan_budgets: list[int] = field(default_factory=list)  # windows along these hybrid plans
+    kl: float = 0.0  # weight of the logit KL term
+    val_fraction: float = 0.05
+    eval_every: int = 500
+    seed: int = 0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def windows(steps: int, rollout: int, plan_budgets: list[int]) -> list[tuple[int, int]]:
+    """(start step s, chained steps k) pairs training draws from."""
+    if rollout < 1:
+        raise ValueError(f"rollout must be >= 1, got {rollout}")
+    if not plan_budgets:
+        return [(s, rollout) for s in range(steps - rollout)] or [(0, steps - 1)]
+    out = []
+    for b in plan_budgets:
+        plan = full_step_plan(steps, b) + [steps]
+        for s, t in zip(plan, plan[1:]):
+            k = min(t - 1 - s, rollout)
+            if k >= 1:
+                out.append((s, k))
+    if not out:
+        raise ValueError(f"plans with budgets {plan_budgets} at N={steps} have no shortcut steps")
+    return out
+
+
+@dataclass
+class Batch:
+    feats: torch.Tensor  # [b, branches, k+1, L, d]: f[s..s+k]
+    tokens: torch.Tensor  # [b, L] final tokens
+    reveal: torch.Tensor  # [b, L] step that unmasked each position
+    start: torch.Tensor  # [b] start step s
+
+
+def load_batch(ts: TrajectorySet, items: list[tuple[int, int]], k: int, device: str = "cpu") -> Batch:
+    """Windows of k chained steps starting at the given (trajectory, step)."""
+    feats = torch.stack([ts.window(i, s, s + k + 1) for i, s in items])
+    recs = [ts.record(i) for i, _ in items]
+    return Batch(feats.to(device), torch.stack([r[0] for r in recs]).to(device),
+                 torch.stack([r[1] for r in recs]).to(device), torch.tensor([s for _, s in items], device=device))
+
+
+def new_tokens(batch: Batch, step: torch.Tensor):
+    """Tokens unmasked at `step` [b], as a padded (positions, tokens, key mask) triple [b, M]."""
+    hit = batch.reveal == step[:, None]
+    m = max(int(hit.sum(1).max()), 1)
+    # stable sort puts the hits first, in position order; the rest is padding
+    order = torch.sort((~hit).to(torch.int8), dim=1, stable=True).indices[:, :m]
+    keys = hit.gather(1, order)
+    return order, batch.tokens.gather(1, order), keys
+
+
+def chain(model, batch: Batch, k: int, branches: int):
+    """Run k shortcut steps from f[s]; yields (j, predicted f[s+j+1] [b, br, L, d], still-masked [b, L])."""
+    b, _, _, n, d = batch.feats.shape
+    x = batch.feats[:, :, 0].reshape(b * branches, n, d)
+    for j in range(k):
+        step = batch.start + j
+        pos, tok, keys = new_tokens(batch, step)
+        masked = batch.reveal > step[:, None]  # still masked after this step
+        ratio = masked.float().mean(1)
+        rep = lambda t: t.repeat_interleave(branches, 0)
+        x = model(x, rep(pos), rep(tok), rep(keys), rep(ratio))
+        yield j, x.view(b, branches, n, d), masked
+
+
+def _guided_logp(head, f: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities the sampler draws from: f [b, br, L, d] -> [b, L, K] (CFG with weight w [b])."""
+    logits = head(f.float())
+    if f.shape[1] == 2:  # (1 + w) * cond - w * uncond, per sample
+        logits = logits[:, 1] + (logits[:, 0] - logits[:, 1]) * (1 + w.to(logits.device))[:, None, None]
+    else:
+        logits = logits[:, 0]
+    return torch.log_softmax(logits, -1)
+
+
+def window_losses(model, head, batch: Batch, k: int, steps: int, cfg: float, branches: int, kl_weight: float):
+    """Mean MSE and KL over the k chained steps of a batch (masked positions only)."""
+    mse_total, kl_total = 0.0, 0.0
+    for j, pred, masked in chain(model, batch, k, branches):
+        target = batch.feats[:, :, j + 1]
+        m = masked[:, None, :, None].expand_as(pred)
+        mse = F.mse_loss(pred.float()[m], target[m])
+        mse_total = mse_total + mse
+        if kl_weight:
+            step = batch.start + j + 1
+            w = cfg * torch.tensor([step_ratio(int(i), steps) for i in step])
+            lp_true = _guided_logp(head, target, w)
+            lp_pred = _guided_logp(head, pred, w)
+            kl = (lp_true.exp() * (lp_true - lp_pred)).sum(-1)[masked].mean()
+            kl_total = kl_total + kl
+    return mse_total / k, kl_total / k
+
+
+@torch.no_grad()
+def validate(model, head, ts: TrajectorySet, items: list[int], steps: int, cfg: float, chained: int = 3,
+             starts: list[int] | None = None) -> dict:
+    """One-step and chained feature error and guided logit KL, against feature reuse.
+
+    Relative error = ||f_hat - f|| / ||f|| over the still-masked positions of each sample.
+    """
+    branches = ts.branches
+    starts = starts or list(range(0, steps - chained, max(1, (steps - chained) // 8)))
+    acc = {key: [] for key in ("rel_err_1", "rel_err_chain", "kl_1", "kl_chain",
+                               "reuse_rel_err_1", "reuse_rel_err_chain", "reuse_kl_1", "reuse_kl_chain")}
+    for s in starts:
+        batch = load_batch(ts, [(i, s) for i in items], chained, device=next(model.parameters()).device.type)
+        for j, pred, masked in chain(model, batch, chained, branches):
+            if j not in (0, chained - 1):
+                continue
+            suffix = "1" if j == 0 else "chain"
+            target = batch.feats[:, :, j + 1]
+            w = cfg * torch.full((len(items),), step_ratio(s + j + 1, steps))
+            lp_true = _guided_logp(head, target, w)
+            for name, f in (("", pred.float()), ("reuse_", batch.feats[:, :, 0])):
+                m = masked[:, None, :, None]
+                err = ((f - target) ** 2 * m).sum((1, 2, 3)).sqrt() / ((target ** 2) * m).sum((1, 2, 3)).sqrt()
+                kl = (lp_true.exp() * (lp_true - _guided_logp(head, f, w))).sum(-1)
+                kl = (kl * masked).sum(1) / masked.sum(1).clamp(min=1)
+                acc[f"{name}rel_err_{suffix}"].append(err.mean().item())
+                acc[f"{name}kl_{suffix}"].append(kl.mean().item())
+    return {key: sum(v) / len(v) for key, v in acc.items()}
+
+
+def train_shortcut(out: str, base: MaskGIT, ts: TrajectorySet, cfg: ShortcutConfig, s: ShortcutTrainSettings,
+                   meta: dict | None = None, info: DistInfo | None = None,
+                   progress: Progress | None = None) -> tuple[Shortcut, dict]:
+    """Train (or resume) a shortcut for `base` on trajectory set `ts`; returns (EMA model, last validation)."""
+    info = info or DistInfo()
+    steps, gcfg = ts.steps, float(ts.manifest["cfg"])
+    if ts.manifest["width"] != base.cfg.width or ts.num_tokens != base.cfg.num_tokens:
+        raise ValueError("the trajectories were recorded with a base model of another width or grid")
+    torch.manual_seed(s.seed)
+    model = Shortcut(cfg)
+    model.load_base_embeddings(base)
+    model.to(s.device)
+    base.to(s.device).eval()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    head = base.head
+    ema = EMA(model, s.ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    start = load_train_state(out, model, opt, ema)
+    train_model = model
+    if info.world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if s.device.startswith("cuda") else None)
+
+    n_val = max(1, int(round(len(ts) * s.val_fraction)))
+    train_ids = len(ts) - n_val
+    if train_ids < 1:
+        raise ValueError(f"{len(ts)} trajectories are too few to hold out {n_val} for validation")
+    val_items = list(range(train_ids, len(ts)))[:48]
+    wins = windows(steps, s.rollout, s.plan_budgets)
+    g = torch.Generator().manual_seed(s.seed * 7919 + info.rank * 104729 + start)
+    meta = {**(meta or {}), "train": s.to_dict(), "trajectories": {k: ts.manifest[k] for k in ("num", "steps", "cfg", "tau", "seed")}}
+    last_val: dict = {}
+
+    def evaluate_and_save(step):
+        nonlocal last_val
+        if info.main:
+            last_val = validate(ema.module, head, ts, val_items, steps, gcfg)
+            save_train_state(out, model, opt, step, ema, meta={**meta, "validation": last_val})
+        barrier(info)
+
+    model.train()
+    for step in range(start, s.steps):
+        for group in opt.param_groups:
+            group["lr"] = s.lr * (0.1 if step >= s.decay_at else 1.0)
+        # one window shape per batch (start steps may differ; new tokens are padded)
+        w = wins[int(torch.randint(len(wins), (1,), generator=g))]
+        k = w[1]
+        same_k = [x for x in wins if x[1] == k]
+        picks = torch.randint(len(same_k), (s.batch_size,), generator=g)
+        ids = torch.randint(train_ids, (s.batch_size,), generator=g)
+        batch = load_batch(ts, [(int(i), same_k[int(p)][0]) for i, p in zip(ids, picks)], k, s.device)
+        with torch.autocast(torch.device(s.device).type, dtype=torch.bfloat16):
+            mse, kl = window_losses(train_model, head, batch, k, steps, gcfg, ts.branches, s.kl)
+        loss = mse + s.kl * kl if s.kl else mse
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.update(model, step)
+        done = step + 1
+        if progress and info.main:
+            progress(done, s.steps, {"mse": mse.item(), **({"kl": kl.item()} if s.kl else {})})
+        if done % s.eval_every == 0 or done == s.steps:
+            evaluate_and_save(done)
+    if start >= s.steps and info.main:  # nothing left to do: still report validation
+        last_val = validate(ema.module, head, ts, val_items, steps, gcfg)
+    return ema.module, last_val

@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from migm.models.maskgit import MaskGIT, MaskGITConfig
+from migm.sampling.schedules import mask_schedule
+from migm.training.trajectories import CollectSettings, TrajectorySet, collect_trajectories
+
+CFG = MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=1, heads=2, mlp=64)
+
+
+def _collect(path, num=5, steps=6, cfg=2.0, seed=0):
+    torch.manual_seed(0)
+    base = MaskGIT(CFG).eval()
+    s = CollectSettings(num=num, steps=steps, cfg=cfg, seed=seed, shard_size=2)
+    collect_trajectories(base, path, s, base_digest="abc")
+    return base, TrajectorySet(path)
+
+
+def test_layout_and_reveal_steps(tmp_path):
+    _, ts = _collect(tmp_path / "t")
+    m = ts.manifest
+    assert len(ts) == 5 and ts.branches == 2 and m["branches"] == ["cond", "uncond"]
+    assert [s["count"] for s in m["shards"]] == [2, 2, 1] and m["base"]["digest"] == "abc"
+    assert m["reveal_counts"] == mask_schedule("arccos", 6, 16)
+    assert ts.features[0].dtype == np.float16 and ts.features[0].shape == (2, 2, 6, 16, 32)
+    for i in range(5):
+        tokens, reveal, label = ts.record(i)
+        assert label == i % 3 and (tokens < 16).all()
+        # every step unmasked exactly the scheduled number of positions
+        assert torch.bincount(reveal, minlength=6).tolist() == m["reveal_counts"]
+
+
+def test_features_are_the_base_models_on_each_step(tmp_path):
+    base, ts = _collect(tmp_path / "t")
+    tokens, reveal, label = ts.record(3)
+    for step in range(6):
+        seq = torch.where(reveal >= step, torch.tensor(CFG.mask_id), tokens)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            f, _ = base(torch.stack([seq, seq]), torch.tensor([int(label), CFG.no_class_id]))
+        torch.testing.assert_close(ts.window(3, step, step + 1)[:, 0], f.float(), atol=2e-2, rtol=1e-2)
+
+
+def test_shards_do_not_depend_on_resuming(tmp_path):
+    _, ts = _collect(tmp_path / "a")
+    ref = ts.window(4, 0, 6).clone()
+    # an interrupted run: no manifest, one shard missing -> only that shard is redone
+    (tmp_path / "a" / "manifest.json").unlink()
+    (tmp_path / "a" / "labels-00002.npy").unlink()
+    _, again = _collect(tmp_path / "a")
+    assert torch.equal(again.window(4, 0, 6), ref)
+
+
+def test_refuses_finished_set_and_reports_missing(tmp_path):
+    _collect(tmp_path / "t", num=2)
+    with pytest.raises(FileExistsError, match="already holds"):
+        _collect(tmp_path / "t", num=2)
+    with pytest.raises(FileNotFoundError, match="manifest.json missing"):
+        TrajectorySet(tmp_path / "nothing")
+    (tmp_path / "t" / "features-00000.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="shard file missing"):
+        TrajectorySet(tmp_path / "t")
+    (tmp_path / "t" / "manifest.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match="not a migm trajectory"):
+        TrajectorySet(tmp_path / "t")
+
+
+def test_unguided_has_one_branch(tmp_path):
+    _, ts = _collect(tmp_path / "t", num=2, cfg=0.0)
+    assert ts.branches == 1 and ts.window(0, 0, 2).shape == (1, 2, 16, 32)
