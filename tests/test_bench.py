@@ -32,13 +32,13 @@ def shortcut_path(tmp_path_factory):
 def test_quality_sweep_writes_rows_and_plot(tmp_path, shortcut_path):
     out = tmp_path / "q.json"
     res = CliRunner().invoke(bench_main, [
-        "quality", "--steps", "6", "--budget", "2,3", "--strategies",
+        "quality", "--steps", "6", "--budget", "2", "--strategies",
         f"vanilla,fewer,reuse,extrapolate,mlcache,shortcut,shortcut={shortcut_path}",
         "--num", "20", "--err-num", "4", "--batch-size", "10", "--seed", "0", "--json", str(out),
         "--shortcut", str(shortcut_path)])
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())
-    assert len(rows) == 1 + 2 * 6
+    assert len(rows) == 1 + 6
     for r in rows:
         assert {"strategy", "steps", "budget", "fd", "class_acc", "feature_rel_err", "base_calls", "seconds"} <= set(r)
         assert r["base_calls"] == r["budget"] and r["fd"] > 0 and 0 <= r["class_acc"] <= 1
@@ -47,11 +47,11 @@ def test_quality_sweep_writes_rows_and_plot(tmp_path, shortcut_path):
     assert by[("reuse", None, 2)]["feature_rel_err"] > 0
     assert by[("mlcache", None, 2)]["cost"] > 2
     # the same shortcut twice (shipped slot and named) gives the same samples
-    assert by[("shortcut", "shipped", 3)]["fd"] == by[("shortcut", "sc", 3)]["fd"]
+    assert by[("shortcut", "shipped", 2)]["fd"] == by[("shortcut", "sc", 2)]["fd"]
     assert (tmp_path / "q.png").stat().st_size > 10_000
     assert "| reuse | 6 | 2 |" in res.output
     # --resume keeps finished rows
-    res = CliRunner().invoke(bench_main, ["quality", "--steps", "6", "--budget", "2,3", "--strategies", "vanilla,reuse",
+    res = CliRunner().invoke(bench_main, ["quality", "--steps", "6", "--budget", "2", "--strategies", "vanilla,reuse",
                                           "--num", "20", "--err-num", "0", "--json", str(out), "--resume",
                                           "--shortcut", str(shortcut_path)])
     assert res.exit_code == 0 and "0 rows to run" in res.output

@@ -25,6 +25,7 @@ def test_layout_and_reveal_steps(tmp_path):
     assert len(ts) == 5 and ts.branches == 2 and m["branches"] == ["cond", "uncond"]
     assert [s["count"] for s in m["shards"]] == [2, 2, 1] and m["base"]["digest"] == "abc"
     assert m["reveal_counts"] == mask_schedule("arccos", 6, 16)
+    assert m["mask_ratio_after"][0] == 1 - m["reveal_counts"][0] / 16 and m["mask_ratio_after"][-1] == 0
     assert ts.features[0].dtype == np.float16 and ts.features[0].shape == (2, 2, 6, 16, 32)
     for i in range(5):
         tokens, reveal, label = ts.record(i)

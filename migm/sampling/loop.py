@@ -52,11 +52,12 @@ class CachedBase:
 
     def full(self, tokens, labels):
         with self._ctx(tokens):
-            return self.model.forward_cached(tokens, labels)
+            features, logits, cache = self.model.forward_cached(tokens, labels)
+        return features.float(), logits.float(), cache
 
     def subset(self, tokens, labels, positions, cache):
         with self._ctx(tokens):
-            return self.model.forward_subset(tokens, labels, positions, cache)
+            return self.model.forward_subset(tokens, labels, positions, cache).float()
 
 
 @dataclass

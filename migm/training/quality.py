@@ -126,6 +126,7 @@ def pareto_plot(summary: list[dict], path: str | Path, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from ..fileio import atomic_path
 
@@ -152,7 +153,10 @@ def pareto_plot(summary: list[dict], path: str | Path, title: str = "") -> None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("FD (lower is better)")
         ax.set_xscale("log")
-        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
     fig.suptitle(title or "quality vs cost (mean ± sd over seeds)")
     fig.tight_layout()

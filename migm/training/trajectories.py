@@ -138,7 +138,9 @@ def collect_trajectories(base: MaskGIT, out: str | Path, s: CollectSettings, bas
             "temperature": s.temperature, "schedule": s.schedule, "seed": s.seed,
             "branches": ["cond", "uncond"] if s.cfg != 0 else ["cond"],
             "num_tokens": c.num_tokens, "width": c.width, "codebook_size": c.codebook_size,
-            "reveal_counts": counts, "base": {"config": c.to_dict(), "digest": base_digest},
+            "reveal_counts": counts,
+            "mask_ratio_after": [(c.num_tokens - sum(counts[:i + 1])) / c.num_tokens for i in range(s.steps)],
+            "base": {"config": c.to_dict(), "digest": base_digest},
             "shards": [{"index": k, "count": min(s.shard_size, s.num - k * s.shard_size)} for k in range(n_shards)],
         }
         with atomic_path(manifest) as tmp:
