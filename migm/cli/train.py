@@ -185,12 +185,14 @@ def _int_list(value: str, name: str) -> list[int]:
 @click.option("--blocks", "n_block", default=1, show_default=True, help="Number of shortcut blocks.")
 @click.option("--heads", default=4, show_default=True)
 @click.option("--no-cross-attention", is_flag=True, help="Ablation: self-attention instead of attending to sampled tokens.")
+@click.option("--max-trajectories", default=0, show_default=True,
+              help="Train on only the first n trajectories (0 = all; the held-out 5% stay the same).")
 @click.option("--eval-every", default=500, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--seed", default=0, show_default=True)
 @one_line_errors
 def shortcut(traj_path, base_path, out, steps, batch_size, lr, weight_decay, decay_at, ema_decay, rollout, plan_budgets,
-             kl, ratio, n_block, heads, no_cross_attention, eval_every, device, seed):
+             kl, ratio, n_block, heads, no_cross_attention, max_trajectories, eval_every, device, seed):
     """Train the MIGM-Shortcut feature predictor on recorded trajectories (resumable).
 
     Runs under torchrun with DistributedDataParallel (gloo on CPU, nccl on CUDA).
@@ -223,7 +225,8 @@ def shortcut(traj_path, base_path, out, steps, batch_size, lr, weight_decay, dec
     settings = ShortcutTrainSettings(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                      decay_at=decay_at, ema_decay=ema_decay, rollout=rollout,
                                      plan_budgets=_int_list(plan_budgets, "--plan-budgets"), kl=kl,
-                                     eval_every=eval_every, seed=seed, device=device)
+                                     max_trajectories=max_trajectories, eval_every=eval_every, seed=seed,
+                                     device=device)
     info = init_distributed(device)
     bar = Bar("shortcut")
     try:

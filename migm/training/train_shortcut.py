@@ -42,6 +42,7 @@ class ShortcutTrainSettings:
     plan_budgets: list[int] = field(default_factory=list)  # windows along these hybrid plans
     kl: float = 0.0  # weight of the logit KL term
     val_fraction: float = 0.05
+    max_trajectories: int = 0  # train on only the first n (0 = all); the held-out ones stay the same
     eval_every: int = 500
     seed: int = 0
     device: str = "cpu"
@@ -195,6 +196,8 @@ def train_shortcut(out: str, base: MaskGIT, ts: TrajectorySet, cfg: ShortcutConf
     if train_ids < 1:
         raise ValueError(f"{len(ts)} trajectories are too few to hold out {n_val} for validation")
     val_items = list(range(train_ids, len(ts)))[:48]
+    if s.max_trajectories:
+        train_ids = min(train_ids, s.max_trajectories)
     wins = windows(steps, s.rollout, s.plan_budgets)
     g = torch.Generator().manual_seed(s.seed * 7919 + info.rank * 104729 + start)
     meta = {**(meta or {}), "train": s.to_dict(), "trajectories": {k: ts.manifest[k] for k in ("num", "steps", "cfg", "tau", "seed")}}

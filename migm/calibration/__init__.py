@@ -1,0 +1,1 @@
+"""Calibration data from shortcut trajectories and INT8 Q/DQ quantization."""

@@ -1,0 +1,157 @@
+"""`migm-export`: ONNX export, calibration, engine bundles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .common import one_line_errors
+
+
+@click.group()
+def main():
+    """Export the pipeline (base, shortcut, VQ decoder) and build `NAME.plan/` bundles.
+
+    Without model options everything uses the shipped tiny-animals model and shortcut.
+    """
+
+
+def _models(base, vq, shortcut, no_shortcut):
+    from .. import assets
+
+    base = base or assets.BASE
+    vq = vq or assets.VQ
+    if no_shortcut:
+        return base, vq, None
+    if shortcut is None and Path(f"{assets.SHORTCUT}.json").exists() and base == assets.BASE:
+        shortcut = assets.SHORTCUT
+    return base, vq, shortcut
+
+
+def _model_options(fn):
+    fn = click.option("--no-shortcut", is_flag=True, help="Leave the shortcut out.")(fn)
+    fn = click.option("--shortcut", "shortcut_path", default=None,
+                      help="Shortcut checkpoint (default: the shipped one, with the shipped base).")(fn)
+    fn = click.option("--vq", "vq_path", default=None, help="VQ-VAE checkpoint (default: shipped).")(fn)
+    fn = click.option("--base", "base_path", default=None, help="Base checkpoint (default: shipped).")(fn)
+    return fn
+
+
+@main.command()
+@click.option("--out", default="migm-export", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for base.onnx, shortcut.onnx, decoder.onnx and parity.json.")
+@_model_options
+@one_line_errors
+def onnx(out, base_path, vq_path, shortcut_path, no_shortcut):
+    """Export each component to FP32 ONNX and check it against torch in ONNX Runtime (batch 1, 3, 16)."""
+    from ..export.onnx import components, export_component, parity, save_polygraphy_reference
+    from ..fileio import atomic_path
+    from ..models.checkpoint import load_checkpoint
+    from ..runtime.pipeline import load_shortcut
+
+    base_path, vq_path, shortcut_path = _models(base_path, vq_path, shortcut_path, no_shortcut)
+    base, vq = load_checkpoint(base_path), load_checkpoint(vq_path)
+    shortcut = load_shortcut(shortcut_path, base_path) if shortcut_path else None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for comp in components(base, vq.decoder, shortcut):
+        path = export_component(comp, out / f"{comp.name}.onnx")
+        rows += parity(comp, path)
+        save_polygraphy_reference(comp, out)
+        click.echo(f"exported {path} (+ {comp.name}.inputs.json / .torch.json for polygraphy run)")
+    click.echo("\n| component | batch | new tokens | output | max abs error | rel L2 error |\n|---|---|---|---|---|---|")
+    for r in rows:
+        click.echo(f"| {r['component']} | {r['batch']} | {r['new_tokens'] or '-'} | {r['output']} | "
+                   f"{r['max_abs']:.2e} | {r['rel_l2']:.2e} |")
+    with atomic_path(out / "parity.json") as tmp:
+        tmp.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+@main.command()
+@click.option("--trajectories", "traj_path", default="runs/traj32", show_default=True,
+              type=click.Path(file_okay=False), help="A trajectory set from `migm-train trajectories`.")
+@click.option("--count", default=128, show_default=True, help="Number of calibration inputs.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", default="calibration.npz", show_default=True)
+@one_line_errors
+def calibrate(traj_path, count, seed, out):
+    """Draw the shortcut's INT8 calibration inputs from trajectories (all steps, both CFG branches)."""
+    from ..calibration.data import collect_calibration, save_calibration
+    from ..training.trajectories import TrajectorySet
+
+    data = collect_calibration(TrajectorySet(traj_path), count, seed)
+    save_calibration(out, data)
+    click.echo(f"wrote {count} calibration inputs ({len(set(data['steps'].tolist()))} distinct steps) to {out}")
+
+
+@main.command()
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "best"]), default="fp16", show_default=True,
+              help="fp16: FP16 graphs (norms, softmax, reductions in FP32); int8: INT8 shortcut; "
+                   "best: FP16 base and decoder + INT8 shortcut.")
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+              help="ort: ONNX files for ONNX Runtime (any machine); trt: TensorRT engines (NVIDIA GPU + tensorrt).")
+@click.option("--out", required=True, help="Bundle directory, e.g. tiny.plan")
+@_model_options
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="INT8 calibration inputs from `migm-export calibrate` (default: reuse or collect).")
+@click.option("--trajectories", "traj_path", default=None, help="Trajectories to calibrate from (default: sample).")
+@click.option("--calibration-size", default=128, show_default=True, help="Calibration inputs to collect.")
+@click.option("--max-batch", default=64, show_default=True, help="TensorRT profile: largest batch (CFG doubles it).")
+@click.option("--opt-batch", default=16, show_default=True, help="TensorRT profile: the batch to tune for.")
+@click.option("--opt-level", default=3, show_default=True, type=click.IntRange(0, 5),
+              help="TensorRT builder optimization level.")
+@click.option("--hardware-compat", default=None, help="TensorRT hardware compatibility level, e.g. ampere_plus.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="TensorRT timing cache file.")
+@one_line_errors
+def build(precision, backend, out, base_path, vq_path, shortcut_path, no_shortcut, calibration, traj_path,
+          calibration_size, max_batch, opt_batch, opt_level, hardware_compat, timing_cache):
+    """Build a bundle: export, convert precision, verify against torch, (engines), manifest."""
+    from tqdm import tqdm
+
+    from ..engines.build import BuildSettings, build_bundle
+
+    base_path, vq_path, shortcut_path = _models(base_path, vq_path, shortcut_path, no_shortcut)
+    if not out.endswith(".plan"):
+        raise click.BadParameter("a bundle is a directory named NAME.plan", param_hint="--out")
+    s = BuildSettings(precision=precision, backend=backend, calibration=Path(calibration) if calibration else None,
+                      calibration_size=calibration_size, max_batch=max_batch, opt_batch=opt_batch,
+                      opt_level=opt_level, hardware_compat=hardware_compat,
+                      timing_cache=Path(timing_cache) if timing_cache else None)
+    bar = tqdm(desc="build", bar_format="{desc}: {elapsed} {postfix}")
+    path = build_bundle(out, s, base_path, vq_path, shortcut_path, trajectories=traj_path,
+                        progress=lambda msg: bar.set_postfix_str(msg))
+    bar.close()
+    click.echo(f"built {path} ({precision}, {backend})")
+    _print_manifest(path)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@one_line_errors
+def inspect(bundle):
+    """Print a bundle's components, precisions, shapes and versions (after checking its hashes)."""
+    _print_manifest(Path(bundle))
+
+
+def _print_manifest(path: Path):
+    from ..engines.bundle import verify_bundle
+
+    doc = verify_bundle(path)
+    c = doc["config"]["base"]
+    click.echo(f"{path}: {doc['family']} {c['grid']}x{c['grid']} tokens, {c['codebook_size']} codes, "
+               f"{c['num_classes']} classes; precision {doc['precision']}, backend {doc['backend']}")
+    for name, e in doc["components"].items():
+        io = lambda specs: ", ".join(f"{s['name']} {s['dtype']}{s['shape']}" for s in specs)
+        extra = f", TensorRT {e['tensorrt']} {e['gpu_arch']}" if "tensorrt" in e else ""
+        click.echo(f"  {name:9s} {e['file']:15s} {e['precision']:5s} {e['bytes'] / 1e6:6.2f} MB  "
+                   f"err vs torch {e['rel_error_vs_torch']:.1e}{extra}")
+        click.echo(f"            in:  {io(e['inputs'])}")
+        click.echo(f"            out: {io(e['outputs'])}")
+    click.echo("  tools: " + ", ".join(f"{k} {v}" for k, v in doc["tools"].items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Engines and bundles: ONNX Runtime sessions, TensorRT engines, the `NAME.plan/` bundle."""

@@ -1,0 +1,109 @@
+"""The `NAME.plan/` bundle: a directory with `manifest.json` and one artifact per component.
+
+    NAME.plan/
+      manifest.json      format, family and config, token grid, vocab, sampling defaults,
+                         components (file, precision, backend, inputs/outputs with shapes,
+                         sha256), tool versions, GPU arch for TensorRT engines
+      base.onnx | base.engine
+      shortcut.onnx | shortcut.engine
+      decoder.onnx | decoder.engine
+      calibration.npz    (INT8 builds) the shortcut's calibration inputs, reused on rebuild
+
+A bundle is assembled in a temporary directory beside the target and renamed into
+place, so a failed build leaves no half-written bundle. Loading checks every file's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+FORMAT = "migm-bundle"
+VERSION = 1
+
+
+class BundleError(RuntimeError):
+    pass
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_bundle(out: str | Path, manifest: dict, files: dict[str, Path]) -> Path:
+    """Create `out` from `files` (name in bundle -> source path) and `manifest`, atomically.
+
+    Component entries in `manifest["components"]` get their `sha256` and `bytes` filled in.
+    An existing bundle at `out` is replaced only once the new one is complete.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, src in files.items():
+            shutil.copyfile(src, stage / name)
+        for entry in manifest.get("components", {}).values():
+            p = stage / entry["file"]
+            entry["sha256"], entry["bytes"] = sha256(p), p.stat().st_size
+        if (stage / "calibration.npz").exists():
+            manifest["calibration"] = {"file": "calibration.npz", "sha256": sha256(stage / "calibration.npz")}
+        (stage / "manifest.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, **manifest},
+                                                        indent=2) + "\n")
+        os.chmod(stage, 0o777 & ~_umask())
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(stage, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path} is not a bundle directory (expected NAME.plan/ from `migm-export build`)")
+    mf = path / "manifest.json"
+    if not mf.exists():
+        raise BundleError(f"{path} has no manifest.json: not a bundle, or an unfinished one")
+    try:
+        doc = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{mf} is not valid JSON: {e}") from e
+    if doc.get("format") != FORMAT:
+        raise BundleError(f"{mf} is not a migm bundle manifest")
+    if doc.get("version") != VERSION:
+        raise BundleError(f"{path} is bundle version {doc.get('version')}; this migm reads version {VERSION}")
+    return doc
+
+
+def verify_bundle(path: str | Path) -> dict:
+    """The manifest, after checking that every component file exists and matches its hash."""
+    path = Path(path)
+    doc = read_manifest(path)
+    for name, entry in doc.get("components", {}).items():
+        f = path / entry["file"]
+        if not f.exists():
+            raise BundleError(f"bundle {path}: component {name} file {entry['file']} is missing")
+        if sha256(f) != entry["sha256"]:
+            raise BundleError(f"bundle {path}: {entry['file']} does not match its hash in manifest.json "
+                              "(corrupt or modified; rebuild the bundle)")
+    return doc

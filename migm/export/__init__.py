@@ -1,0 +1,1 @@
+"""torch -> ONNX, per component (base, shortcut, decoder), and precision conversion."""

@@ -1,0 +1,45 @@
+"""Precision decided in the ONNX graph (TensorRT 11 networks are strongly typed, DESIGN §3).
+
+fp16: the graph is converted to FP16 except the ops where FP16 overflows or loses too
+much in transformers (LayerNorm, Softmax, reductions, the sinusoidal embedding's
+Exp/Sin/Cos); inputs and outputs stay FP32 so every precision has the same interface.
+int8: explicit, symmetric Q/DQ pairs on MatMul/Gemm only (see migm.calibration).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..fileio import atomic_path
+
+PRECISIONS = ("fp32", "fp16", "int8", "best")
+FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "Pow", "Sqrt", "Exp", "Sin",
+            "Cos", "Sigmoid", "Erf"]
+
+
+def to_fp16(src: str | Path, dst: str | Path) -> Path:
+    """Convert an FP32 ONNX graph to FP16, keeping FP32_OPS and the I/O types in FP32."""
+    import onnx
+    import onnx_graphsurgeon as gs
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=FP32_OPS)
+    graph = gs.import_onnx(model)  # the converter appends its Cast nodes out of order
+    graph.cleanup().toposort()
+    model = gs.export_onnx(graph)
+    onnx.checker.check_model(model)
+    dst = Path(dst)
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
+    return dst
+
+
+def component_precisions(precision: str) -> dict[str, str]:
+    """What each component is built in for a bundle precision (`best` = FP16 base, INT8 shortcut)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "best":
+        return {"base": "fp16", "shortcut": "int8", "decoder": "fp16"}
+    if precision == "int8":  # only the shortcut is quantized; the base and decoder stay FP32
+        return {"base": "fp32", "shortcut": "int8", "decoder": "fp32"}
+    return {"base": precision, "shortcut": precision, "decoder": precision}
