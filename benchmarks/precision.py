@@ -1,0 +1,143 @@
+"""Accuracy and speed of each bundle precision against FP32, on ONNX Runtime (CPU here).
+
+For every precision (fp32, fp16, int8, best) a bundle of the shipped model is built (or
+reused) and sampled with hybrid sampling (shortcut strategy, N and B below) with ONNX
+Runtime sessions for the base model, the shortcut and the decoder, same seed for all:
+
+  feature error     rel. L2 of each component's first output vs the FP32 graph, on the
+                    calibration-style inputs of the bundle (base: real token states)
+  token agreement   share of tokens equal to the FP32 bundle's, over whole generations
+  FD / class acc    of the decoded images, against the validation split
+  speed             ms per call of each component at the sampling batch (ratio to FP32)
+
+    python benchmarks/precision.py --num 1000 --steps 16 --budget 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from migm import assets
+from migm.engines.build import BuildSettings, build_bundle
+from migm.engines.bundle import verify_bundle
+from migm.export.onnx import ort_session
+from migm.models.checkpoint import load_checkpoint
+from migm.sampling.loop import generate_tokens
+from migm.training.data import load_animals
+from migm.training.metrics import Evaluator
+
+
+class OrtModels:
+    """The bundle's ONNX components as the callables the sampling loop takes."""
+
+    def __init__(self, bundle: Path):
+        doc = verify_bundle(bundle)
+        self.doc = doc
+        self.sessions = {name: ort_session(bundle / e["file"]) for name, e in doc["components"].items()}
+        self.times = {name: 0.0 for name in self.sessions}
+        self.calls = {name: 0 for name in self.sessions}
+
+    def _run(self, name, feeds):
+        t = time.perf_counter()
+        out = self.sessions[name].run(None, {k: v.numpy() for k, v in feeds.items()})
+        self.times[name] += time.perf_counter() - t
+        self.calls[name] += 1
+        return [torch.from_numpy(o) for o in out]
+
+    def base(self, tokens, labels):
+        return tuple(self._run("base", {"tokens": tokens, "labels": labels}))
+
+    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio):
+        return self._run("shortcut", {"features": features.float(), "new_pos": new_pos, "new_tok": new_tok,
+                                      "key_mask": key_mask, "mask_ratio": mask_ratio.float()})[0]
+
+    def decode(self, tokens):
+        g = self.doc["grid"]
+        return self._run("decoder", {"tokens": tokens.view(-1, g, g)})[0]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--precisions", default="fp32,fp16,int8,best")
+    ap.add_argument("--num", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--budget", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--bundles", default="migm-out/bundles", help="Where the bundles are built (reused if present).")
+    ap.add_argument("--trajectories", default=None, help="Calibrate from these trajectories (default: sample).")
+    ap.add_argument("--json", default="benchmarks/results/precision.json")
+    args = ap.parse_args()
+
+    base = load_checkpoint(assets.BASE)
+    head = base.head
+    meta = base.meta["sampling"]
+    c = base.cfg
+    evaluate = Evaluator(load_checkpoint(assets.CLASSIFIER), load_animals("val").images)
+    labels = torch.tensor([i % c.num_classes for i in range(args.num)])
+    rows, ref_tokens, ref_outputs = [], None, {}
+    probe_g = torch.Generator().manual_seed(1)
+    probe = {"base": {"tokens": torch.where(torch.rand(8, c.num_tokens, generator=probe_g) < 0.6,
+                                            torch.tensor(c.mask_id), torch.randint(0, c.codebook_size,
+                                                                                   (8, c.num_tokens), generator=probe_g)),
+                      "labels": torch.arange(8) % (c.num_classes + 1)}}
+    for precision in args.precisions.split(","):
+        path = Path(args.bundles) / f"{precision}.plan"
+        if not path.exists():
+            build_bundle(path, BuildSettings(precision=precision, backend="ort"), assets.BASE, assets.VQ,
+                         assets.SHORTCUT, trajectories=args.trajectories)
+        m = OrtModels(path)
+        g = torch.Generator().manual_seed(args.seed)
+        chunks = []
+        t0 = time.perf_counter()
+        for start in range(0, args.num, args.batch_size):
+            chunks.append(generate_tokens(
+                m.base, labels[start:start + args.batch_size], num_tokens=c.num_tokens, mask_id=c.mask_id,
+                no_class_id=c.no_class_id, steps=args.steps, budget=args.budget, strategy="shortcut",
+                head=lambda f: head(f.float()), shortcut=m.shortcut, cfg=meta["cfg"], tau=meta["tau"],
+                generator=g))
+        seconds = time.perf_counter() - t0
+        tokens = torch.cat(chunks)
+        with torch.no_grad():
+            images = torch.cat([m.decode(tokens[i:i + 500]) for i in range(0, len(tokens), 500)])
+        score = evaluate(images, labels)
+        outs = {"base": m.base(**probe["base"])[0]}
+        if ref_tokens is None:
+            ref_tokens = tokens
+            # shortcut and decoder probes built from the FP32 base's real features
+            masked = probe["base"]["tokens"] == c.mask_id
+            pos = torch.sort((~masked).to(torch.int8), dim=1, stable=True).indices[:, :8]
+            probe["shortcut"] = {"features": outs["base"], "new_pos": pos,
+                                 "new_tok": torch.randint(0, c.codebook_size, pos.shape, generator=probe_g),
+                                 "key_mask": torch.ones(pos.shape, dtype=torch.bool),
+                                 "mask_ratio": masked.float().mean(1)}
+            probe["decoder"] = torch.randint(0, c.codebook_size, (8, c.num_tokens), generator=probe_g)
+        outs["shortcut"] = m.shortcut(**probe["shortcut"])
+        outs["decoder"] = m.decode(probe["decoder"])
+        outs = {k: v.numpy() for k, v in outs.items()}
+        if not ref_outputs:
+            ref_outputs = outs
+        row = {"precision": precision, "steps": args.steps, "budget": args.budget, "num": args.num,
+               "fd": score["fd"], "class_acc": score["class_acc"],
+               "token_agreement": float((tokens == ref_tokens).float().mean()),
+               "rel_err": {k: float(np.linalg.norm(outs[k] - ref_outputs[k]) / np.linalg.norm(ref_outputs[k]))
+                           for k in outs},
+               "components": {n: e["precision"] for n, e in m.doc["components"].items()},
+               "ms_per_call": {n: 1000 * m.times[n] / max(m.calls[n], 1) for n in m.times},
+               "seconds": seconds}
+        rows.append(row)
+        print(f"{precision:5s} FD {row['fd']:.2f} acc {row['class_acc']:.3f} token agreement "
+              f"{row['token_agreement']:.3f} rel err {', '.join(f'{k} {v:.1e}' for k, v in row['rel_err'].items())} "
+              f"ms/call {', '.join(f'{k} {v:.1f}' for k, v in row['ms_per_call'].items())}", flush=True)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
