@@ -137,6 +137,21 @@ def window_losses(model, head, batch: Batch, k: int, steps: int, cfg: float, bra
     return mse_total / k, kl_total / k
 
 
+class WindowLoss(torch.nn.Module):
+    """A batch's whole chained loss in one forward call, so DistributedDataParallel sees
+    exactly one forward per backward however many shortcut steps a window chains."""
+
+    def __init__(self, shortcut: Shortcut, head, steps: int, cfg: float, branches: int, kl_weight: float):
+        super().__init__()
+        self.shortcut = shortcut
+        self.head = head  # the frozen base head: a plain attribute, not a submodule DDP would sync
+        self.steps, self.cfg, self.branches, self.kl_weight = steps, cfg, branches, kl_weight
+
+    def forward(self, feats, tokens, reveal, start, k: int):
+        return window_losses(self.shortcut, self.head, Batch(feats, tokens, reveal, start), k, self.steps, self.cfg,
+                             self.branches, self.kl_weight)
+
+
 @torch.no_grad()
 def validate(model, head, ts: TrajectorySet, items: list[int], steps: int, cfg: float, chained: int = 3,
              starts: list[int] | None = None) -> dict:
@@ -186,10 +201,10 @@ def train_shortcut(out: str, base: MaskGIT, ts: TrajectorySet, cfg: ShortcutConf
     ema = EMA(model, s.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     start = load_train_state(out, model, opt, ema)
-    train_model = model
+    loss_fn = WindowLoss(model, head, steps, gcfg, ts.branches, s.kl)
     if info.world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.local_rank] if s.device.startswith("cuda") else None)
+        loss_fn = torch.nn.parallel.DistributedDataParallel(
+            loss_fn, device_ids=[info.local_rank] if s.device.startswith("cuda") else None)
 
     n_val = max(1, int(round(len(ts) * s.val_fraction)))
     train_ids = len(ts) - n_val
@@ -222,7 +237,7 @@ def train_shortcut(out: str, base: MaskGIT, ts: TrajectorySet, cfg: ShortcutConf
         ids = torch.randint(train_ids, (s.batch_size,), generator=g)
         batch = load_batch(ts, [(int(i), same_k[int(p)][0]) for i, p in zip(ids, picks)], k, s.device)
         with torch.autocast(torch.device(s.device).type, dtype=torch.bfloat16):
-            mse, kl = window_losses(train_model, head, batch, k, steps, gcfg, ts.branches, s.kl)
+            mse, kl = loss_fn(batch.feats, batch.tokens, batch.reveal, batch.start, k)
         loss = mse + s.kl * kl if s.kl else mse
         opt.zero_grad(set_to_none=True)
         loss.backward()
