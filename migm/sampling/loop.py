@@ -18,10 +18,9 @@ With CFG both branches are carried through the same predictor, batched.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
-
-import math
 
 import torch
 
