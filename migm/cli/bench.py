@@ -123,7 +123,8 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
         err = f"{s['feature_rel_err']:.3f}" if s["feature_rel_err"] is not None else "-"
         click.echo(f"| {label(s)} | {s['steps']} | {s['budget']} | {s['fd_mean']:.2f} ± {s['fd_sd']:.2f} | "
                    f"{s['class_acc_mean']:.3f} | {err} | {s['cost']:.2f} | {s['ms_per_image']:.1f} |")
-    pareto_plot(summary, plot, title=f"tiny-animals, {num} images per point, seeds {seeds}")
+    used = ",".join(str(x) for x in sorted({r["seed"] for r in rows}))
+    pareto_plot(summary, plot, title=f"tiny-animals, {num} images per point, seeds {used} (mean ± sd)")
     click.echo(f"wrote {out} and {plot}")
 
 
