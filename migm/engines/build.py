@@ -81,7 +81,6 @@ def _max_rel_error(comp, path: Path) -> float:
 def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut_path=None,
                  trajectories=None, progress: Callable[[str], None] | None = None) -> Path:
     """Build the bundle for the given checkpoints (the shortcut is optional)."""
-    from ..calibration.data import collect_calibration, load_calibration, save_calibration
     from ..calibration.int8 import quantize_int8
 
     say = progress or (lambda msg: None)
@@ -120,8 +119,7 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
                 say(f"fp16 {comp.name}")
                 final = to_fp16(fp32, work / f"{comp.name}.fp16.onnx")
             elif prec == "int8":
-                calib = _calibration(s, out, digests, trajectories, base, say, collect_calibration,
-                                     load_calibration, save_calibration, work)
+                calib = _calibration(s, out, digests, trajectories, base, say, work)
                 say(f"int8 {comp.name} ({len(calib['counts'])} calibration inputs)")
                 final = quantize_int8(fp32, work / f"{comp.name}.int8.onnx", calib)
                 files["calibration.npz"] = work / "calibration.npz"
@@ -155,8 +153,11 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
         return write_bundle(out, manifest, files)
 
 
-def _calibration(s, out, digests, trajectories, base, say, collect, load, save, work):
+def _calibration(s, out, digests, trajectories, base, say, work):
     """Calibration inputs: --calibration, else the previous bundle's (same checkpoints), else collected."""
+    from ..calibration.data import collect_calibration as collect
+    from ..calibration.data import load_calibration as load
+    from ..calibration.data import save_calibration as save
     from ..training.trajectories import CollectSettings, TrajectorySet, collect_trajectories
 
     if s.calibration is not None:

@@ -15,12 +15,13 @@ place, so a failed build leaves no half-written bundle. Loading checks every fil
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from ..fileio import sha256_file
 
 FORMAT = "migm-bundle"
 VERSION = 1
@@ -30,12 +31,7 @@ class BundleError(RuntimeError):
     pass
 
 
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256 = sha256_file
 
 
 def write_bundle(out: str | Path, manifest: dict, files: dict[str, Path]) -> Path:

@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..fileio import atomic_path
+from ..fileio import atomic_path, sha256_file
 
 
 class CheckpointError(RuntimeError):
@@ -71,14 +71,8 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, meta: dict | None 
 
 def checkpoint_digest(path: str | Path) -> str:
     """A short content hash of a checkpoint's weights: ties trained shortcuts and bundles to their base."""
-    import hashlib
-
     weights, _ = _paths(path)
-    h = hashlib.sha256()
-    with open(weights, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return sha256_file(weights)[:16]
 
 
 def read_config(path: str | Path) -> dict:

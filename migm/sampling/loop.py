@@ -112,7 +112,9 @@ def generate_tokens(base: BaseFn, labels: torch.Tensor, *, num_tokens: int, mask
     logits = None
     remaining = num_tokens
     for i, reveal in enumerate(mask_schedule(schedule, steps, num_tokens)):
-        seq = torch.cat([tokens, tokens]) if guided else tokens
+        # the token grid for both CFG branches: needed by full steps, mlcache and the probe only
+        needs_seq = i in plan or strategy == "mlcache" or probe is not None
+        seq = (torch.cat([tokens, tokens]) if guided else tokens) if needs_seq else None
         if i in plan:
             if strategy == "mlcache":
                 feats, logits, cache = cached.full(seq, labs)
