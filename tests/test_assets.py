@@ -39,6 +39,6 @@ def test_shipped_shortcut_belongs_to_the_shipped_base():
     assert sc.meta["base_digest"] == checkpoint_digest(assets.BASE)
     assert {"rel_err_1", "reuse_rel_err_1"} <= set(sc.meta["validation"])
     pipe = Pipeline.from_checkpoints()
-    assert pipe.shortcut is not None
+    assert pipe.has_shortcut
     tokens = pipe.generate_tokens(["cat", "dog"], steps=8, strategy="shortcut", budget=3, seed=0)
     assert tokens.shape == (2, 256) and (tokens < 64).all()

@@ -25,24 +25,6 @@ CFG = MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=1, 
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """Tiny random base, VQ-VAE (8x8 images -> 4x4 tokens) and shortcut, saved as checkpoints."""
-    root = tmp_path_factory.mktemp("export")
-    torch.manual_seed(0)
-    base = MaskGIT(CFG).eval()
-    base.meta = {"sampling": {"steps": 6, "cfg": 2.0, "tau": 4.5}}
-    vq = VQVAE(VQConfig(width=16, codebook_size=16, code_dim=8, n_down=1, image_size=8)).eval()
-    sc = Shortcut(ShortcutConfig(width=32, codebook_size=16, vocab=CFG.vocab, num_tokens=16, heads=2)).eval()
-    sc.load_base_embeddings(base)
-    torch.nn.init.normal_(sc.proj_out.weight, std=0.05)
-    save_checkpoint(base, root / "base", meta=base.meta)
-    save_checkpoint(vq, root / "vq")
-    save_checkpoint(sc, root / "sc", meta={"base_digest": checkpoint_digest(root / "base")})
-    collect_trajectories(base, root / "traj", CollectSettings(num=6, steps=6, cfg=2.0, shard_size=6))
-    return root, base, vq, sc
-
-
-@pytest.fixture(scope="module")
 def exported(tiny, tmp_path_factory):
     root, base, vq, sc = tiny
     out = tmp_path_factory.mktemp("onnx")
@@ -129,11 +111,16 @@ def test_bundle_build_inspect_and_hash_check(tiny, tmp_path):
     assert {k: v["precision"] for k, v in doc["components"].items()} == {"base": "fp16", "shortcut": "int8",
                                                                           "decoder": "fp16"}
     assert sorted(p.name for p in out.iterdir()) == ["base.onnx", "calibration.npz", "decoder.onnx",
-                                                     "manifest.json", "shortcut.onnx"]
+                                                     "manifest.json", "shortcut.onnx", "torch"]
+    assert sorted(doc["checkpoints"]) == ["base", "shortcut", "vq"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
     res = CliRunner().invoke(export_main, ["inspect", str(out)])
     assert res.exit_code == 0 and "shortcut" in res.output and "int8" in res.output
-    # a modified artifact is caught by its hash
+    # a modified artifact is caught by its hash, the torch checkpoints' too
+    with open(out / "torch" / "base.safetensors", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(BundleError, match="torch/base.safetensors does not match its hash"):
+        verify_bundle(out)
     with open(out / "decoder.onnx", "ab") as fh:
         fh.write(b"\0")
     with pytest.raises(BundleError, match="does not match its hash"):

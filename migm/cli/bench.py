@@ -1,4 +1,4 @@
-"""`migm-bench`: measure what hybrid sampling buys (quality vs cost)."""
+"""`migm-bench`: measure what hybrid sampling buys: quality vs cost, and speed."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _ints(value: str, name: str) -> list[int]:
 
 @click.group()
 def main():
-    """Benchmarks of the tiny-animals pipeline (torch backend, this machine)."""
+    """Benchmarks: `quality` (FD vs base-model cost, tiny-animals) and `speed` (throughput on this machine)."""
 
 
 @main.command()
@@ -82,7 +82,7 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
             path = s.partition("=")[2]
             extra[Path(path).stem] = load_shortcut(path, base_path or assets.BASE)
     names = [f"shortcut={Path(s.partition('=')[2]).stem}" if s.startswith("shortcut=") else s for s in names]
-    if "shortcut" in names and pipe.shortcut is None:
+    if "shortcut" in names and not pipe.has_shortcut:
         raise click.ClickException("strategy shortcut needs a shortcut checkpoint: pass --shortcut PATH")
     sweep = Sweep(steps=n_list, budgets=b_list, strategies=names, seeds=_ints(seeds, "--seed"), num=num,
                   err_num=min(err_num, num), batch_size=batch_size, shortcuts=extra)
@@ -126,6 +126,149 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
     used = ",".join(str(x) for x in sorted({r["seed"] for r in rows}))
     pareto_plot(summary, plot, title=f"tiny-animals, {num} images per point, seeds {used} (mean ± sd)")
     click.echo(f"wrote {out} and {plot}")
+
+
+@main.command()
+@click.option("--preset", default="tiny-animals", show_default=True,
+              type=click.Choice(["tiny-animals", "maskgit-imagenet512"]),
+              help="tiny-animals runs the shipped trained model; other presets random weights of that size.")
+@click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "ort", "trt"]))
+@click.option("--engine", default=None, type=click.Path(),
+              help="Bundle for ort/trt (default: built into the cache for the preset).")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available for torch/trt).")
+@click.option("--batch", "batches", default="1,32", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--steps", default=32, show_default=True, help="Sampling steps N.")
+@click.option("--budget", "budgets", default="12", show_default=True, help="Base-model steps B (comma-separated).")
+@click.option("--strategies", default="shortcut,reuse,extrapolate,fewer", show_default=True,
+              help="Hybrid strategies timed at each B (vanilla N is always timed).")
+@click.option("--repeats", default=3, show_default=True, help="Timed runs per measurement (the median is kept).")
+@click.option("--warmup", default=1, show_default=True, help="Untimed runs first (they also capture CUDA graphs).")
+@click.option("--no-plain", is_flag=True, help="Skip the plain-PyTorch baseline loop.")
+@click.option("--graphs/--no-graphs", default=True, show_default=True, help="CUDA graphs on a GPU (torch, trt).")
+@click.option("--json", "json_path", default="benchmarks/results/speed.json", show_default=True,
+              help="Rows (a JSON list); a markdown table goes beside it (.md) and a speedup-vs-B plot (.png).")
+@one_line_errors
+def speed(preset, backend, engine, device, batches, steps, budgets, strategies, repeats, warmup, no_plain, graphs,
+          json_path):
+    """Throughput of vanilla N vs hybrid (N, B) with the cost model and the plain-PyTorch baseline."""
+    import platform
+
+    import torch
+
+    from ..fileio import atomic_path
+    from ..runtime.pipeline import Pipeline
+    from ..runtime.speed import SpeedSettings, markdown, measure
+    from ..sampling.loop import STRATEGIES
+
+    batch_list, budget_list = _ints(batches, "--batch"), _ints(budgets, "--budget")
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    for s in names:
+        if s not in STRATEGIES or s == "vanilla":
+            raise click.BadParameter(f"unknown hybrid strategy {s!r}", param_hint="--strategies")
+    for b in budget_list:
+        if not 1 <= b <= steps:
+            raise click.BadParameter(f"budget B={b} must be between 1 and N={steps}", param_hint="--budget")
+    if backend == "ort" and "mlcache" in names:
+        raise click.BadParameter("mlcache runs on the torch backend only", param_hint="--strategies")
+    device = device or ("cuda" if torch.cuda.is_available() and backend != "ort" else "cpu")
+    pipe, plain = _speed_pipeline(preset, backend, engine, device)
+    pipe.use_graphs = graphs
+    dev_name = torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else \
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    info = {"preset": preset, "backend": backend, "device": dev_name}
+    settings = SpeedSettings(batches=batch_list, steps=steps, budgets=budget_list, strategies=names,
+                             plain=not no_plain, repeats=repeats, warmup=warmup)
+    rows = measure(pipe, settings, info, say=click.echo, plain_models=None if no_plain else plain)
+    out = Path(json_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        tmp.write_text(table)
+    _speed_plot(rows, out.with_suffix(".png"))
+    click.echo(table)
+    click.echo(f"wrote {out}, {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+
+
+@main.command()
+@click.argument("json_paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@one_line_errors
+def plot(json_paths):
+    """Redraw the speedup-vs-B plot (.png beside each file) from `migm-bench speed` JSON files."""
+    for p in json_paths:
+        _speed_plot(json.loads(Path(p).read_text()), Path(p).with_suffix(".png"))
+        click.echo(f"wrote {Path(p).with_suffix('.png')}")
+
+
+def _speed_pipeline(preset, backend, engine, device):
+    """The pipeline to time, and the torch (base, shortcut) for the plain baseline."""
+    import copy
+    import tempfile
+
+    import torch
+
+    from .. import assets
+    from ..models.checkpoint import load_checkpoint, save_checkpoint
+    from ..models.presets import random_models
+    from ..runtime.pipeline import Pipeline, load_shortcut
+
+    if preset == "tiny-animals":
+        base, vq = load_checkpoint(assets.BASE), load_checkpoint(assets.VQ)
+        sc = load_shortcut(assets.SHORTCUT, assets.BASE)
+    else:
+        base, vq, sc = random_models(preset)
+    # the plain loop gets its own copies: the backend moves and casts its modules in place
+    dev = torch.device(device)
+    plain_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    plain = (copy.deepcopy(base).to(dev, plain_dtype), copy.deepcopy(sc).to(dev, plain_dtype))
+    if backend == "torch":
+        return Pipeline.from_models(base, vq, sc, device=device), plain
+    if engine is None:
+        from ..engines.build import BuildSettings, build_bundle
+        from ..runtime.cache import cache_dir, default_bundle
+
+        if preset == "tiny-animals" and backend == "ort":
+            engine = default_bundle(say=click.echo)
+        else:
+            engine = cache_dir() / "bundles" / f"{preset}-random-{backend}-fp32.plan"
+            if not (engine / "manifest.json").exists():
+                click.echo(f"building {engine} (random weights, once)")
+                with tempfile.TemporaryDirectory() as tmp:
+                    for name, m in (("base", base), ("vq", vq), ("shortcut", sc)):
+                        save_checkpoint(m, f"{tmp}/{name}", meta=getattr(m, "meta", {}))
+                    build_bundle(engine, BuildSettings(precision="fp32", backend=backend),
+                                 f"{tmp}/base", f"{tmp}/vq", f"{tmp}/shortcut")
+    return Pipeline.from_bundle(engine, backend=backend, device=device), plain
+
+
+def _speed_plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..fileio import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for batch in sorted({r["batch"] for r in rows}):
+        for strategy in sorted({r["strategy"] for r in rows if r["budget"] < r["steps"]}):
+            pts = sorted((r["budget"], r["speedup"]) for r in rows if r["batch"] == batch and r["strategy"] == strategy
+                         and r["budget"] < r["steps"])
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=f"{strategy}, batch {batch}")
+        ideal = sorted({(r["budget"], r["ideal_speedup"]) for r in rows if r["batch"] == batch
+                        and r["strategy"] == "shortcut" and r["ideal_speedup"]})
+        if ideal:
+            ax.plot(*zip(*ideal), "k--", alpha=0.5, label=f"cost-model ideal, batch {batch}")
+    r0 = rows[0]
+    ax.set(xlabel="B (base-model steps)", ylabel=f"speedup over vanilla N={r0['steps']}",
+           title=f"{r0['preset']}, {r0['backend']}, {r0['device']}"[:80])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`migm-run`: generate images with the shipped model (or given checkpoints)."""
+"""`migm-run`: generate images from a bundle (or the shipped model, or checkpoints)."""
 
 from __future__ import annotations
 
@@ -11,31 +11,38 @@ from .common import Bar, one_line_errors
 
 
 @click.command()
+@click.option("--engine", "engine", default=None, type=click.Path(),
+              help="A NAME.plan bundle from `migm-export build`. Default: the shipped model's bundle, "
+                   "built on first use into ~/.cache/migm (or $MIGM_CACHE).")
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "torch", "ort", "trt"]),
+              help="auto: trt for a TensorRT bundle, else torch with CUDA graphs on a GPU, ONNX Runtime on a CPU.")
 @click.option("--classes", default=None,
               help="Comma-separated class names or indices, cycled to --num images (default: every class in turn).")
 @click.option("--num", default=16, show_default=True, help="Number of images.")
 @click.option("--steps", type=int, default=None, help="Sampling steps N (default: the model's, 16 for tiny-animals).")
+@click.option("--budget", type=int, default=None,
+              help="B: steps that run the base model (of N); the shortcut predicts the others. Default: N.")
+@click.option("--strategy", default=None,
+              type=click.Choice(["vanilla", "fewer", "reuse", "extrapolate", "mlcache", "shortcut"]),
+              help="How steps without the base model get their features. Default: shortcut when B < N.")
 @click.option("--cfg", type=float, default=None, help="Classifier-free guidance weight w (default: the model's).")
 @click.option("--tau", type=float, default=None, help="Gumbel temperature of the confidence noise (default: the model's).")
-@click.option("--strategy", default="vanilla", show_default=True,
-              type=click.Choice(["vanilla", "fewer", "reuse", "extrapolate", "mlcache", "shortcut"]),
-              help="How steps without the base model get their features (see --budget).")
-@click.option("--budget", type=int, default=None,
-              help="B: steps that run the base model (of N); the others use --strategy. Default: N.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
 @click.option("--out", default="migm-out", show_default=True, type=click.Path(file_okay=False),
               help="Output directory: grid.png plus one PNG per image.")
-@click.option("--base", "base_path", default=None, help="Base model checkpoint (default: shipped tiny-animals).")
-@click.option("--vq", "vq_path", default=None, help="VQ-VAE checkpoint (default: shipped).")
+@click.option("--base", "base_path", default=None, help="Run these checkpoints on the torch backend instead of a bundle.")
+@click.option("--vq", "vq_path", default=None, help="VQ-VAE checkpoint (with --base; default: shipped).")
 @click.option("--shortcut", "shortcut_path", default=None,
-              help="Shortcut checkpoint (default: the shipped one, with the shipped base).")
+              help="Shortcut checkpoint (with checkpoints; default: the shipped one, with the shipped base).")
 @one_line_errors
-def main(classes, num, steps, cfg, tau, strategy, budget, seed, batch_size, out, base_path, vq_path, shortcut_path):
-    """Generate class-conditional images (torch backend, CPU).
+def main(engine, backend, classes, num, steps, budget, strategy, cfg, tau, seed, batch_size, out, base_path, vq_path,
+         shortcut_path):
+    """Generate class-conditional images.
 
-    Vanilla MaskGIT sampling by default; `--strategy shortcut --steps 32 --budget 8` runs
-    the base model on 8 of 32 steps and the learned shortcut on the others.
+    `migm-run --num 8 --steps 16 --budget 6` runs the base model on 6 of 16 steps and the
+    learned shortcut on the others; `--engine NAME.plan --backend ort` picks a bundle and
+    backend. Checkpoint options (--base/--vq/--shortcut) run the torch backend on them.
     """
     from ..runtime.images import make_grid, save_png
     from ..runtime.pipeline import Pipeline
@@ -44,6 +51,10 @@ def main(classes, num, steps, cfg, tau, strategy, budget, seed, batch_size, out,
         raise click.BadParameter("must be >= 1", param_hint="--num")
     if steps is not None and steps < 1:
         raise click.BadParameter("must be >= 1", param_hint="--steps")
+    if batch_size < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--batch-size")
+    if budget is not None and budget < 1:
+        raise click.BadParameter(f"budget B={budget} must be at least 1", param_hint="--budget")
     out_dir = Path(out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -53,9 +64,22 @@ def main(classes, num, steps, cfg, tau, strategy, budget, seed, batch_size, out,
     except OSError as e:
         raise click.ClickException(f"cannot write to output directory {out_dir}: {e.strerror or e}") from None
 
-    pipe = Pipeline.from_checkpoints(base_path, vq_path, shortcut_path)
+    checkpoints = base_path or vq_path or shortcut_path
+    if checkpoints and engine:
+        raise click.UsageError("give either --engine or checkpoints (--base/--vq/--shortcut), not both")
+    if checkpoints:
+        if backend not in ("auto", "torch"):
+            raise click.BadParameter("checkpoints run on the torch backend only; build a bundle for "
+                                     f"{backend} with `migm-export build`", param_hint="--backend")
+        pipe = Pipeline.from_checkpoints(base_path, vq_path, shortcut_path)
+    else:
+        if engine is None:
+            from ..runtime.cache import default_bundle
+
+            engine = default_bundle(say=click.echo)
+        pipe = Pipeline.from_bundle(engine, backend=backend)
     n_steps = pipe.defaults.steps if steps is None else steps
-    if budget is not None and not 1 <= budget <= n_steps:
+    if budget is not None and budget > n_steps:
         raise click.BadParameter(f"budget B={budget} must be between 1 and the number of steps N={n_steps}",
                                  param_hint="--budget")
     if classes is None:
@@ -67,8 +91,9 @@ def main(classes, num, steps, cfg, tau, strategy, budget, seed, batch_size, out,
         for c in chosen:  # validate before any work
             pipe.class_index(c)
     labels = [pipe.class_index(chosen[i % len(chosen)]) for i in range(num)]
+    strategy = pipe.resolve_strategy(strategy, n_steps, budget)
 
-    bar = Bar("sampling")
+    bar = Bar(f"sampling ({pipe.backend.name}, {pipe.device}, {strategy})")
     t0 = time.perf_counter()
     images = pipe.generate(labels, steps=steps, cfg=cfg, tau=tau, seed=seed, batch_size=batch_size,
                            strategy=strategy, budget=budget, progress=lambda i, n: bar(i, n))
@@ -79,7 +104,8 @@ def main(classes, num, steps, cfg, tau, strategy, budget, seed, batch_size, out,
         save_png(img, out_dir / f"{i:04d}_{names[lab]}.png", scale=4)
     ncol = min(len(chosen), 10) if len(chosen) > 1 else None
     save_png(make_grid(images, ncol=ncol), out_dir / "grid.png", scale=4)
-    click.echo(f"wrote {num} images and grid.png to {out_dir} ({num / elapsed:.1f} images/s)")
+    click.echo(f"wrote {num} images and grid.png to {out_dir}: {num / elapsed:.1f} images/s "
+               f"({pipe.backend.name} backend, N={n_steps}, B={budget or n_steps})")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..export.onnx import components, export_component, ort_session
+from ..export.onnx import components, export_component, name_batch_axes, ort_session
 from ..export.precision import component_precisions, to_fp16
 from ..models.checkpoint import checkpoint_digest, load_checkpoint
 from ..models.maskgit import MaskGIT
@@ -47,6 +47,7 @@ def fold_constants(path: Path) -> None:
     from polygraphy.backend.onnx import fold_constants as fold
 
     model = fold(onnx.load(str(path)), error_ok=True)
+    name_batch_axes(model)  # folding re-infers shapes and may rename the batch axis again
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
@@ -139,6 +140,15 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
             else:
                 files[f"{comp.name}.onnx"], entry["file"] = final, f"{comp.name}.onnx"
             entries[comp.name] = entry
+        # the source checkpoints travel too: the torch backend runs them, and the ort/trt
+        # backends take the base head from them for reuse/extrapolate steps
+        checkpoints = {}
+        for name, src in (("base", base_path), ("vq", vq_path), ("shortcut", shortcut_path)):
+            if src is None:
+                continue
+            weights, config = _checkpoint_files(src)
+            files[f"torch/{name}.safetensors"], files[f"torch/{name}.json"] = weights, config
+            checkpoints[name] = {"file": f"torch/{name}"}
         meta = getattr(base, "meta", {})
         manifest = {
             "family": "maskgit", "precision": s.precision, "backend": s.backend,
@@ -147,10 +157,16 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
             "grid": base.cfg.grid, "num_tokens": base.cfg.num_tokens, "codebook_size": base.cfg.codebook_size,
             "mask_id": base.cfg.mask_id, "no_class_id": base.cfg.no_class_id, "vocab": base.cfg.vocab,
             "class_names": meta.get("class_names", []), "sampling": meta.get("sampling", {}),
-            "sources": digests, "components": entries, "tools": _versions(),
+            "sources": digests, "components": entries, "checkpoints": checkpoints, "tools": _versions(),
         }
         say("bundle")
         return write_bundle(out, manifest, files)
+
+
+def _checkpoint_files(path) -> tuple[Path, Path]:
+    p = Path(path)
+    p = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    return p.with_suffix(".safetensors"), p.with_suffix(".json")
 
 
 def _calibration(s, out, digests, trajectories, base, say, work):

@@ -8,6 +8,8 @@
       shortcut.onnx | shortcut.engine
       decoder.onnx | decoder.engine
       calibration.npz    (INT8 builds) the shortcut's calibration inputs, reused on rebuild
+      torch/             the source checkpoints (base, vq, shortcut: .safetensors + .json),
+                         run by the torch backend; the others take the base head from them
 
 A bundle is assembled in a temporary directory beside the target and renamed into
 place, so a failed build leaves no half-written bundle. Loading checks every file's hash.
@@ -45,10 +47,13 @@ def write_bundle(out: str | Path, manifest: dict, files: dict[str, Path]) -> Pat
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for name, src in files.items():
+            (stage / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, stage / name)
         for entry in manifest.get("components", {}).values():
             p = stage / entry["file"]
             entry["sha256"], entry["bytes"] = sha256(p), p.stat().st_size
+        for entry in manifest.get("checkpoints", {}).values():  # a checkpoint is two files: weights, config
+            entry["sha256"] = {ext: sha256(stage / f"{entry['file']}.{ext}") for ext in ("safetensors", "json")}
         if (stage / "calibration.npz").exists():
             manifest["calibration"] = {"file": "calibration.npz", "sha256": sha256(stage / "calibration.npz")}
         (stage / "manifest.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, **manifest},
@@ -102,4 +107,12 @@ def verify_bundle(path: str | Path) -> dict:
         if sha256(f) != entry["sha256"]:
             raise BundleError(f"bundle {path}: {entry['file']} does not match its hash in manifest.json "
                               "(corrupt or modified; rebuild the bundle)")
+    for name, entry in doc.get("checkpoints", {}).items():
+        for ext, digest in entry["sha256"].items():
+            f = path / f"{entry['file']}.{ext}"
+            if not f.exists():
+                raise BundleError(f"bundle {path}: checkpoint file {entry['file']}.{ext} is missing")
+            if sha256(f) != digest:
+                raise BundleError(f"bundle {path}: {entry['file']}.{ext} does not match its hash in manifest.json "
+                                  "(corrupt or modified; rebuild the bundle)")
     return doc

@@ -102,16 +102,22 @@ def export_component(comp: Component, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         program.save(str(tmp), external_data=external)
         model = onnx.load(str(tmp), load_external_data=False)
-        renamed = False
-        for out in model.graph.output:  # the exporter may name a derived batch axis, e.g. floor(1.0*batch)
-            dims = out.type.tensor_type.shape.dim
-            if dims and dims[0].dim_param and dims[0].dim_param != "batch":
-                dims[0].dim_param = "batch"
-                renamed = True
-        if renamed:
+        if name_batch_axes(model):
             onnx.save(model, str(tmp))
     onnx.checker.check_model(str(path) if external else onnx.load(str(path)))
     return path
+
+
+def name_batch_axes(model) -> bool:
+    """Call every output's leading axis `batch`: the exporter and shape inference may name a
+    derived one, e.g. floor(1.0*batch). Returns whether anything changed."""
+    renamed = False
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param and dims[0].dim_param != "batch":
+            dims[0].dim_param = "batch"
+            renamed = True
+    return renamed
 
 
 def ort_session(path: str | Path, threads: int = 0):

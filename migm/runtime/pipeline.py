@@ -1,12 +1,21 @@
-"""`Pipeline`: class labels in, images out, on the torch backend.
+"""`Pipeline`: class labels in, images out, on any backend (torch, ONNX Runtime, TensorRT).
 
-A pipeline holds the base model and the VQ decoder and runs the sampling loop. It is
-not safe to share one across threads that generate at the same time; give each
-thread its own pipeline (models are read-only, so they may be shared).
+    pipe = Pipeline.from_bundle("tiny.plan", backend="auto")     # or Pipeline.from_checkpoints()
+    images = pipe.generate(classes=["cat", "dog"], steps=16, budget=6, seed=0)
+
+The step loop is `sampling.loop.generate_tokens`, the same function training and evaluation
+use, so a backend gives the training-time hybrid sampler's tokens for the same seed (up to
+its arithmetic). On a CUDA device the whole loop is captured into one CUDA graph per
+(batch, N, B, strategy, sampling settings) and replayed (runtime/graphs.py).
+
+Thread safety: a pipeline owns one set of buffers and CUDA graphs; `generate` takes a lock,
+so concurrent calls from several threads are safe but run one after another. For parallel
+generation give each thread its own pipeline.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,12 +23,15 @@ from typing import Callable, Sequence
 import torch
 
 from .. import assets
+from ..engines.bundle import BundleError, verify_bundle
 from ..models.checkpoint import checkpoint_digest, load_checkpoint
 from ..models.maskgit import MaskGIT
 from ..models.shortcut import Shortcut
-from ..models.vqvae import Decoder, VQVAE
-from ..sampling.loop import STRATEGIES, CachedBase, HybridStats, ProbeFn, generate_tokens
+from ..models.vqvae import VQVAE
+from ..sampling.loop import STRATEGIES, HybridStats, ProbeFn, generate_tokens
 from ..sampling.schedules import SCHEDULES
+from .backends import BACKENDS, OrtBackend, TorchBackend, TrtBackend, trt_usable
+from .graphs import GraphedLoop
 
 
 @dataclass
@@ -32,17 +44,42 @@ class SamplingDefaults:
 
 
 @dataclass
+class ModelSpec:
+    """What the loop needs to know of the model, whatever runs it."""
+    num_tokens: int
+    grid: int
+    codebook_size: int
+    num_classes: int
+
+    @property
+    def mask_id(self) -> int:
+        return self.codebook_size
+
+    @property
+    def no_class_id(self) -> int:
+        return self.num_classes
+
+
+@dataclass
 class Pipeline:
-    base: MaskGIT
-    decoder: Decoder
+    backend: TorchBackend | OrtBackend | TrtBackend
+    spec: ModelSpec
     class_names: Sequence[str] = ()
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
-    shortcut: Shortcut | None = None
+    use_graphs: bool = True  # CUDA graphs on a GPU
+
+    def __post_init__(self):
+        self._lock = threading.Lock()
+        self._graphs = GraphedLoop(self.device) if self.device.type == "cuda" else None
+        self._graph_stats: dict = {}
+
+    # ---- construction ----
 
     @classmethod
     def from_checkpoints(cls, base: str | Path | None = None, vq: str | Path | None = None,
-                         shortcut: str | Path | None = None) -> "Pipeline":
-        """Load a base model, VQ-VAE and (optionally) shortcut checkpoint.
+                         shortcut: str | Path | None = None, device: str = "cpu",
+                         precision: str = "bf16") -> "Pipeline":
+        """The torch backend over a base model, VQ-VAE and (optionally) shortcut checkpoint.
 
         Defaults: the shipped tiny-animals model; its shipped shortcut comes with the
         shipped base only (a shortcut is tied to the base it was trained for).
@@ -57,18 +94,77 @@ class Pipeline:
                 f"base model (codebook {base_model.cfg.codebook_size}, grid {base_model.cfg.grid}) does not match "
                 f"the VQ-VAE (codebook {vq_model.cfg.codebook_size}, grid {vq_model.cfg.grid})"
             )
-        meta = getattr(base_model, "meta", {})
-        defaults = SamplingDefaults(**meta.get("sampling", {}))
-        names = tuple(meta.get("class_names", ()))
         if shortcut is None and base is None and Path(f"{assets.SHORTCUT}.json").exists():
             shortcut = assets.SHORTCUT
         sc = load_shortcut(shortcut, base_path) if shortcut is not None else None
-        return cls(base=base_model, decoder=vq_model.decoder.eval(), class_names=names, defaults=defaults,
-                   shortcut=sc)
+        return cls.from_models(base_model, vq_model, sc, device=device, precision=precision)
+
+    @classmethod
+    def from_models(cls, base: MaskGIT, vq: VQVAE, shortcut: Shortcut | None = None, device: str = "cpu",
+                    precision: str = "bf16") -> "Pipeline":
+        """The torch backend over models in memory (random weights for benchmarks, say)."""
+        meta = getattr(base, "meta", {})
+        c = base.cfg
+        return cls(backend=TorchBackend(base, vq.decoder, shortcut, device=device, precision=precision),
+                   spec=ModelSpec(c.num_tokens, c.grid, c.codebook_size, c.num_classes),
+                   class_names=tuple(meta.get("class_names", ())),
+                   defaults=SamplingDefaults(**meta.get("sampling", {})))
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, backend: str = "auto", device: str | None = None) -> "Pipeline":
+        """A `NAME.plan/` bundle on a backend.
+
+        auto: TensorRT for a trt bundle; for an ort bundle the torch backend with CUDA graphs
+        where a GPU is present, ONNX Runtime on a CPU (the faster one there, see README).
+        torch runs the bundle's own checkpoints (fp32 for fp32/int8 bundles, bf16 otherwise).
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        path = Path(path)
+        doc = verify_bundle(path)
+        if doc.get("family", "maskgit") != "maskgit":
+            raise BundleError(f"bundle {path} is a {doc['family']} model; this runtime runs maskgit bundles")
+        gpu = torch.cuda.is_available()
+        built = doc.get("backend", "ort")
+        if backend == "auto":
+            backend = "trt" if built == "trt" else ("torch" if gpu else "ort")
+        if backend == "trt" and built != "trt":
+            raise BundleError(f"bundle {path} holds ONNX files, not TensorRT engines: use --backend ort or torch, "
+                              "or rebuild with `migm-export build --backend trt`")
+        if backend == "ort" and built != "ort":
+            raise BundleError(f"bundle {path} holds TensorRT engines: use --backend trt (or torch), "
+                              "or rebuild with `migm-export build --backend ort`")
+        if backend == "trt" and not trt_usable():
+            raise RuntimeError("the trt backend needs TensorRT and a CUDA GPU, and this machine lacks "
+                               f"{'TensorRT' if gpu else 'a GPU'}: use an ort bundle with --backend ort or torch")
+        device = device or ("cuda" if gpu and backend != "ort" else "cpu")
+        b = doc["config"]["base"]
+        spec = ModelSpec(doc["num_tokens"], doc["grid"], doc["codebook_size"], b["num_classes"])
+        if backend == "torch":
+            models = _bundle_checkpoints(path, doc)
+            precision = "fp32" if doc["precision"] in ("fp32", "int8") else "bf16"
+            impl = TorchBackend(models["base"], models["vq"].decoder, models.get("shortcut"), device=device,
+                                precision=precision)
+        elif backend == "ort":
+            impl = OrtBackend(path, doc, device=device)
+        else:
+            impl = TrtBackend(path, doc, device=device)
+        return cls(backend=impl, spec=spec, class_names=tuple(doc.get("class_names", ())),
+                   defaults=SamplingDefaults(**doc.get("sampling", {})))
+
+    # ---- what users ask of it ----
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
 
     @property
     def num_classes(self) -> int:
-        return self.base.cfg.num_classes
+        return self.spec.num_classes
+
+    @property
+    def has_shortcut(self) -> bool:
+        return self.backend.has_shortcut
 
     def class_index(self, name_or_index: str | int) -> int:
         """A class given by index or name -> index; ValueError naming the valid choices."""
@@ -83,16 +179,27 @@ class Pipeline:
         choices = ", ".join(self.class_names) if self.class_names else f"0..{self.num_classes - 1}"
         raise ValueError(f"unknown class {s!r}; choose from {choices}")
 
+    def resolve_strategy(self, strategy: str | None, steps: int, budget: int | None) -> str:
+        """None means: the shortcut when B < N (if there is one), else vanilla."""
+        if strategy is not None:
+            return strategy
+        if budget is None or budget >= steps:
+            return "vanilla"
+        if not self.has_shortcut:
+            raise ValueError(f"budget B={budget} < N={steps} needs a shortcut model, and none is loaded; "
+                             "give a training-free strategy (reuse, extrapolate, ...) instead")
+        return "shortcut"
+
     @torch.no_grad()
     def generate_tokens(self, classes: Sequence[int | str], *, steps: int | None = None, cfg: float | None = None,
                         tau: float | None = None, temperature: float | None = None, schedule: str | None = None,
-                        seed: int = 0, batch_size: int = 64, strategy: str = "vanilla", budget: int | None = None,
+                        seed: int = 0, batch_size: int = 64, strategy: str | None = None, budget: int | None = None,
                         stats: HybridStats | None = None, probe: ProbeFn | None = None,
                         progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Token grids [n, L] for the given classes (names or indices).
+        """Token grids [n, L] (on the CPU) for the given classes (names or indices).
 
-        `strategy` (vanilla, fewer, reuse, extrapolate, mlcache, shortcut) and `budget`
-        (B base-model steps of N) choose hybrid sampling; `stats` collects base calls.
+        `budget` B < `steps` N runs the base model on B steps and `strategy` (default: the
+        shortcut) on the others; `stats` collects base calls, `probe` sees predicted steps.
         """
         d = self.defaults
         steps = d.steps if steps is None else steps
@@ -100,63 +207,84 @@ class Pipeline:
         labels = torch.tensor([self.class_index(c) for c in classes], dtype=torch.long)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        if steps > self.base.cfg.num_tokens:
-            raise ValueError(f"steps ({steps}) cannot exceed the number of tokens ({self.base.cfg.num_tokens})")
+        if steps > self.spec.num_tokens:
+            raise ValueError(f"steps ({steps}) cannot exceed the number of tokens ({self.spec.num_tokens})")
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         if budget is not None and not 1 <= budget <= steps:
             raise ValueError(f"budget B={budget} must be between 1 and the number of steps N={steps}")
-        if strategy == "shortcut" and self.shortcut is None:
-            raise ValueError("the shortcut strategy needs a shortcut checkpoint (none loaded)")
-        g = torch.Generator().manual_seed(seed)
-        cfg_ = self.base.cfg
-        out = []
-        done = 0
-        total = len(labels) * steps
-
-        def on_step(i, n):
-            if progress:
-                progress(done + i * len(chunk), total)
-
-        for start in range(0, len(labels), batch_size):
-            chunk = labels[start:start + batch_size]
-            out.append(generate_tokens(
-                self._model_fn, chunk, num_tokens=cfg_.num_tokens, mask_id=cfg_.mask_id, no_class_id=cfg_.no_class_id,
-                steps=steps, cfg=d.cfg if cfg is None else cfg, tau=d.tau if tau is None else tau,
-                temperature=d.temperature if temperature is None else temperature, schedule=schedule,
-                generator=g, on_step=on_step, strategy=strategy, budget=budget, head=self._head_fn,
-                shortcut=self._shortcut_fn if self.shortcut is not None else None,
-                cached=CachedBase(self.base), stats=stats, probe=probe,
-            ))
-            done += len(chunk) * steps
+        strategy = self.resolve_strategy(strategy, steps, budget)
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        if strategy == "shortcut" and not self.has_shortcut:
+            raise ValueError("the shortcut strategy needs a shortcut model (none loaded)")
+        if strategy == "mlcache" and self.backend.cached is None:
+            raise ValueError(f"the mlcache strategy needs the torch backend (this pipeline runs {self.backend.name})")
+        opts = dict(num_tokens=self.spec.num_tokens, mask_id=self.spec.mask_id, no_class_id=self.spec.no_class_id,
+                    steps=steps, cfg=d.cfg if cfg is None else cfg, tau=d.tau if tau is None else tau,
+                    temperature=d.temperature if temperature is None else temperature, schedule=schedule,
+                    strategy=strategy, budget=budget, head=self.backend.head,
+                    shortcut=self.backend.shortcut if self.has_shortcut else None, cached=self.backend.cached)
+        # one graph replays a whole chunk: no per-step callbacks, probes or mlcache (it syncs)
+        graphed = self._graphs is not None and self.use_graphs and probe is None and strategy != "mlcache"
+        with self._lock:
+            if graphed:
+                self._graphs.seed(seed)
+            else:
+                g = torch.Generator(device=self.device).manual_seed(seed)
+            out, done, total = [], 0, len(labels) * steps
+            for start in range(0, len(labels), batch_size):
+                chunk = labels[start:start + batch_size].to(self.device)
+                if graphed:
+                    key = (len(chunk),) + tuple((k, v) for k, v in opts.items() if k not in _CALLABLES)
+                    tokens = self._graphs(key, chunk, lambda lab, gen, key=key: self._loop(lab, gen, opts, key))
+                    if stats is not None:
+                        _add_stats(stats, self._graph_stats[key])
+                else:
+                    tokens = generate_tokens(self.backend.base, chunk, generator=g, stats=stats, probe=probe,
+                                             on_step=(lambda i, n: progress(done + i * len(chunk), total))
+                                             if progress else None, **opts)
+                done += len(chunk) * steps
+                if graphed and progress:
+                    progress(done, total)
+                out.append(tokens.cpu())
         return torch.cat(out)
 
-    def _model_fn(self, tokens, labels):
-        # bf16 autocast: ~2.5x faster on CPUs with AMX/AVX512-BF16; sampling itself runs in fp32
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tokens.device.type == "cpu"):
-            features, logits = self.base(tokens, labels)
-        # features stay fp32 between steps: shortcut steps chain from them
-        return features.float(), logits.float()
-
-    def _head_fn(self, features):
-        return self.base.head(features.float())
-
-    def _shortcut_fn(self, features, new_pos, new_tok, key_mask, mask_ratio):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=features.device.type == "cpu"):
-            return self.shortcut(features, new_pos, new_tok, key_mask, mask_ratio).float()
+    def _loop(self, labels, generator, opts, key):
+        stats = HybridStats()
+        tokens = generate_tokens(self.backend.base, labels, generator=generator, stats=stats, **opts)
+        self._graph_stats[key] = stats
+        return tokens
 
     @torch.no_grad()
-    def decode(self, tokens: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        g = self.base.cfg.grid
-        return torch.cat([self.decoder(tokens[i:i + batch_size].view(-1, g, g)) for i in range(0, len(tokens), batch_size)])
+    def decode(self, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Images [n, C, H, W] in [0, 1] (on the CPU) for token grids [n, L]."""
+        return torch.cat([self.backend.decode(tokens[i:i + batch_size].to(self.device)).cpu()
+                          for i in range(0, len(tokens), batch_size)])
 
     def generate(self, classes: Sequence[int | str], **kwargs) -> torch.Tensor:
         """Images [n, C, H, W] in [0, 1] for the given classes; see `generate_tokens` for options."""
         return self.decode(self.generate_tokens(classes, **kwargs))
+
+
+_CALLABLES = ("head", "shortcut", "cached")
+
+
+def _add_stats(into: HybridStats, one: HybridStats) -> None:
+    into.base_calls += one.base_calls
+    into.predicted_steps += one.predicted_steps
+    into.recomputed_tokens += one.recomputed_tokens
+    into.full_steps = one.full_steps
+
+
+def _bundle_checkpoints(path: Path, doc: dict) -> dict:
+    """The torch models a bundle carries (for the torch backend)."""
+    entries = doc.get("checkpoints")
+    if not entries:
+        raise BundleError(f"bundle {path} holds no torch checkpoints (built by an older migm): rebuild it")
+    return {name: load_checkpoint(path / e["file"]) for name, e in entries.items()}
 
 
 def load_shortcut(path: str | Path, base_path: str | Path) -> Shortcut:

@@ -32,7 +32,7 @@ STRATEGIES = ("vanilla", "fewer", "reuse", "extrapolate", "mlcache", "shortcut")
 
 BaseFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 HeadFn = Callable[[torch.Tensor], torch.Tensor]
-# (features, new_pos, new_tok, key_mask, mask_ratio) -> next features
+# (features, new_pos, new_tok, key_mask, mask_ratio) -> next features, or (next features, their logits)
 ShortcutFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # (step, predicted features, token sequence, labels) -> None: sees every predicted step
 ProbeFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -129,7 +129,9 @@ def generate_tokens(base: BaseFn, labels: torch.Tensor, *, num_tokens: int, mask
                 (s0, f0), (s1, f1) = anchors
                 feats = f1 + (f1 - f0) * ((i - s1) / (s1 - s0))
             elif strategy == "shortcut":
-                feats = _shortcut_step(shortcut, feats, tokens, new_pos, remaining / num_tokens, guided)
+                out = _shortcut_step(shortcut, feats, tokens, new_pos, remaining / num_tokens, guided)
+                # an exported shortcut step has the base head folded in and returns the logits too
+                feats, logits = out if isinstance(out, tuple) else (out, None)
             elif strategy == "mlcache":
                 pos = _least_confident(logits[:b], tokens, mask_id, new_pos, math.ceil(recompute * num_tokens))
                 pos2 = torch.cat([pos, pos]) if guided else pos
@@ -138,7 +140,8 @@ def generate_tokens(base: BaseFn, labels: torch.Tensor, *, num_tokens: int, mask
                 stats.recomputed_tokens += pos.shape[1]
             if probe is not None:
                 probe(i, feats, seq, labs)
-            logits = head(feats)
+            if not (strategy == "shortcut" and logits is not None):
+                logits = head(feats)
             stats.predicted_steps += 1
         ratio = step_ratio(i, steps)
         logits = guide(logits[:b], logits[b:], cfg * ratio) if guided else logits

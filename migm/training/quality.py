@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ..runtime.backends import TorchBackend
 from ..runtime.pipeline import Pipeline
 from ..sampling.loop import HybridStats
 from .metrics import Evaluator
@@ -60,16 +61,17 @@ class _FeatureError:
         self.pipe, self.errors = pipe, []
 
     def __call__(self, step, feats, seq, labs):
-        true, _ = self.pipe._model_fn(seq, labs)
-        masked = (seq == self.pipe.base.cfg.mask_id)[..., None]
+        true, _ = self.pipe.backend.base(seq, labs)
+        masked = (seq == self.pipe.spec.mask_id)[..., None]
         num = ((feats.float() - true) ** 2 * masked).sum((1, 2)).sqrt()
         den = ((true ** 2) * masked).sum((1, 2)).sqrt().clamp(min=1e-12)
         self.errors.extend((num / den).tolist())
 
 
 def _with_shortcut(pipe: Pipeline, model):
-    return Pipeline(base=pipe.base, decoder=pipe.decoder, class_names=pipe.class_names, defaults=pipe.defaults,
-                    shortcut=model)
+    b = pipe.backend
+    backend = TorchBackend(b.base_model, b.decoder, model, device=b.device, precision=b.precision)
+    return Pipeline(backend=backend, spec=pipe.spec, class_names=pipe.class_names, defaults=pipe.defaults)
 
 
 def run_row(pipe: Pipeline, evaluate: Evaluator, row: dict, sweep: Sweep,
@@ -92,7 +94,7 @@ def run_row(pipe: Pipeline, evaluate: Evaluator, row: dict, sweep: Sweep,
         pipe.generate_tokens(labels[: sweep.err_num], probe=probe, **{**opts, "batch_size": sweep.err_num})
         err = statistics.mean(probe.errors)
     row.update(fd=m["fd"], class_acc=m["class_acc"], feature_rel_err=err, base_calls=stats.base_calls / chunks,
-               cost=stats.cost(pipe.base.cfg.num_tokens) / chunks, seconds=seconds,
+               cost=stats.cost(pipe.spec.num_tokens) / chunks, seconds=seconds,
                ms_per_image=1000 * seconds / row["num"], full_steps=stats.full_steps)
     return row
 

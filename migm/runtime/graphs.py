@@ -1,0 +1,61 @@
+"""Whole-loop CUDA graphs: the N-step generation captured once per shape and replayed.
+
+A plan fixes everything the loop does (which steps run the base model, how many tokens each
+step reveals, every tensor shape), so the whole loop, sampling kernel included, is one
+static sequence of kernels. It is captured once per key (batch, N, B, strategy, sampling
+settings) into a CUDA graph and replayed: no kernel launches from Python and no host
+synchronisation inside the loop. The loop's buffers (features, tokens, masks, logits) are
+the graph's private memory pool, allocated at capture and reused by every replay.
+
+Randomness comes from one CUDA generator registered with every graph: seeding it and
+replaying consumes the same Philox stream, in the same order, as the eager loop does, so
+a seed gives the same tokens with and without graphs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Hashable
+
+import torch
+
+LoopFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, generator) -> tokens
+
+
+class GraphedLoop:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.generator = torch.Generator(device=device)
+        self._graphs: dict[Hashable, tuple] = {}
+
+    def seed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def __call__(self, key: Hashable, labels: torch.Tensor, loop: LoopFn) -> torch.Tensor:
+        """Tokens for `labels` from the graph for `key`, captured from `loop` on first use."""
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._graphs[key] = self._capture(labels, loop)
+        graph, static_labels, out = entry
+        static_labels.copy_(labels)
+        graph.replay()
+        return out.clone()
+
+    def _capture(self, labels: torch.Tensor, loop: LoopFn):
+        state = self.generator.get_state()
+        static_labels = labels.clone()
+        # warm-up outside the graph (cuBLAS handles, autotuning, lazy inits) on a side stream
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            loop(static_labels, self.generator)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(self.generator)
+        with torch.cuda.graph(graph):
+            out = loop(static_labels, self.generator)
+        # capture and warm-up consumed no numbers the caller sees: rewind to where we were
+        self.generator.set_state(state)
+        return graph, static_labels, out
+
+    def clear(self) -> None:
+        self._graphs.clear()
