@@ -139,6 +139,7 @@ class Shortcut(nn.Module):
         tok = self.proj_tok(self.tok_emb[new_tok] + self.pos_emb[new_pos])
         for block in self.blocks:
             x = block(x, tok, key_mask)
-        scale, shift = self.film(timestep_embedding(mask_ratio * 1000, self.cfg.inner)).unsqueeze(1).chunk(2, -1)
+        t = timestep_embedding(mask_ratio * 1000, self.cfg.inner).to(x.dtype)  # bf16 models on a GPU
+        scale, shift = self.film(t).unsqueeze(1).chunk(2, -1)
         x = self.norm_out(x) * (1 + scale) + shift
         return features + self.proj_out(x)
