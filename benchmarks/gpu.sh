@@ -5,8 +5,10 @@
 #      vanilla N=32 vs hybrid B=8/12 (shortcut and training-free strategies) vs the plain loop
 #   3. the same at batch 128, shortcut B=12 only (the base step near the matrix peak)
 #   4. tiny-animals (the shipped model) on the GPU, batch 1 and 32
+#   5. dimoo-8b (random weights, full 32 layers) at batch 1, N=64 vs B=9/11/14; tiny-scenes
 # Results go to $OUT (or benchmarks/results/gpu) as JSON + markdown + plots, and a log.
-#   bash benchmarks/gpu.sh            # on the GPU machine, from the repository root
+#   bash benchmarks/gpu.sh            # on the GPU machine, from the repository root (all sections)
+#   bash benchmarks/gpu.sh dimoo      # only some: tests maskgit tiny dimoo
 #   QUICK=1 bash benchmarks/gpu.sh    # tiny sizes: checks the script itself (CPU is fine)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,12 +29,28 @@ if [ -n "${QUICK:-}" ]; then
   exit
 fi
 
-$PY -m pytest -q -p no:cacheprovider tests/test_runtime.py tests/test_export.py -k "cuda or tensorrt or ort_matches" 2>&1 \
-  | tail -5 | tee -a "$LOG"
-bench --preset maskgit-imagenet512 --backend torch --batch 1,32 --steps 32 --budget 8,12 \
-  --strategies shortcut,reuse,extrapolate,fewer --repeats 3 --json "$OUT/maskgit512.json"
-bench --preset maskgit-imagenet512 --backend torch --batch 128 --steps 32 --budget 12 --strategies shortcut \
-  --repeats 2 --json "$OUT/maskgit512_b128.json"
-bench --preset tiny-animals --backend torch --batch 1,32 --steps 32 --budget 8,12 --strategies shortcut,reuse \
-  --repeats 3 --json "$OUT/tiny.json"
+# sections: all by default, or the ones named on the command line
+want() { [ $# -eq 0 ] || [[ " $SECTIONS " == *" $1 "* ]]; }
+SECTIONS="$*"
+if [ -z "$SECTIONS" ] || want tests; then
+  $PY -m pytest -q -p no:cacheprovider tests/test_runtime.py tests/test_export.py -k "cuda or tensorrt or ort_matches" 2>&1 \
+    | tail -5 | tee -a "$LOG"
+fi
+if [ -z "$SECTIONS" ] || want maskgit; then
+  bench --preset maskgit-imagenet512 --backend torch --batch 1,32 --steps 32 --budget 8,12 \
+    --strategies shortcut,reuse,extrapolate,fewer --repeats 3 --json "$OUT/maskgit512.json"
+  bench --preset maskgit-imagenet512 --backend torch --batch 128 --steps 32 --budget 12 --strategies shortcut \
+    --repeats 2 --json "$OUT/maskgit512_b128.json"
+fi
+if [ -z "$SECTIONS" ] || want tiny; then
+  bench --preset tiny-animals --backend torch --batch 1,32 --steps 32 --budget 8,12 --strategies shortcut,reuse \
+    --repeats 3 --json "$OUT/tiny.json"
+fi
+if [ -z "$SECTIONS" ] || want dimoo; then
+  # Lumina-DiMOO size (8.1B, 4,228-token sequences), the paper's N = 64, B = 9/11/14, batch 1
+  bench --preset dimoo-8b --backend torch --batch 1 --steps 64 --budget 9,11,14 --strategies shortcut \
+    --repeats 1 --warmup 1 --json "$OUT/dimoo8b.json"
+  bench --preset tiny-scenes --backend torch --batch 1,32 --steps 64 --budget 9,14 --strategies shortcut,reuse \
+    --repeats 3 --json "$OUT/scenes.json"
+fi
 date -u | tee -a "$LOG"

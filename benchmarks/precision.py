@@ -11,6 +11,11 @@ Runtime sessions for the base model, the shortcut and the decoder, same seed for
   speed             ms per call of each component at the sampling batch (ratio to FP32)
 
     python benchmarks/precision.py --num 1000 --steps 16 --budget 6
+    python benchmarks/precision.py --speed-only     # component timing alone, interleaved
+
+The ms/call recorded during sampling shares the machine with everything else running;
+--speed-only times each component by itself (same inputs for every precision, rounds
+interleaved across precisions, median) at batch 2 and 200 (1 and 100 images with CFG).
 """
 
 from __future__ import annotations
@@ -73,7 +78,11 @@ def main():
     ap.add_argument("--bundles", default="migm-out/bundles", help="Where the bundles are built (reused if present).")
     ap.add_argument("--trajectories", default=None, help="Calibrate from these trajectories (default: sample).")
     ap.add_argument("--json", default="benchmarks/results/precision.json")
+    ap.add_argument("--speed-only", action="store_true", help="Time the components of existing bundles only.")
+    ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args()
+    if args.speed_only:
+        return speed_only(args)
 
     base = load_checkpoint(assets.BASE)
     head = base.head
@@ -137,6 +146,48 @@ def main():
               f"ms/call {', '.join(f'{k} {v:.1f}' for k, v in row['ms_per_call'].items())}", flush=True)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def speed_only(args):
+    """Median ms per call of each component per precision, rounds interleaved; ratio to fp32."""
+    import statistics
+
+    precisions = args.precisions.split(",")
+    models = {p: OrtModels(Path(args.bundles) / f"{p}.plan") for p in precisions}
+    c = load_checkpoint(assets.BASE).cfg
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for rows in (2, 200):
+        tokens = torch.randint(0, c.codebook_size, (rows, c.num_tokens), generator=g)
+        tokens[:, ::2] = c.mask_id
+        labels = torch.arange(rows) % (c.num_classes + 1)
+        feats = models[precisions[0]].base(tokens, labels)[0]
+        m = c.num_tokens // args.steps
+        pos = torch.stack([torch.randperm(c.num_tokens, generator=g)[:m] for _ in range(rows)])
+        sc = dict(features=feats, new_pos=pos, new_tok=torch.randint(0, c.codebook_size, pos.shape, generator=g),
+                  key_mask=torch.ones(pos.shape, dtype=torch.bool), mask_ratio=torch.full((rows,), 0.5))
+        calls = {"base": lambda mm: mm.base(tokens, labels), "shortcut": lambda mm: mm.shortcut(**sc),
+                 "decoder": lambda mm: mm.decode(tokens[: rows // 2].clamp(max=c.codebook_size - 1))}
+        times = {(p, k): [] for p in precisions for k in calls}
+        for r in range(args.rounds + 1):
+            for p in precisions:
+                for k, fn in calls.items():
+                    t = time.perf_counter()
+                    fn(models[p])
+                    if r:  # round 0 warms up
+                        times[(p, k)].append(1000 * (time.perf_counter() - t))
+        for p in precisions:
+            for k in calls:
+                ms = statistics.median(times[(p, k)])
+                ref = statistics.median(times[(precisions[0], k)])
+                out.setdefault(p, {}).setdefault(str(rows), {})[k] = {"ms": ms, "speed_vs_fp32": ref / ms}
+                print(f"rows {rows:3d} {p:5s} {k:8s} {ms:8.2f} ms  speed vs {precisions[0]} {ref / ms:.2f}x")
+    path = Path(args.json)
+    rows = json.loads(path.read_text()) if path.exists() else []
+    for row in rows:
+        if row["precision"] in out:
+            row["component_speed"] = out[row["precision"]]
+    path.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -88,6 +88,10 @@ def test_pipeline_errors(bundle, tmp_path):
         pipe.generate_tokens([3])
     with pytest.raises(ValueError, match="mlcache strategy needs the torch backend"):
         pipe.generate_tokens([0], steps=6, budget=3, strategy="mlcache")
+    pipe.backend.max_rows = 4  # what a TensorRT bundle's profile sets
+    with pytest.raises(ValueError, match="needs 6 rows with CFG, but the engines' profile allows at most 4"):
+        pipe.generate_tokens([0, 1, 2], batch_size=8)
+    assert pipe.generate_tokens([0, 1, 2], batch_size=2).shape == (3, 16)
     with pytest.raises(ValueError, match="unknown backend"):
         Pipeline.from_bundle(bundle, backend="tpu")
     with pytest.raises(BundleError, match="not TensorRT engines"):

@@ -130,8 +130,11 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
 
 @main.command()
 @click.option("--preset", default="tiny-animals", show_default=True,
-              type=click.Choice(["tiny-animals", "maskgit-imagenet512"]),
-              help="tiny-animals runs the shipped trained model; other presets random weights of that size.")
+              type=click.Choice(["tiny-animals", "maskgit-imagenet512", "tiny-scenes", "dimoo-8b"]),
+              help="tiny-animals runs the shipped trained model; the others random weights of that size "
+                   "(tiny-scenes and dimoo-8b: the llada text-to-image family, DiMOO sampler).")
+@click.option("--depth", type=int, default=None,
+              help="Override the preset's number of base blocks (e.g. a 2-layer dimoo-8b on a small GPU).")
 @click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "ort", "trt"]))
 @click.option("--engine", default=None, type=click.Path(),
               help="Bundle for ort/trt (default: built into the cache for the preset).")
@@ -148,8 +151,8 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
 @click.option("--json", "json_path", default="benchmarks/results/speed.json", show_default=True,
               help="Rows (a JSON list); a markdown table goes beside it (.md) and a speedup-vs-B plot (.png).")
 @one_line_errors
-def speed(preset, backend, engine, device, batches, steps, budgets, strategies, repeats, warmup, no_plain, graphs,
-          json_path):
+def speed(preset, depth, backend, engine, device, batches, steps, budgets, strategies, repeats, warmup, no_plain,
+          graphs, json_path):
     """Throughput of vanilla N vs hybrid (N, B) with the cost model and the plain-PyTorch baseline."""
     import platform
 
@@ -171,11 +174,17 @@ def speed(preset, backend, engine, device, batches, steps, budgets, strategies, 
     if backend == "ort" and "mlcache" in names:
         raise click.BadParameter("mlcache runs on the torch backend only", param_hint="--strategies")
     device = device or ("cuda" if torch.cuda.is_available() and backend != "ort" else "cpu")
-    pipe, plain = _speed_pipeline(preset, backend, engine, device)
+    if preset in ("tiny-scenes", "dimoo-8b") and backend != "torch":
+        raise click.BadParameter("the llada presets run on the torch backend (their export is not written yet)",
+                                 param_hint="--backend")
+    if preset in ("tiny-scenes", "dimoo-8b") and "mlcache" in names:
+        raise click.BadParameter("mlcache is written for the maskgit family only", param_hint="--strategies")
+    pipe, plain = _speed_pipeline(preset, backend, engine, device, depth)
     pipe.use_graphs = graphs
     dev_name = torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    info = {"preset": preset, "backend": backend, "device": dev_name}
+    info = {"preset": preset if depth is None else f"{preset} (depth {depth})", "backend": backend,
+            "device": dev_name}
     settings = SpeedSettings(batches=batch_list, steps=steps, budgets=budget_list, strategies=names,
                              plain=not no_plain, repeats=repeats, warmup=warmup)
     rows = measure(pipe, settings, info, say=click.echo, plain_models=None if no_plain else plain)
@@ -201,7 +210,7 @@ def plot(json_paths):
         click.echo(f"wrote {Path(p).with_suffix('.png')}")
 
 
-def _speed_pipeline(preset, backend, engine, device):
+def _speed_pipeline(preset, backend, engine, device, depth=None):
     """The pipeline to time, and the torch (base, shortcut) for the plain baseline."""
     import copy
     import tempfile
@@ -213,17 +222,19 @@ def _speed_pipeline(preset, backend, engine, device):
     from ..models.presets import random_models
     from ..runtime.pipeline import Pipeline, load_shortcut
 
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     if preset == "tiny-animals":
         base, vq = load_checkpoint(assets.BASE), load_checkpoint(assets.VQ)
         sc = load_shortcut(assets.SHORTCUT, assets.BASE)
     else:
-        base, vq, sc = random_models(preset)
-    # the plain loop gets its own copies: the backend moves and casts its modules in place
-    dev = torch.device(device)
-    plain_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    plain = (copy.deepcopy(base).to(dev, plain_dtype), copy.deepcopy(sc).to(dev, plain_dtype))
+        base, vq, sc = random_models(preset, device=dev, dtype=dtype, depth=depth)
     if backend == "torch":
-        return Pipeline.from_models(base, vq, sc, device=device), plain
+        pipe = Pipeline.from_models(base, vq, sc, device=device)
+        # the plain loop runs the same modules (bf16 on a GPU; on a CPU fp32 weights under autocast)
+        return pipe, (pipe.backend.base_model, pipe.backend.shortcut_model)
+    # the plain loop gets its own copies: the backend moves and casts its modules in place
+    plain = (copy.deepcopy(base).to(dev, dtype), copy.deepcopy(sc).to(dev, dtype))
     if engine is None:
         from ..engines.build import BuildSettings, build_bundle
         from ..runtime.cache import cache_dir, default_bundle

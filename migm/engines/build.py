@@ -133,9 +133,11 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
 
                 say(f"engine {comp.name}")
                 engine = work / f"{comp.name}.engine"
+                profiles = _profiles(comp, s)
                 entry.update(build_engine(final, engine, BuildOptions(
-                    profiles=_profiles(comp, s), opt_level=s.opt_level, hardware_compat=s.hardware_compat,
+                    profiles=profiles, opt_level=s.opt_level, hardware_compat=s.hardware_compat,
                     timing_cache=s.timing_cache)))
+                entry["profile"] = {k: [list(x) for x in v] for k, v in profiles.items()}
                 files[f"{comp.name}.engine"], entry["file"] = engine, f"{comp.name}.engine"
             else:
                 files[f"{comp.name}.onnx"], entry["file"] = final, f"{comp.name}.onnx"

@@ -53,12 +53,13 @@ class TorchBackend:
         self.device = torch.device(device)
         self.precision = precision
         gpu = self.device.type == "cuda"
-        dtype = torch.bfloat16 if gpu and precision == "bf16" else torch.float32
-        self.base_model = base.to(self.device, dtype).eval()
+        self.dtype = torch.bfloat16 if gpu and precision == "bf16" else torch.float32
+        self.base_model = base.to(self.device, self.dtype).eval()
         self.decoder = decoder.to(self.device).eval()
-        self.shortcut_model = shortcut.to(self.device, dtype).eval() if shortcut is not None else None
+        self.shortcut_model = shortcut.to(self.device, self.dtype).eval() if shortcut is not None else None
         self._autocast = precision == "bf16" and not gpu
-        self.cached = CachedBase(self.base_model, autocast=self._autocast)
+        # ML-Cache's cached/partial forward exists for the maskgit family only
+        self.cached = CachedBase(self.base_model, autocast=self._autocast) if isinstance(base, MaskGIT) else None
         self.has_shortcut = shortcut is not None
 
     def _ctx(self):
@@ -71,11 +72,13 @@ class TorchBackend:
         return (features.float(), logits.float()) if self._autocast else (features, logits)
 
     def head(self, features):
-        return self.base_model.head(features.to(self.base_model.bias.dtype))
+        return self.base_model.head(features.to(self.dtype))
 
-    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio):
+    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio, prompt=None):
+        """`prompt` (both CFG branches' prompt ids) for the llada family's shortcut."""
+        extra = () if prompt is None else (prompt,)
         with self._ctx():
-            nxt = self.shortcut_model(features, new_pos, new_tok, key_mask, mask_ratio.to(features.dtype))
+            nxt = self.shortcut_model(features, new_pos, new_tok, key_mask, mask_ratio.to(features.dtype), *extra)
         nxt = nxt.float() if self._autocast else nxt
         return nxt, self.head(nxt)
 
@@ -216,6 +219,9 @@ class TrtBackend:
             engine = load_engine(bundle / entry["file"], entry)
             self.engines[name], self.contexts[name], self.spec[name] = engine, engine.create_execution_context(), entry
         self.has_shortcut = "shortcut" in self.engines
+        # the largest batch every engine's optimization profile accepts (CFG rows count)
+        self.max_rows = min((max(hi[0] for _, _, hi in e.get("profile", {}).values()) for e in self.spec.values()
+                             if e.get("profile")), default=None)
         self.buffers = _Buffers(self.device)
         self.head = _head_from_bundle(bundle, doc, self.device)
         self.cached = None

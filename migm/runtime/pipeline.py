@@ -25,6 +25,7 @@ import torch
 from .. import assets
 from ..engines.bundle import BundleError, verify_bundle
 from ..models.checkpoint import checkpoint_digest, load_checkpoint
+from ..models.llada import LLaDA
 from ..models.maskgit import MaskGIT
 from ..models.shortcut import Shortcut
 from ..models.vqvae import VQVAE
@@ -41,6 +42,7 @@ class SamplingDefaults:
     tau: float = 4.5
     temperature: float = 1.0
     schedule: str = "arccos"
+    sampler: str = "halton"  # "dimoo" for the llada family
 
 
 @dataclass
@@ -50,6 +52,9 @@ class ModelSpec:
     grid: int
     codebook_size: int
     num_classes: int
+    family: str = "maskgit"  # "llada": text-to-image, conditioned on prompt token ids
+    max_text: int = 0  # llada: prompt length
+    pad_id: int = -1  # llada: the padding id (an all-padding prompt is the unconditional input)
 
     @property
     def mask_id(self) -> int:
@@ -105,8 +110,11 @@ class Pipeline:
         """The torch backend over models in memory (random weights for benchmarks, say)."""
         meta = getattr(base, "meta", {})
         c = base.cfg
-        return cls(backend=TorchBackend(base, vq.decoder, shortcut, device=device, precision=precision),
-                   spec=ModelSpec(c.num_tokens, c.grid, c.codebook_size, c.num_classes),
+        if isinstance(base, LLaDA):
+            spec = ModelSpec(c.num_tokens, c.grid, c.codebook_size, 0, "llada", c.max_text, c.pad_id)
+        else:
+            spec = ModelSpec(c.num_tokens, c.grid, c.codebook_size, c.num_classes)
+        return cls(backend=TorchBackend(base, vq.decoder, shortcut, device=device, precision=precision), spec=spec,
                    class_names=tuple(meta.get("class_names", ())),
                    defaults=SamplingDefaults(**meta.get("sampling", {})))
 
@@ -190,8 +198,34 @@ class Pipeline:
                              "give a training-free strategy (reuse, extrapolate, ...) instead")
         return "shortcut"
 
+    def conditions(self, classes: Sequence[int | str] | None = None, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """The conditioning the base model takes: class ids [n], or prompt token ids [n, max_text]."""
+        if self.spec.family == "llada":
+            if prompts is None or classes is not None:
+                raise ValueError("this is a text-to-image model: give prompts, not classes")
+            if not isinstance(prompts, torch.Tensor):
+                raise ValueError("prompts are token ids here ([n, max_text] LongTensor, padded with the pad id); "
+                                 "text prompts need the model's tokenizer")
+            if prompts.dim() != 2 or prompts.shape[1] != self.spec.max_text:
+                raise ValueError(f"prompt ids must be [n, {self.spec.max_text}], got {list(prompts.shape)}")
+            return prompts.long()
+        if prompts is not None:
+            raise ValueError("this is a class-conditional model: give classes, not prompts")
+        return torch.tensor([self.class_index(c) for c in classes], dtype=torch.long)
+
+    def example_conditions(self, n: int, seed: int = 0) -> dict:
+        """Keyword arguments for `generate_tokens` with n conditions (benchmarks): classes in turn,
+        or random prompts of half the prompt length."""
+        if self.spec.family == "llada":
+            g = torch.Generator().manual_seed(seed)
+            ids = torch.randint(0, max(self.spec.pad_id - 16, 1), (n, self.spec.max_text), generator=g)
+            ids[:, self.spec.max_text // 2:] = self.spec.pad_id
+            return {"prompts": ids}
+        return {"classes": [i % self.num_classes for i in range(n)]}
+
     @torch.no_grad()
-    def generate_tokens(self, classes: Sequence[int | str], *, steps: int | None = None, cfg: float | None = None,
+    def generate_tokens(self, classes: Sequence[int | str] | None = None, *, prompts: torch.Tensor | None = None,
+                        steps: int | None = None, cfg: float | None = None,
                         tau: float | None = None, temperature: float | None = None, schedule: str | None = None,
                         seed: int = 0, batch_size: int = 64, strategy: str | None = None, budget: int | None = None,
                         stats: HybridStats | None = None, probe: ProbeFn | None = None,
@@ -204,7 +238,7 @@ class Pipeline:
         d = self.defaults
         steps = d.steps if steps is None else steps
         schedule = schedule or d.schedule
-        labels = torch.tensor([self.class_index(c) for c in classes], dtype=torch.long)
+        labels = self.conditions(classes, prompts)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if steps > self.spec.num_tokens:
@@ -221,12 +255,22 @@ class Pipeline:
         if strategy == "shortcut" and not self.has_shortcut:
             raise ValueError("the shortcut strategy needs a shortcut model (none loaded)")
         if strategy == "mlcache" and self.backend.cached is None:
-            raise ValueError(f"the mlcache strategy needs the torch backend (this pipeline runs {self.backend.name})")
+            raise ValueError(f"the mlcache strategy needs the torch backend and a maskgit model (this pipeline "
+                             f"runs {self.spec.family} on {self.backend.name})")
+        cfg = d.cfg if cfg is None else cfg
+        max_rows = getattr(self.backend, "max_rows", None)
+        rows = min(batch_size, len(labels)) * (2 if cfg != 0 else 1)
+        if max_rows is not None and rows > max_rows:
+            raise ValueError(f"batch size {min(batch_size, len(labels))} needs {rows} rows"
+                             f"{' with CFG' if cfg != 0 else ''}, but the engines' profile allows at most {max_rows}: "
+                             "lower the batch size or rebuild the bundle with a larger --max-batch")
         opts = dict(num_tokens=self.spec.num_tokens, mask_id=self.spec.mask_id, no_class_id=self.spec.no_class_id,
-                    steps=steps, cfg=d.cfg if cfg is None else cfg, tau=d.tau if tau is None else tau,
+                    steps=steps, cfg=cfg, tau=d.tau if tau is None else tau,
                     temperature=d.temperature if temperature is None else temperature, schedule=schedule,
-                    strategy=strategy, budget=budget, head=self.backend.head,
-                    shortcut=self.backend.shortcut if self.has_shortcut else None, cached=self.backend.cached)
+                    strategy=strategy, budget=budget, head=self.backend.head, cached=self.backend.cached,
+                    sampler=d.sampler)
+        if self.spec.family == "llada":
+            opts["uncond"] = torch.full((1, self.spec.max_text), self.spec.pad_id, device=self.device)
         # one graph replays a whole chunk: no per-step callbacks, probes or mlcache (it syncs)
         graphed = self._graphs is not None and self.use_graphs and probe is None and strategy != "mlcache"
         with self._lock:
@@ -238,23 +282,33 @@ class Pipeline:
             for start in range(0, len(labels), batch_size):
                 chunk = labels[start:start + batch_size].to(self.device)
                 if graphed:
-                    key = (len(chunk),) + tuple((k, v) for k, v in opts.items() if k not in _CALLABLES)
+                    key = (tuple(chunk.shape),) + tuple((k, v) for k, v in opts.items() if k not in _CALLABLES)
                     tokens = self._graphs(key, chunk, lambda lab, gen, key=key: self._loop(lab, gen, opts, key))
                     if stats is not None:
                         _add_stats(stats, self._graph_stats[key])
                 else:
                     tokens = generate_tokens(self.backend.base, chunk, generator=g, stats=stats, probe=probe,
                                              on_step=(lambda i, n: progress(done + i * len(chunk), total))
-                                             if progress else None, **opts)
+                                             if progress else None, shortcut=self._shortcut_fn(chunk, opts), **opts)
                 done += len(chunk) * steps
                 if graphed and progress:
                     progress(done, total)
                 out.append(tokens.cpu())
         return torch.cat(out)
 
+    def _shortcut_fn(self, labels, opts):
+        """The backend's shortcut; for the llada family bound to both CFG branches' prompts."""
+        if not self.has_shortcut:
+            return None
+        if self.spec.family != "llada":
+            return self.backend.shortcut
+        both = torch.cat([labels, opts["uncond"].expand_as(labels)]) if opts["cfg"] != 0 else labels
+        return lambda *a: self.backend.shortcut(*a, prompt=both)
+
     def _loop(self, labels, generator, opts, key):
         stats = HybridStats()
-        tokens = generate_tokens(self.backend.base, labels, generator=generator, stats=stats, **opts)
+        tokens = generate_tokens(self.backend.base, labels, generator=generator, stats=stats,
+                                 shortcut=self._shortcut_fn(labels, opts), **opts)
         self._graph_stats[key] = stats
         return tokens
 
@@ -264,12 +318,12 @@ class Pipeline:
         return torch.cat([self.backend.decode(tokens[i:i + batch_size].to(self.device)).cpu()
                           for i in range(0, len(tokens), batch_size)])
 
-    def generate(self, classes: Sequence[int | str], **kwargs) -> torch.Tensor:
-        """Images [n, C, H, W] in [0, 1] for the given classes; see `generate_tokens` for options."""
+    def generate(self, classes: Sequence[int | str] | None = None, **kwargs) -> torch.Tensor:
+        """Images [n, C, H, W] in [0, 1] for the given classes (or `prompts=`); see `generate_tokens`."""
         return self.decode(self.generate_tokens(classes, **kwargs))
 
 
-_CALLABLES = ("head", "shortcut", "cached")
+_CALLABLES = ("head", "cached", "uncond")
 
 
 def _add_stats(into: HybridStats, one: HybridStats) -> None:

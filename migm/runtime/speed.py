@@ -99,7 +99,8 @@ def components(pipe: Pipeline, batch: int, steps: int, repeats: int, warmup: int
     g = torch.Generator(device=dev).manual_seed(0)
     tokens = torch.randint(0, s.codebook_size, (rows, s.num_tokens), device=dev, generator=g)
     tokens[:, ::2] = s.mask_id
-    labels = torch.arange(rows, device=dev) % (s.num_classes + 1)
+    cond = pipe.example_conditions(rows)
+    labels = (cond["prompts"] if "prompts" in cond else torch.tensor(cond["classes"])).to(dev)
     feats, logits = be.base(tokens, labels)
     feats, logits = feats.clone(), logits.clone()
     out = {"base": timed(_graphed(lambda: be.base(tokens, labels), pipe), repeats, warmup)}
@@ -109,12 +110,14 @@ def components(pipe: Pipeline, batch: int, steps: int, repeats: int, warmup: int
         tok = torch.randint(0, s.codebook_size, pos.shape, device=dev)
         keys = torch.ones(pos.shape, dtype=torch.bool, device=dev)
         ratio = torch.full((rows,), 0.5, device=dev)
-        out["shortcut"] = timed(_graphed(lambda: be.shortcut(feats, pos, tok, keys, ratio), pipe), repeats, warmup)
+        extra = {"prompt": labels} if s.family == "llada" else {}
+        out["shortcut"] = timed(_graphed(lambda: be.shortcut(feats, pos, tok, keys, ratio, **extra), pipe),
+                                repeats, warmup)
     mask_tokens = tokens[:batch]
 
     def kernel():
         lg = guide(logits[:batch], logits[batch:], 1.0) if guided else logits
-        sample_step(lg, mask_tokens, s.mask_id, m, 0.5, generator=g)
+        sample_step(lg, mask_tokens, s.mask_id, m, 0.5, generator=g, anneal=pipe.defaults.sampler == "halton")
 
     out["kernel"] = timed(_graphed(kernel, pipe, g), repeats, warmup)
     grid_tokens = tokens[:batch].clamp(max=s.codebook_size - 1)
@@ -139,10 +142,10 @@ def measure(pipe: Pipeline, settings: SpeedSettings, info: dict, say: Callable[[
         comp = components(pipe, batch, n, st.repeats, st.warmup)
         say(f"batch {batch}: " + ", ".join(f"{k} {v:.3g}" + ("" if k == "c" else " ms")
                                            for k, v in comp.items() if v is not None))
-        labels = [i % pipe.num_classes for i in range(batch)]
+        cond = pipe.example_conditions(batch)
 
         def ours(strategy, budget):
-            return lambda: pipe.generate_tokens(labels, steps=n, budget=budget, strategy=strategy, cfg=cfg, seed=0,
+            return lambda: pipe.generate_tokens(**cond, steps=n, budget=budget, strategy=strategy, cfg=cfg, seed=0,
                                                 batch_size=batch)
 
         loops = [("vanilla", n, ours("vanilla", None))]
@@ -150,10 +153,12 @@ def measure(pipe: Pipeline, settings: SpeedSettings, info: dict, say: Callable[[
             loops += [(s, b, ours(s, b)) for s in st.strategies]
         if st.plain and plain_models is not None:
             base_m, sc_m = plain_models
-            lab = torch.tensor(labels, device=dev)
+            lab = (cond["prompts"] if "prompts" in cond else torch.tensor(cond["classes"])).to(dev)
             gen = torch.Generator(device=dev).manual_seed(0)
             kw = dict(cfg=cfg, tau=pipe.defaults.tau, mask_id=pipe.spec.mask_id, no_class_id=pipe.spec.no_class_id,
-                      generator=gen)
+                      generator=gen, sampler=pipe.defaults.sampler)
+            if pipe.spec.family == "llada":
+                kw["uncond"] = torch.full((1, pipe.spec.max_text), pipe.spec.pad_id, device=dev)
             loops.append(("plain-vanilla", n, lambda: plain_generate(base_m, lab, steps=n, **kw)))
             for b in st.budgets:
                 if sc_m is not None:

@@ -7,6 +7,9 @@ One step, given the logits at every position:
   4. already-known positions get -inf; the top-k masked positions (k from the
      schedule) take their sampled token, the rest stay masked.
 
+Lumina-DiMOO's sampler is the same kernel with `anneal=False` (confidence noise tau * Gumbel
+at every step, tau = temperature = 1), a constant CFG weight and the "dimoo" schedule.
+
 All randomness comes from an explicit `torch.Generator`, so a seed fixes the tokens.
 """
 
@@ -33,7 +36,8 @@ def gumbel(shape, generator: torch.Generator | None, device, dtype=torch.float32
 
 
 def sample_step(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, reveal: int, ratio: float,
-                temperature: float = 1.0, tau: float = 4.5, generator: torch.Generator | None = None):
+                temperature: float = 1.0, tau: float = 4.5, generator: torch.Generator | None = None,
+                anneal: bool = True):
     """Reveal `reveal` masked positions per row.
 
     logits [B, L, K] (already guided), tokens [B, L] with `mask_id` at unknown positions.
@@ -44,8 +48,10 @@ def sample_step(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, reveal
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     sample = (logp + gumbel((b, n, k), generator, logits.device)).argmax(-1)
     conf = logp.gather(-1, sample.unsqueeze(-1)).squeeze(-1)
-    if tau != 0 and ratio < 1:
+    if anneal and tau != 0 and ratio < 1:
         conf = conf + tau * (1.0 - ratio) * gumbel((b, n), generator, logits.device)
+    elif not anneal and tau != 0:  # Lumina-DiMOO: the same noise at every step
+        conf = conf + tau * gumbel((b, n), generator, logits.device)
     masked = tokens == mask_id
     conf = conf.masked_fill(~masked, float("-inf"))
     top = conf.topk(reveal, dim=-1).indices

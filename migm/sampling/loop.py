@@ -29,6 +29,7 @@ from .plan import full_step_plan
 from .schedules import mask_schedule
 
 STRATEGIES = ("vanilla", "fewer", "reuse", "extrapolate", "mlcache", "shortcut")
+SAMPLERS = ("halton", "dimoo")
 
 BaseFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 HeadFn = Callable[[torch.Tensor], torch.Tensor]
@@ -78,14 +79,22 @@ def generate_tokens(base: BaseFn, labels: torch.Tensor, *, num_tokens: int, mask
                     temperature: float = 1.0, schedule: str = "arccos",
                     generator: torch.Generator | None = None, stats: HybridStats | None = None,
                     on_step: Callable[[int, int], None] | None = None, cached: CachedBase | None = None,
-                    recompute: float = 0.1, probe: ProbeFn | None = None) -> torch.Tensor:
+                    recompute: float = 0.1, probe: ProbeFn | None = None, sampler: str = "halton",
+                    uncond: torch.Tensor | None = None) -> torch.Tensor:
     """Sample token grids [B, num_tokens] for class `labels` [B] in `steps` steps.
 
     `strategy` and `budget` (B full steps) choose hybrid sampling; `head` maps features
     to logits on predicted steps, `shortcut` is the learned predictor, `cached` the base
     model's cached/partial forward for mlcache (with `recompute` the least-confident share).
     `probe` is called on every predicted step (evaluation of feature error).
+
+    `labels` is the conditioning the base model takes (class ids, or prompt token ids for
+    the llada family); the unconditional branch gets `uncond` (one row, broadcast), or
+    `no_class_id`. `sampler` "halton" ramps CFG linearly and anneals the confidence noise
+    (Halton-MaskGIT); "dimoo" keeps both constant (Lumina-DiMOO).
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     budget = steps if budget is None or strategy == "vanilla" else budget
@@ -104,7 +113,9 @@ def generate_tokens(base: BaseFn, labels: torch.Tensor, *, num_tokens: int, mask
     b = labels.shape[0]
     guided = cfg != 0
     tokens = torch.full((b, num_tokens), mask_id, dtype=torch.long, device=labels.device)
-    labs = torch.cat([labels, torch.full_like(labels, no_class_id)]) if guided else labels
+    if uncond is None:
+        uncond = torch.full_like(labels, no_class_id)
+    labs = torch.cat([labels, uncond.expand_as(labels)]) if guided else labels
     feats = None  # features of the current step (computed or predicted)
     anchors: list[tuple[int, torch.Tensor]] = []  # (step, features) of the last two full steps
     new_pos = None
@@ -144,8 +155,10 @@ def generate_tokens(base: BaseFn, labels: torch.Tensor, *, num_tokens: int, mask
                 logits = head(feats)
             stats.predicted_steps += 1
         ratio = step_ratio(i, steps)
-        logits = guide(logits[:b], logits[b:], cfg * ratio) if guided else logits
-        tokens, new_pos = sample_step(logits, tokens, mask_id, reveal, ratio, temperature, tau, generator)
+        w = cfg * ratio if sampler == "halton" else cfg
+        logits = guide(logits[:b], logits[b:], w) if guided else logits
+        tokens, new_pos = sample_step(logits, tokens, mask_id, reveal, ratio, temperature, tau, generator,
+                                      anneal=sampler == "halton")
         remaining -= reveal
         if on_step:
             on_step(i + 1, steps)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-SCHEDULES = ("arccos", "cosine", "linear", "square", "root")
+SCHEDULES = ("arccos", "cosine", "linear", "square", "root", "dimoo")
 
 
 def _curve(name: str, r: float) -> float:
@@ -32,6 +32,8 @@ def mask_schedule(name: str, steps: int, num_tokens: int) -> list[int]:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if steps > num_tokens:
         raise ValueError(f"steps ({steps}) cannot exceed the number of tokens ({num_tokens})")
+    if name == "dimoo":
+        return dimoo_schedule(steps, num_tokens)
     rs = [1.0 - i / (steps - 1) for i in range(steps)] if steps > 1 else [0.0]
     vals = [_curve(name, r) for r in rs]
     total = sum(vals)
@@ -49,3 +51,16 @@ def mask_schedule(name: str, steps: int, num_tokens: int) -> list[int]:
 def cosine_remaining(steps: int, num_tokens: int) -> list[int]:
     """Google MaskGIT / Lumina-DiMOO: tokens left masked after step i, floor(L cos(pi/2 (i+1)/N))."""
     return [int(math.floor(num_tokens * math.cos(math.pi / 2 * (i + 1) / steps))) for i in range(steps)]
+
+
+def dimoo_schedule(steps: int, num_tokens: int) -> list[int]:
+    """Lumina-DiMOO's counts: after step i, floor(L cos(pi/2 (i+1)/N)) tokens stay masked, at
+    least one until the last step (so every step reveals at least one token)."""
+    left = [max(r, steps - 1 - i) for i, r in enumerate(cosine_remaining(steps, num_tokens))]
+    left[-1] = 0
+    left = [min(r, num_tokens - 1 - i) for i, r in enumerate(left)]  # at least one revealed per step
+    prev, out = num_tokens, []
+    for r in left:
+        out.append(prev - r)
+        prev = r
+    return out
