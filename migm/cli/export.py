@@ -150,6 +150,10 @@ def _print_manifest(path: Path):
                    f"err vs torch {e['rel_error_vs_torch']:.1e}{extra}")
         click.echo(f"            in:  {io(e['inputs'])}")
         click.echo(f"            out: {io(e['outputs'])}")
+    if doc.get("checkpoints"):
+        click.echo(f"  torch checkpoints: {', '.join(doc['checkpoints'])} (for the torch backend)")
+    if doc.get("calibration"):
+        click.echo(f"  calibration: {doc['calibration']['file']}")
     click.echo("  tools: " + ", ".join(f"{k} {v}" for k, v in doc["tools"].items()))
 
 

@@ -102,7 +102,7 @@ def main(engine, backend, classes, num, steps, budget, strategy, cfg, tau, seed,
     names = pipe.class_names or [str(i) for i in range(pipe.num_classes)]
     for i, (img, lab) in enumerate(zip(images, labels)):
         save_png(img, out_dir / f"{i:04d}_{names[lab]}.png", scale=4)
-    ncol = min(len(chosen), 10) if len(chosen) > 1 else None
+    ncol = min(len(chosen), num, 10) if len(chosen) > 1 else None
     save_png(make_grid(images, ncol=ncol), out_dir / "grid.png", scale=4)
     click.echo(f"wrote {num} images and grid.png to {out_dir}: {num / elapsed:.1f} images/s "
                f"({pipe.backend.name} backend, N={n_steps}, B={budget or n_steps})")

@@ -52,6 +52,14 @@ def fold_constants(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def _name_batch_axes_file(path: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    if name_batch_axes(model):
+        onnx.save(model, str(path))
+
+
 def io_spec(path: Path) -> tuple[list[dict], list[dict]]:
     """Inputs and outputs of an ONNX graph: name, element type, shape (symbolic axes by name)."""
     import onnx
@@ -124,6 +132,7 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
                 say(f"int8 {comp.name} ({len(calib['counts'])} calibration inputs)")
                 final = quantize_int8(fp32, work / f"{comp.name}.int8.onnx", calib)
                 files["calibration.npz"] = work / "calibration.npz"
+            _name_batch_axes_file(final)  # precision passes re-infer shapes and may rename the batch axis
             err = _max_rel_error(comp, final)
             inputs, outputs = io_spec(final)
             entry = {"precision": prec, "backend": s.backend, "inputs": inputs, "outputs": outputs,

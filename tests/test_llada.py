@@ -1,0 +1,100 @@
+"""The llada family: layout, padding, the DiMOO shortcut variant and sampler, prompts through Pipeline."""
+
+import pytest
+import torch
+
+from migm.models.llada import LLaDA, LLaDAConfig
+from migm.models.presets import LLADA_PRESETS, random_models
+from migm.models.shortcut_llada import LLaDAShortcut, LLaDAShortcutConfig
+from migm.runtime import Pipeline
+from migm.sampling.schedules import cosine_remaining, mask_schedule
+
+CFG = LLaDAConfig(text_vocab=40, codebook_size=8, grid=3, width=32, depth=2, heads=2, mlp=48, max_text=5)
+
+
+def _prompt(b, n_text):
+    p = torch.randint(0, 30, (b, CFG.max_text))
+    p[:, n_text:] = CFG.pad_id
+    return p
+
+
+def test_sequence_layout():
+    m = LLaDA(CFG)
+    tokens = torch.tensor([[0, 1, 2, 8, 8, 8, 3, 4, 5]])
+    seq = m.sequence(tokens, _prompt(1, 2))[0]
+    assert len(seq) == CFG.seq_len == 5 + 2 + 9 + 3 + 2
+    assert seq[5].item() == CFG.boa_id and seq[6].item() == CFG.boi_id
+    assert seq[-2].item() == CFG.eoi_id and seq[-1].item() == CFG.eoa_id
+    assert seq[7:10].tolist() == [40, 41, 42] and seq[10].item() == CFG.eol_id  # codes shifted past the text
+    assert seq[11:14].tolist() == [CFG.mask_token] * 3 and seq[14].item() == CFG.eol_id
+    assert CFG.image_slots.tolist() == [7, 8, 9, 11, 12, 13, 15, 16, 17]
+
+
+def test_prompt_padding_is_masked_and_layout_reaches_every_token():
+    torch.manual_seed(0)
+    m = LLaDA(CFG).eval()
+    tokens = torch.randint(0, 9, (2, 9))
+    p = _prompt(2, 2)
+    f, logits = m(tokens, p)
+    assert f.shape == (2, 9, 32) and logits.shape == (2, 9, 8)
+    assert torch.allclose(logits, f @ m.lm_head.weight[40:].T)  # the image-code rows of the LM head
+    q = p.clone()
+    q[:, 3] = 7  # the same prompt with another padding id would change the output; a pad does not
+    assert not torch.allclose(m(tokens, q)[0], f)
+    p2 = p.clone()
+    p2[:, 2:] = CFG.pad_id  # already padding: same output
+    assert torch.allclose(m(tokens, p2)[0], f)
+
+
+def test_dimoo_shortcut_starts_as_reuse_and_reads_prompt_and_new_tokens():
+    torch.manual_seed(0)
+    base = LLaDA(CFG).eval()
+    sc = LLaDAShortcut(LLaDAShortcutConfig(base=CFG.to_dict(), heads=2)).eval()
+    sc.load_base_embeddings(base)
+    f = torch.randn(2, 9, 32)
+    pos, tok, keys, r = torch.tensor([[0, 4], [1, 8]]), torch.tensor([[3, 1], [0, 7]]), torch.ones(2, 2, dtype=torch.bool), torch.rand(2)
+    p = _prompt(2, 3)
+    assert torch.equal(sc(f, pos, tok, keys, r, p), f)  # zero-init proj_out
+    torch.nn.init.normal_(sc.proj_out.weight, std=0.1)
+    out = sc(f, pos, tok, keys, r, p)
+    assert not torch.equal(out, f)
+    assert not torch.allclose(sc(f, pos, tok.flip(1), keys, r, p), out)
+    empty = torch.full_like(p, CFG.pad_id)  # the unconditional branch: no prompt keys
+    assert not torch.allclose(sc(f, pos, tok, keys, r, empty), out)
+
+
+def test_dimoo_schedule():
+    for n, l in ((64, 4096), (64, 256), (16, 256), (9, 9)):
+        counts = mask_schedule("dimoo", n, l)
+        assert len(counts) == n and sum(counts) == l and min(counts) >= 1
+    left = cosine_remaining(64, 4096)
+    counts = mask_schedule("dimoo", 64, 4096)
+    assert 4096 - counts[0] == left[0] and left[-1] == 0  # floor(L cos(pi/2 (i+1)/N)) left masked
+
+
+def test_pipeline_with_prompts_and_dimoo_sampler():
+    base, vq, sc = random_models("tiny-scenes")
+    pipe = Pipeline.from_models(base, vq, sc, precision="fp32")
+    assert pipe.spec.family == "llada" and pipe.defaults.sampler == "dimoo" and pipe.defaults.cfg == 4.0
+    cond = pipe.example_conditions(2)
+    a = pipe.generate_tokens(**cond, steps=6, budget=3, seed=1)
+    assert a.shape == (2, 256) and (a < 64).all()
+    assert torch.equal(a, pipe.generate_tokens(**cond, steps=6, budget=3, strategy="shortcut", seed=1))
+    assert not torch.equal(a, pipe.generate_tokens(**cond, steps=6, budget=3, strategy="reuse", seed=1))
+    assert pipe.generate(**cond, steps=4).shape == (2, 1, 64, 64)
+    with pytest.raises(ValueError, match="give prompts, not classes"):
+        pipe.generate_tokens(["cat"])
+    with pytest.raises(ValueError, match=r"must be \[n, 16\]"):
+        pipe.generate_tokens(prompts=torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="mlcache strategy needs the torch backend and a maskgit model"):
+        pipe.generate_tokens(**cond, steps=6, budget=3, strategy="mlcache")
+
+
+def test_dimoo_8b_preset_builds_on_the_meta_device():
+    cfg = LLADA_PRESETS["dimoo-8b"]
+    assert (cfg.width, cfg.depth, cfg.heads, cfg.mlp, cfg.grid, cfg.codebook_size) == (4096, 32, 32, 12288, 64, 8192)
+    assert cfg.mask_token == 126336 and cfg.eol_id == 126084 and cfg.seq_len == 64 + 4 + 4096 + 64
+    base, _, sc = random_models("dimoo-8b", device="meta")
+    n_base = sum(p.numel() for p in base.parameters())
+    n_sc = sum(p.numel() for p in sc.parameters())
+    assert 8.0e9 < n_base < 8.3e9 and 2.1e8 < n_sc < 2.3e8  # LLaDA-8B + image codes; the paper's ~220M
