@@ -29,6 +29,7 @@ class MaskGITConfig:
     heads: int = 8
     mlp: int = 1024
     dropout: float = 0.0
+    io_norm_eps: float = 1e-5  # the input/output blocks' LayerNorms (Halton-MaskGIT's checkpoints: 1e-12)
 
     @property
     def num_tokens(self) -> int:
@@ -111,11 +112,13 @@ class MaskGIT(nn.Module):
         d = cfg.width
         self.tok_emb = nn.Embedding(cfg.vocab, d)
         self.pos_emb = nn.Parameter(torch.zeros(1, cfg.num_tokens + 1, d))
+        eps = cfg.io_norm_eps
         self.first_layer = nn.Sequential(
-            nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Dropout(cfg.dropout), nn.Linear(d, d)
+            nn.LayerNorm(d, eps=eps), nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d, eps=eps), nn.Dropout(cfg.dropout),
+            nn.Linear(d, d)
         )
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
-        self.last_layer = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
+        self.last_layer = nn.Sequential(nn.LayerNorm(d, eps=eps), nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d, eps=eps))
         self.bias = nn.Parameter(torch.zeros(cfg.num_tokens, cfg.codebook_size))
         nn.init.trunc_normal_(self.pos_emb, std=0.02)
         nn.init.trunc_normal_(self.tok_emb.weight, std=0.02)

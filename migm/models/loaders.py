@@ -1,0 +1,192 @@
+"""Loaders for the real checkpoints users have, onto our presets.
+
+Halton-MaskGIT v1.0 (`MaskGIT_ImageNet_512.pth`: a dict whose `model_state_dict` is the
+`MaskTransformer` state, no `module.` prefix) onto the maskgit family:
+
+    tok_emb.weight [K+1+C+1, d]                      -> tok_emb.weight (same row order)
+    pos_emb [1, L+1, d]  (grid positions, then class) -> pos_emb (class first: rows rolled by one)
+    first_layer.{0,2,4,6}.*  (LN, Linear, LN, Linear) -> first_layer.{0,1,3,5}.*
+    transformer.layers.i.0.norm.*                     -> blocks.i.ln1.*
+    transformer.layers.i.0.fn.mha.in_proj_{weight,bias}  -> blocks.i.attn.qkv.*  (q, k, v stacked alike)
+    transformer.layers.i.0.fn.mha.out_proj.*          -> blocks.i.attn.proj.*
+    transformer.layers.i.1.norm.*                     -> blocks.i.ln2.*
+    transformer.layers.i.1.fn.net.{0,3}.*             -> blocks.i.mlp.{0,3}.*
+    last_layer.{0,2,4}.*  (LN, Linear, LN)            -> last_layer.{0,1,3}.*
+    bias [L+1, K+1+C+1]                               -> bias[:L, :K] (the rows and columns the logits use)
+
+The first/last-layer LayerNorms use eps 1e-12 there (`io_norm_eps` in our config).
+
+Lumina-DiMOO (Hugging Face layout: `model.safetensors.index.json` with a `weight_map` over
+safetensors shards, LLaDA's llama block names) onto the llada family:
+
+    model.transformer.wte.weight                  -> tok_emb.weight
+    model.transformer.blocks.i.attn_norm.weight   -> blocks.i.attn_norm.weight
+    model.transformer.blocks.i.{q,k,v}_proj.weight -> blocks.i.attn.{q,k,v}.weight
+    model.transformer.blocks.i.attn_out.weight    -> blocks.i.attn.o.weight
+    model.transformer.blocks.i.ff_norm.weight     -> blocks.i.mlp_norm.weight
+    model.transformer.blocks.i.ff_proj.weight     -> blocks.i.mlp.gate.weight  (through SiLU)
+    model.transformer.blocks.i.up_proj.weight     -> blocks.i.mlp.up.weight
+    model.transformer.blocks.i.ff_out.weight      -> blocks.i.mlp.down.weight
+    model.transformer.ln_f.weight                 -> norm.weight
+    model.transformer.ff_out.weight               -> lm_head.weight (untied)
+
+An embedding or head with more rows than the vocabulary (padding) is cut to it. Every
+missing or unexpected key is an error naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError
+from .llada import LLaDA, LLaDAConfig
+from .maskgit import MaskGIT, MaskGITConfig
+
+
+def _check(mapped: dict, model: torch.nn.Module, source: str, unexpected: list[str]) -> None:
+    want = model.state_dict()
+    missing = sorted(set(want) - set(mapped))
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: missing {missing[:5]}"
+                              f"{' ...' if len(missing) > 5 else ''}, unexpected {sorted(unexpected)[:5]}")
+    for k, v in mapped.items():
+        if tuple(v.shape) != tuple(want[k].shape):
+            raise CheckpointError(f"{source}: {k} has shape {list(v.shape)}, the model wants {list(want[k].shape)}")
+
+
+# ---- Halton-MaskGIT ----
+
+_HALTON = [
+    (r"tok_emb\.weight", "tok_emb.weight"),
+    (r"first_layer\.0\.(weight|bias)", r"first_layer.0.\1"),
+    (r"first_layer\.2\.(weight|bias)", r"first_layer.1.\1"),
+    (r"first_layer\.4\.(weight|bias)", r"first_layer.3.\1"),
+    (r"first_layer\.6\.(weight|bias)", r"first_layer.5.\1"),
+    (r"transformer\.layers\.(\d+)\.0\.norm\.(weight|bias)", r"blocks.\1.ln1.\2"),
+    (r"transformer\.layers\.(\d+)\.0\.fn\.mha\.in_proj_(weight|bias)", r"blocks.\1.attn.qkv.\2"),
+    (r"transformer\.layers\.(\d+)\.0\.fn\.mha\.out_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (r"transformer\.layers\.(\d+)\.1\.norm\.(weight|bias)", r"blocks.\1.ln2.\2"),
+    (r"transformer\.layers\.(\d+)\.1\.fn\.net\.0\.(weight|bias)", r"blocks.\1.mlp.0.\2"),
+    (r"transformer\.layers\.(\d+)\.1\.fn\.net\.3\.(weight|bias)", r"blocks.\1.mlp.3.\2"),
+    (r"last_layer\.0\.(weight|bias)", r"last_layer.0.\1"),
+    (r"last_layer\.2\.(weight|bias)", r"last_layer.1.\1"),
+    (r"last_layer\.4\.(weight|bias)", r"last_layer.3.\1"),
+]
+
+
+def halton_to_maskgit(state: dict, cfg: MaskGITConfig, source: str = "checkpoint") -> MaskGIT:
+    """A Halton-MaskGIT v1.0 `model_state_dict` as our MaskGIT (config `cfg`)."""
+    model = MaskGIT(replace(cfg, io_norm_eps=1e-12))
+    mapped, unexpected = {}, []
+    for key, value in state.items():
+        if key == "pos_emb":  # grid positions then the class token -> class token first
+            mapped["pos_emb"] = torch.cat([value[:, -1:], value[:, :-1]], 1)
+        elif key == "bias":
+            mapped["bias"] = value[: cfg.num_tokens, : cfg.codebook_size]
+        else:
+            for pattern, target in _HALTON:
+                if re.fullmatch(pattern, key):
+                    mapped[re.sub(pattern, target, key)] = value
+                    break
+            else:
+                unexpected.append(key)
+    _check(mapped, model, source, unexpected)
+    model.load_state_dict(mapped)
+    return model.eval()
+
+
+def load_halton_maskgit(path: str | Path, cfg: MaskGITConfig | None = None) -> MaskGIT:
+    """`MaskGIT_ImageNet_512.pth` (or any v1.0 checkpoint of that layout) onto maskgit-imagenet512."""
+    from .presets import base_config
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated zip, a pickle with foreign objects
+        raise CheckpointError(f"{path} is not a readable torch checkpoint: {e}") from None
+    state = ckpt.get("model_state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds no state dict (expected a dict with 'model_state_dict')")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return halton_to_maskgit(state, cfg or base_config("maskgit-imagenet512"), str(path))
+
+
+# ---- Lumina-DiMOO ----
+
+_DIMOO = [
+    (r"model\.transformer\.wte\.weight", "tok_emb.weight"),
+    (r"model\.transformer\.ln_f\.weight", "norm.weight"),
+    (r"model\.transformer\.ff_out\.weight", "lm_head.weight"),
+    (r"model\.transformer\.blocks\.(\d+)\.attn_norm\.weight", r"blocks.\1.attn_norm.weight"),
+    (r"model\.transformer\.blocks\.(\d+)\.(q|k|v)_proj\.weight", r"blocks.\1.attn.\2.weight"),
+    (r"model\.transformer\.blocks\.(\d+)\.attn_out\.weight", r"blocks.\1.attn.o.weight"),
+    (r"model\.transformer\.blocks\.(\d+)\.ff_norm\.weight", r"blocks.\1.mlp_norm.weight"),
+    (r"model\.transformer\.blocks\.(\d+)\.ff_proj\.weight", r"blocks.\1.mlp.gate.weight"),
+    (r"model\.transformer\.blocks\.(\d+)\.up_proj\.weight", r"blocks.\1.mlp.up.weight"),
+    (r"model\.transformer\.blocks\.(\d+)\.ff_out\.weight", r"blocks.\1.mlp.down.weight"),
+]
+
+
+def dimoo_key(key: str) -> str | None:
+    for pattern, target in _DIMOO:
+        if re.fullmatch(pattern, key):
+            return re.sub(pattern, target, key)
+    return None
+
+
+def load_dimoo(directory: str | Path, cfg: LLaDAConfig | None = None, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.bfloat16) -> LLaDA:
+    """A Lumina-DiMOO checkpoint directory (sharded safetensors + index JSON) onto dimoo-8b.
+
+    The model is built on the meta device and each tensor assigned as it is read, so only
+    the weights themselves are ever in memory (16 GB in bf16 for the 8B)."""
+    from safetensors import safe_open
+
+    from .presets import LLADA_PRESETS
+
+    cfg = cfg or LLADA_PRESETS["dimoo-8b"]
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index} is not a safetensors index (no weight_map): {e}") from None
+        shards = sorted(set(weight_map.values()))
+    elif (directory / "model.safetensors").exists():
+        shards = ["model.safetensors"]
+    else:
+        raise CheckpointError(f"{directory} has neither model.safetensors.index.json nor model.safetensors")
+    with torch.device("meta"):
+        model = LLaDA(cfg)
+    mapped, unexpected = {}, []
+    for shard in shards:
+        f = directory / shard
+        if not f.exists():
+            raise CheckpointError(f"shard {shard} named in {index.name} is missing from {directory}")
+        try:
+            with safe_open(str(f), framework="pt", device=str(device)) as fh:
+                for key in fh.keys():
+                    target = dimoo_key(key)
+                    if target is None:
+                        unexpected.append(key)
+                        continue
+                    t = fh.get_tensor(key)
+                    if target in ("tok_emb.weight", "lm_head.weight") and t.shape[0] > cfg.vocab:
+                        t = t[: cfg.vocab]  # padded vocabulary rows are never used
+                    mapped[target] = t.to(dtype)
+        except CheckpointError:
+            raise
+        except Exception as e:  # safetensors raises its own error types on corrupt headers
+            raise CheckpointError(f"{f} is not a readable safetensors file: {e}") from None
+    _check(mapped, model, str(directory), unexpected)
+    model.load_state_dict(mapped, assign=True)
+    model.init_buffers(device)
+    return model.eval()
