@@ -16,9 +16,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..export.onnx import components, export_component, name_batch_axes, ort_session
+from ..export.onnx import components, data_file, export_component, name_batch_axes, ort_session
 from ..export.precision import component_precisions, to_fp16
 from ..models.checkpoint import checkpoint_digest, load_checkpoint
+from ..models.llada import LLaDA
 from ..models.maskgit import MaskGIT
 from ..models.shortcut import Shortcut
 from ..models.vqvae import VQVAE
@@ -46,6 +47,8 @@ def fold_constants(path: Path) -> None:
     import onnx
     from polygraphy.backend.onnx import fold_constants as fold
 
+    if data_file(path) is not None:
+        return  # weights held as external data (> 2 GB): loading them all to fold is not worth it
     model = fold(onnx.load(str(path)), error_ok=True)
     name_batch_axes(model)  # folding re-infers shapes and may rename the batch axis again
     onnx.checker.check_model(model)
@@ -55,7 +58,7 @@ def fold_constants(path: Path) -> None:
 def _name_batch_axes_file(path: Path) -> None:
     import onnx
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # saved back beside its data: references hold
     if name_batch_axes(model):
         onnx.save(model, str(path))
 
@@ -102,8 +105,11 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
         import_tensorrt()
         gpu_arch()
     base, vq = load_checkpoint(base_path), load_checkpoint(vq_path)
-    if not isinstance(base, MaskGIT) or not isinstance(vq, VQVAE):
-        raise ValueError("expected a maskgit base checkpoint and a vqvae checkpoint")
+    if not isinstance(base, (MaskGIT, LLaDA)) or not isinstance(vq, VQVAE):
+        raise ValueError("expected a maskgit or llada base checkpoint and a vqvae checkpoint")
+    family = "llada" if isinstance(base, LLaDA) else "maskgit"
+    if family == "llada" and "int8" in precisions.values():
+        raise ValueError("INT8 calibration is written for the maskgit family only; build llada bundles as fp32 or fp16")
     shortcut = None
     if shortcut_path is not None:
         from ..runtime.pipeline import load_shortcut
@@ -121,16 +127,18 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
         for comp in components(base, vq.decoder, shortcut):
             prec = precisions[comp.name]
             say(f"export {comp.name}")
-            fp32 = export_component(comp, work / f"{comp.name}.fp32.onnx")
+            # one directory per stage, every file under its bundle name (external data is
+            # referenced by file name, NAME.onnx.data, so it must never be renamed)
+            fp32 = export_component(comp, work / "fp32" / f"{comp.name}.onnx")
             fold_constants(fp32)
             final = fp32
             if prec == "fp16":
                 say(f"fp16 {comp.name}")
-                final = to_fp16(fp32, work / f"{comp.name}.fp16.onnx")
+                final = to_fp16(fp32, work / "fp16" / f"{comp.name}.onnx")
             elif prec == "int8":
                 calib = _calibration(s, out, digests, trajectories, base, say, work)
                 say(f"int8 {comp.name} ({len(calib['counts'])} calibration inputs)")
-                final = quantize_int8(fp32, work / f"{comp.name}.int8.onnx", calib)
+                final = quantize_int8(fp32, work / "int8" / f"{comp.name}.onnx", calib)
                 files["calibration.npz"] = work / "calibration.npz"
             _name_batch_axes_file(final)  # precision passes re-infer shapes and may rename the batch axis
             err = _max_rel_error(comp, final)
@@ -150,6 +158,9 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
                 files[f"{comp.name}.engine"], entry["file"] = engine, f"{comp.name}.engine"
             else:
                 files[f"{comp.name}.onnx"], entry["file"] = final, f"{comp.name}.onnx"
+                if data_file(final) is not None:
+                    files[data_file(final).name] = data_file(final)
+                    entry["data_file"] = data_file(final).name
             entries[comp.name] = entry
         # the source checkpoints travel too: the torch backend runs them, and the ort/trt
         # backends take the base head from them for reuse/extrapolate steps
@@ -162,11 +173,13 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
             checkpoints[name] = {"file": f"torch/{name}"}
         meta = getattr(base, "meta", {})
         manifest = {
-            "family": "maskgit", "precision": s.precision, "backend": s.backend,
+            "family": family, "precision": s.precision, "backend": s.backend,
             "config": {"base": base.cfg.to_dict(), "vq": vq.cfg.to_dict(),
                        "shortcut": shortcut.cfg.to_dict() if shortcut is not None else None},
             "grid": base.cfg.grid, "num_tokens": base.cfg.num_tokens, "codebook_size": base.cfg.codebook_size,
-            "mask_id": base.cfg.mask_id, "no_class_id": base.cfg.no_class_id, "vocab": base.cfg.vocab,
+            "mask_id": base.cfg.mask_id, "vocab": base.cfg.vocab,
+            **({"max_text": base.cfg.max_text, "pad_id": base.cfg.pad_id} if family == "llada" else
+               {"no_class_id": base.cfg.no_class_id}),
             "class_names": meta.get("class_names", []), "sampling": meta.get("sampling", {}),
             "sources": digests, "components": entries, "checkpoints": checkpoints, "tools": _versions(),
         }

@@ -52,6 +52,9 @@ def write_bundle(out: str | Path, manifest: dict, files: dict[str, Path]) -> Pat
         for entry in manifest.get("components", {}).values():
             p = stage / entry["file"]
             entry["sha256"], entry["bytes"] = sha256(p), p.stat().st_size
+            if entry.get("data_file"):  # ONNX weights over 2 GB, beside the graph
+                d = stage / entry["data_file"]
+                entry["data_sha256"], entry["bytes"] = sha256(d), entry["bytes"] + d.stat().st_size
         for entry in manifest.get("checkpoints", {}).values():  # a checkpoint is two files: weights, config
             entry["sha256"] = {ext: sha256(stage / f"{entry['file']}.{ext}") for ext in ("safetensors", "json")}
         if (stage / "calibration.npz").exists():
@@ -107,6 +110,13 @@ def verify_bundle(path: str | Path) -> dict:
         if sha256(f) != entry["sha256"]:
             raise BundleError(f"bundle {path}: {entry['file']} does not match its hash in manifest.json "
                               "(corrupt or modified; rebuild the bundle)")
+        if entry.get("data_file"):
+            d = path / entry["data_file"]
+            if not d.exists():
+                raise BundleError(f"bundle {path}: component {name} weights {entry['data_file']} are missing")
+            if sha256(d) != entry["data_sha256"]:
+                raise BundleError(f"bundle {path}: {entry['data_file']} does not match its hash in manifest.json "
+                                  "(corrupt or modified; rebuild the bundle)")
     for name, entry in doc.get("checkpoints", {}).items():
         for ext, digest in entry["sha256"].items():
             f = path / f"{entry['file']}.{ext}"

@@ -16,6 +16,8 @@ models over 2 GB keep their weights as external data beside the .onnx.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +25,27 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..fileio import atomic_path
+from ..models.llada import LLaDA
 from ..models.maskgit import MaskGIT
 from ..models.shortcut import Shortcut
+from ..models.shortcut_llada import LLaDAShortcut
 from ..models.vqvae import Decoder
 
 OPSET = 20
 EXTERNAL_DATA_BYTES = 2 * 1024**3
+
+
+class LLaDAShortcutStep(nn.Module):
+    """The DiMOO shortcut plus the image-code rows of the base LM head, in one graph."""
+
+    def __init__(self, shortcut: LLaDAShortcut, base: LLaDA):
+        super().__init__()
+        self.shortcut = shortcut
+        self.register_buffer("code_rows", base.lm_head.weight[base.cfg.text_vocab:].detach().clone())
+
+    def forward(self, features, new_pos, new_tok, key_mask, mask_ratio, prompt):
+        nxt = self.shortcut(features, new_pos, new_tok, key_mask, mask_ratio, prompt)
+        return nxt, nxt @ self.code_rows.T
 
 
 class ShortcutStep(nn.Module):
@@ -55,15 +71,37 @@ class Component:
     dynamic: dict[str, dict[int, str]]  # input name -> {axis: axis name}
 
 
-def components(base: MaskGIT, decoder: Decoder, shortcut: Shortcut | None = None, batch: int = 2) -> list[Component]:
-    """The exportable components with example inputs (fp32, eval mode)."""
+def components(base: MaskGIT | LLaDA, decoder: Decoder, shortcut: Shortcut | LLaDAShortcut | None = None,
+               batch: int = 2) -> list[Component]:
+    """The exportable components with example inputs (fp32, eval mode); llada bases take `prompt`
+    ids [batch, max_text] where maskgit takes `labels`, and so does their shortcut."""
     c = base.cfg
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, c.codebook_size + 1, (batch, c.num_tokens), generator=g)
-    labels = torch.arange(batch) % (c.num_classes + 1)
-    out = [Component("base", base.float().eval(), {"tokens": tokens, "labels": labels}, ["features", "logits"],
-                     {"tokens": {0: "batch"}, "labels": {0: "batch"}})]
-    if shortcut is not None:
+    llada = isinstance(base, LLaDA)
+    if llada:  # the llada family is conditioned on prompt ids (right-padded)
+        cond_name = "prompt"
+        cond = torch.randint(0, max(c.pad_id - 16, 1), (batch, c.max_text), generator=g)
+        cond[:, c.max_text // 2:] = c.pad_id
+    else:
+        cond_name, cond = "labels", torch.arange(batch) % (c.num_classes + 1)
+    out = [Component("base", base.float().eval(), {"tokens": tokens, cond_name: cond}, ["features", "logits"],
+                     {"tokens": {0: "batch"}, cond_name: {0: "batch"}})]
+    if shortcut is not None and llada:
+        m = 5
+        inputs = {
+            "features": torch.randn(batch, c.num_tokens, c.width, generator=g),
+            "new_pos": torch.randint(0, c.num_tokens, (batch, m), generator=g),
+            "new_tok": torch.randint(0, c.codebook_size, (batch, m), generator=g),
+            "key_mask": torch.ones(batch, m, dtype=torch.bool),
+            "mask_ratio": torch.rand(batch, generator=g),
+            "prompt": cond,
+        }
+        dyn = {k: {0: "batch", 1: "new_tokens"} for k in ("new_pos", "new_tok", "key_mask")}
+        out.append(Component("shortcut", LLaDAShortcutStep(shortcut.float().eval(), base).eval(), inputs,
+                             ["next_features", "logits"],
+                             {"features": {0: "batch"}, "mask_ratio": {0: "batch"}, "prompt": {0: "batch"}, **dyn}))
+    elif shortcut is not None:
         m = 5
         inputs = {
             "features": torch.randn(batch, c.num_tokens, c.width, generator=g),
@@ -99,13 +137,48 @@ def export_component(comp: Component, path: str | Path) -> Path:
                                     dynamic_shapes=dynamic, optimize=True, verbose=False)
     size = sum(p.numel() * p.element_size() for p in comp.module.state_dict().values())
     external = size > EXTERNAL_DATA_BYTES
-    with atomic_path(path) as tmp:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as d:
+        tmp = Path(d) / path.name  # the final name: external data is referenced as NAME.onnx.data
         program.save(str(tmp), external_data=external)
         model = onnx.load(str(tmp), load_external_data=False)
         if name_batch_axes(model):
-            onnx.save(model, str(tmp))
-    onnx.checker.check_model(str(path) if external else onnx.load(str(path)))
+            onnx.save(model, str(tmp))  # same directory: the external-data references stay valid
+        onnx.checker.check_model(str(tmp))
+        _move_into_place(tmp, path)
     return path
+
+
+def data_file(path: str | Path) -> Path | None:
+    """The external-data file of an ONNX model (NAME.onnx.data), if it has one."""
+    p = Path(path)
+    p = p.with_name(p.name + ".data")
+    return p if p.exists() else None
+
+
+def save_onnx(model, path: str | Path) -> Path:
+    """Write an in-memory ONNX model atomically; over 2 GB of weights go to NAME.onnx.data beside it."""
+    import onnx
+
+    path = Path(path)
+    big = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as d:
+        tmp = Path(d) / path.name
+        if big:
+            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=f"{path.name}.data", size_threshold=1024)
+        else:
+            onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp))
+        _move_into_place(tmp, path)
+    return path
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    """Rename the staged files into place: the external data first, the graph that names it last."""
+    for f in sorted(tmp.parent.iterdir(), key=lambda f: f.name == tmp.name):
+        os.replace(f, path.parent / f.name)
 
 
 def name_batch_axes(model) -> bool:

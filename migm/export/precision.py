@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..fileio import atomic_path
+from .onnx import save_onnx
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "Pow", "Sqrt", "Exp", "Sin",
@@ -27,11 +27,7 @@ def to_fp16(src: str | Path, dst: str | Path) -> Path:
     graph = gs.import_onnx(model)  # the converter appends its Cast nodes out of order
     graph.cleanup().toposort()
     model = gs.export_onnx(graph)
-    onnx.checker.check_model(model)
-    dst = Path(dst)
-    with atomic_path(dst) as tmp:
-        onnx.save(model, str(tmp))
-    return dst
+    return save_onnx(model, dst)  # checked with onnx.checker from the file (models over 2 GB too)
 
 
 def component_precisions(precision: str) -> dict[str, str]:

@@ -22,8 +22,10 @@ class CheckpointError(RuntimeError):
 
 def _kinds():
     from .classifier import Classifier, ClassifierConfig
+    from .llada import LLaDA, LLaDAConfig
     from .maskgit import MaskGIT, MaskGITConfig
     from .shortcut import Shortcut, ShortcutConfig
+    from .shortcut_llada import LLaDAShortcut, LLaDAShortcutConfig
     from .vqvae import VQVAE, VQConfig
 
     return {
@@ -31,6 +33,8 @@ def _kinds():
         "classifier": (ClassifierConfig, Classifier),
         "maskgit": (MaskGITConfig, MaskGIT),
         "shortcut": (ShortcutConfig, Shortcut),
+        "llada": (LLaDAConfig, LLaDA),
+        "llada-shortcut": (LLaDAShortcutConfig, LLaDAShortcut),
     }
 
 

@@ -42,6 +42,14 @@ class LLaDAShortcutConfig:
     def inner(self) -> int:
         return self.base_cfg.width // self.ratio
 
+    @property
+    def num_tokens(self) -> int:
+        return self.base_cfg.num_tokens
+
+    @property
+    def codebook_size(self) -> int:
+        return self.base_cfg.codebook_size
+
     def to_dict(self) -> dict:
         return asdict(self)
 

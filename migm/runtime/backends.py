@@ -104,15 +104,20 @@ class _Buffers:
 
 def _head_from_bundle(bundle: Path, doc: dict, device):
     """The base model's head (code embeddings and per-position bias) from the bundle's torch checkpoint."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     entry = doc.get("checkpoints", {}).get("base")
     if entry is None:
         raise BundleError(f"bundle {bundle} holds no base checkpoint (built by an older migm): rebuild it")
-    state = load_file(str(bundle / f"{entry['file']}.safetensors"))
     k = doc["codebook_size"]
-    w = state["tok_emb.weight"][:k].float().T.contiguous().to(device)
-    bias = state["bias"].float().to(device)
+    # read only the head's rows (the whole checkpoint can be many GB)
+    with safe_open(str(bundle / f"{entry['file']}.safetensors"), framework="pt") as fh:
+        if doc.get("family") == "llada":  # the LM head's image-code rows
+            v = doc["config"]["base"]["text_vocab"]
+            w = fh.get_slice("lm_head.weight")[v:v + k].float().T.contiguous().to(device)
+            return lambda f: f.float() @ w
+        w = fh.get_slice("tok_emb.weight")[:k].float().T.contiguous().to(device)
+        bias = fh.get_tensor("bias").float().to(device)
     return lambda f: f.float() @ w + bias
 
 
@@ -172,16 +177,20 @@ class OrtBackend:
         return outs
 
     def base(self, tokens, labels):
+        """`labels`: class ids, or prompt ids for a llada bundle (the graph's second input)."""
         b, n = tokens.shape
         d, k = _widths(self.spec["base"])
-        return tuple(self._run("base", {"tokens": tokens, "labels": labels}, [(b, n, d), (b, n, k)]))
+        cond = self.spec["base"]["inputs"][1]["name"]
+        return tuple(self._run("base", {"tokens": tokens, cond: labels}, [(b, n, d), (b, n, k)]))
 
-    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio):
+    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio, prompt=None):
         b, n, d = features.shape
         k = _widths(self.spec["shortcut"])[1]
-        return tuple(self._run("shortcut", {"features": features, "new_pos": new_pos, "new_tok": new_tok,
-                                            "key_mask": key_mask, "mask_ratio": mask_ratio},
-                               [(b, n, d), (b, n, k)]))
+        feeds = {"features": features, "new_pos": new_pos, "new_tok": new_tok, "key_mask": key_mask,
+                 "mask_ratio": mask_ratio}
+        if prompt is not None:
+            feeds["prompt"] = prompt
+        return tuple(self._run("shortcut", feeds, [(b, n, d), (b, n, k)]))
 
     def decode(self, tokens):
         spec = self.spec["decoder"]["outputs"][0]["shape"]
@@ -246,11 +255,15 @@ class TrtBackend:
         return outs
 
     def base(self, tokens, labels):
-        return tuple(self._run("base", {"tokens": tokens, "labels": labels}))
+        cond = self.spec["base"]["inputs"][1]["name"]
+        return tuple(self._run("base", {"tokens": tokens, cond: labels}))
 
-    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio):
-        return tuple(self._run("shortcut", {"features": features, "new_pos": new_pos, "new_tok": new_tok,
-                                            "key_mask": key_mask, "mask_ratio": mask_ratio}))
+    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio, prompt=None):
+        feeds = {"features": features, "new_pos": new_pos, "new_tok": new_tok, "key_mask": key_mask,
+                 "mask_ratio": mask_ratio}
+        if prompt is not None:
+            feeds["prompt"] = prompt
+        return tuple(self._run("shortcut", feeds))
 
     def decode(self, tokens):
         g = int(round(tokens.shape[1] ** 0.5))

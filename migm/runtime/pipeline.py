@@ -28,6 +28,7 @@ from ..models.checkpoint import checkpoint_digest, load_checkpoint
 from ..models.llada import LLaDA
 from ..models.maskgit import MaskGIT
 from ..models.shortcut import Shortcut
+from ..models.shortcut_llada import LLaDAShortcut
 from ..models.vqvae import VQVAE
 from ..sampling.loop import STRATEGIES, HybridStats, ProbeFn, generate_tokens
 from ..sampling.schedules import SCHEDULES
@@ -130,8 +131,9 @@ class Pipeline:
             raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         path = Path(path)
         doc = verify_bundle(path)
-        if doc.get("family", "maskgit") != "maskgit":
-            raise BundleError(f"bundle {path} is a {doc['family']} model; this runtime runs maskgit bundles")
+        family = doc.get("family", "maskgit")
+        if family not in ("maskgit", "llada"):
+            raise BundleError(f"bundle {path} is a {family} model; this runtime runs maskgit and llada bundles")
         gpu = torch.cuda.is_available()
         built = doc.get("backend", "ort")
         if backend == "auto":
@@ -147,7 +149,11 @@ class Pipeline:
                                f"{'TensorRT' if gpu else 'a GPU'}: use an ort bundle with --backend ort or torch")
         device = device or ("cuda" if gpu and backend != "ort" else "cpu")
         b = doc["config"]["base"]
-        spec = ModelSpec(doc["num_tokens"], doc["grid"], doc["codebook_size"], b["num_classes"])
+        if family == "llada":
+            spec = ModelSpec(doc["num_tokens"], doc["grid"], doc["codebook_size"], 0, "llada", doc["max_text"],
+                             doc["pad_id"])
+        else:
+            spec = ModelSpec(doc["num_tokens"], doc["grid"], doc["codebook_size"], b["num_classes"])
         if backend == "torch":
             models = _bundle_checkpoints(path, doc)
             precision = "fp32" if doc["precision"] in ("fp32", "int8") else "bf16"
@@ -344,7 +350,7 @@ def _bundle_checkpoints(path: Path, doc: dict) -> dict:
 def load_shortcut(path: str | Path, base_path: str | Path) -> Shortcut:
     """A shortcut checkpoint, checked against the base model it will run with."""
     sc = load_checkpoint(path)
-    if not isinstance(sc, Shortcut):
+    if not isinstance(sc, (Shortcut, LLaDAShortcut)):
         raise ValueError(f"{path} is not a shortcut checkpoint")
     trained_for = getattr(sc, "meta", {}).get("base_digest")
     actual = checkpoint_digest(base_path)
