@@ -146,7 +146,7 @@ def test_dimoo_loader_matches_reference_forward(tmp_path):
     model = load_dimoo(tmp_path, LC, dtype=torch.float32)
     tokens = torch.randint(0, LC.codebook_size + 1, (2, LC.num_tokens))
     prompt = torch.randint(0, 30, (2, LC.max_text))
-    prompt[:, 3:] = LC.pad_id
+    prompt[:, :2] = LC.pad_id  # left-padded
     with torch.no_grad():
         _, ours = model(tokens, prompt)
         seq = model.sequence(tokens, prompt)

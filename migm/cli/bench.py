@@ -174,9 +174,6 @@ def speed(preset, depth, backend, engine, device, batches, steps, budgets, strat
     if backend == "ort" and "mlcache" in names:
         raise click.BadParameter("mlcache runs on the torch backend only", param_hint="--strategies")
     device = device or ("cuda" if torch.cuda.is_available() and backend != "ort" else "cpu")
-    if preset in ("tiny-scenes", "dimoo-8b") and backend != "torch":
-        raise click.BadParameter("the llada presets run on the torch backend (their export is not written yet)",
-                                 param_hint="--backend")
     if preset in ("tiny-scenes", "dimoo-8b") and "mlcache" in names:
         raise click.BadParameter("mlcache is written for the maskgit family only", param_hint="--strategies")
     pipe, plain = _speed_pipeline(preset, backend, engine, device, depth)
@@ -268,7 +265,8 @@ def _speed_plot(rows, path):
             pts = sorted((r["budget"], r["speedup"]) for r in rows if r["batch"] == batch and r["strategy"] == strategy
                          and r["budget"] < r["steps"])
             if pts:
-                ax.plot(*zip(*pts), "o-", label=f"{strategy}, batch {batch}")
+                ref = "its own vanilla N" if strategy.startswith("plain") else "vanilla N"
+                ax.plot(*zip(*pts), "o-", label=f"{strategy} (over {ref}), batch {batch}")
         ideal = sorted({(r["budget"], r["ideal_speedup"]) for r in rows if r["batch"] == batch
                         and r["strategy"] == "shortcut" and r["ideal_speedup"]})
         if ideal:

@@ -78,6 +78,9 @@ def main(engine, backend, classes, num, steps, budget, strategy, cfg, tau, seed,
 
             engine = default_bundle(say=click.echo)
         pipe = Pipeline.from_bundle(engine, backend=backend)
+    if pipe.spec.family != "maskgit":
+        raise click.ClickException(f"{engine} is a text-to-image ({pipe.spec.family}) bundle: migm-run takes classes "
+                                   "only so far (prompts need a tokenizer; use Pipeline.generate(prompts=ids))")
     n_steps = pipe.defaults.steps if steps is None else steps
     if budget is not None and budget > n_steps:
         raise click.BadParameter(f"budget B={budget} must be between 1 and the number of steps N={n_steps}",

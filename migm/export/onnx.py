@@ -79,10 +79,10 @@ def components(base: MaskGIT | LLaDA, decoder: Decoder, shortcut: Shortcut | LLa
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, c.codebook_size + 1, (batch, c.num_tokens), generator=g)
     llada = isinstance(base, LLaDA)
-    if llada:  # the llada family is conditioned on prompt ids (right-padded)
+    if llada:  # the llada family is conditioned on prompt ids (left-padded)
         cond_name = "prompt"
         cond = torch.randint(0, max(c.pad_id - 16, 1), (batch, c.max_text), generator=g)
-        cond[:, c.max_text // 2:] = c.pad_id
+        cond[:, : c.max_text // 2] = c.pad_id
     else:
         cond_name, cond = "labels", torch.arange(batch) % (c.num_classes + 1)
     out = [Component("base", base.float().eval(), {"tokens": tokens, cond_name: cond}, ["features", "logits"],

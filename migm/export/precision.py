@@ -19,11 +19,11 @@ FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceM
 
 def to_fp16(src: str | Path, dst: str | Path) -> Path:
     """Convert an FP32 ONNX graph to FP16, keeping FP32_OPS and the I/O types in FP32."""
-    import onnx
     import onnx_graphsurgeon as gs
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=FP32_OPS)
+    # from the path: the converter's shape inference then works on models over 2 GB too
+    model = convert_float_to_float16(str(src), keep_io_types=True, op_block_list=FP32_OPS)
     graph = gs.import_onnx(model)  # the converter appends its Cast nodes out of order
     graph.cleanup().toposort()
     model = gs.export_onnx(graph)

@@ -1,7 +1,7 @@
 """The `llada` base family (Lumina-DiMOO layout): a bidirectional LLaMA-style transformer over
 one sequence holding the prompt's text tokens and the image tokens.
 
-    sequence   [prompt (text ids, right-padded to max_text)] <boa> <boi> [row 0 codes] <eol> ...
+    sequence   [prompt (text ids, left-padded to max_text)] <boa> <boi> [row 0 codes] <eol> ...
                [row g-1 codes] <eol> <eoi> <eoa>
     vocabulary [0, text_vocab) text and special tokens; [text_vocab, text_vocab + K) image codes
     blocks     RMSNorm -> attention with RoPE (no bias) -> residual; RMSNorm -> SwiGLU -> residual
@@ -9,7 +9,9 @@ one sequence holding the prompt's text tokens and the image tokens.
     logits     the LM head's K image-code rows only: [B, L, K]
 
 Padding in the prompt is masked out of attention (keys), so an empty prompt (all padding)
-is the unconditional input for classifier-free guidance. The newline token after every
+is the unconditional input for classifier-free guidance. Prompts are left-padded: the
+prompt ends right before <boa>, and as RoPE scores depend on relative positions only, the
+result equals Lumina-DiMOO's unpadded sequence. The newline token after every
 row carries the 2-D layout, as in Lumina-DiMOO.
 
     forward(tokens [B, L] image codes or mask_id, prompt [B, max_text] text ids)
@@ -36,7 +38,7 @@ class LLaDAConfig:
     depth: int = 4
     heads: int = 4
     mlp: int = 688  # SwiGLU hidden size
-    max_text: int = 16  # prompt tokens (right-padded)
+    max_text: int = 16  # prompt tokens (left-padded)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     newline: bool = True  # an <eol> token after every image row

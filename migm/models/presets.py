@@ -53,7 +53,7 @@ def base_config(name: str) -> MaskGITConfig:
 
 
 def random_models(name: str, seed: int = 0, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32, depth: int | None = None) -> tuple:
+                  dtype: torch.dtype = torch.float32, depth: int | None = None, grid: int | None = None) -> tuple:
     """A preset's base, VQ-VAE and shortcut (r=2, one block) with random weights, for benchmarks
     and export tests. The shortcut's output projection is randomised too (trained ones start at
     zero), so it computes what a trained one would. Large models are built on the meta device
@@ -61,7 +61,8 @@ def random_models(name: str, seed: int = 0, device: str | torch.device = "cpu",
     torch.manual_seed(seed)
     sampling = {"steps": 32, "cfg": 3.0, "tau": 4.5, "temperature": 1.0, "schedule": "arccos", "sampler": "halton"}
     if name in LLADA_PRESETS:
-        cfg = LLADA_PRESETS[name] if depth is None else replace(LLADA_PRESETS[name], depth=depth)
+        cfg = LLADA_PRESETS[name]
+        cfg = replace(cfg, depth=depth or cfg.depth, grid=grid or cfg.grid)
         with torch.device("meta"):
             base = LLaDA(cfg)
             sc = LLaDAShortcut(LLaDAShortcutConfig(base=cfg.to_dict(), heads=SHORTCUT_HEADS[name],
@@ -70,7 +71,8 @@ def random_models(name: str, seed: int = 0, device: str | torch.device = "cpu",
         sc.load_base_embeddings(base)
         sampling = {"steps": 64, "cfg": 4.0, "tau": 1.0, "temperature": 1.0, "schedule": "dimoo", "sampler": "dimoo"}
     else:
-        cfg = base_config(name) if depth is None else replace(base_config(name), depth=depth)
+        cfg = base_config(name)
+        cfg = replace(cfg, depth=depth or cfg.depth, grid=grid or cfg.grid)
         base = MaskGIT(cfg)
         sc = Shortcut(ShortcutConfig(width=cfg.width, codebook_size=cfg.codebook_size, vocab=cfg.vocab,
                                      num_tokens=cfg.num_tokens, heads=SHORTCUT_HEADS[name]))
@@ -78,7 +80,10 @@ def random_models(name: str, seed: int = 0, device: str | torch.device = "cpu",
         torch.nn.init.normal_(sc.proj_out.weight, std=0.02)
         base, sc = base.to(device, dtype), sc.to(device, dtype)
     base.meta = {"sampling": sampling}
-    vq = VQVAE(VQ_PRESETS[name]).to(device)
+    vq_cfg = VQ_PRESETS[name]
+    if grid is not None:  # keep the decoder's downsampling, change the image size
+        vq_cfg = replace(vq_cfg, image_size=grid * 2**vq_cfg.n_down)
+    vq = VQVAE(vq_cfg).to(device)
     return base.eval(), vq.eval(), sc.eval()
 
 

@@ -173,6 +173,8 @@ class OrtBackend:
             for spec, shape in zip(entry["outputs"], out_shapes)])
         for spec, t in zip(entry["outputs"], outs):
             binding.bind_output(spec["name"], dev, self.device.index or 0, _NP[t.dtype], tuple(t.shape), t.data_ptr())
+        if dev == "cuda":  # ORT runs on its own stream: torch's writes to the inputs must be done first
+            torch.cuda.current_stream(self.device).synchronize()
         session.run_with_iobinding(binding)
         return outs
 
@@ -207,8 +209,9 @@ def _widths(entry: dict) -> tuple[int, int]:
 
 class TrtBackend:
     """TensorRT engines run with `execute_async_v3` on the current torch CUDA stream, every
-    tensor bound by address (`set_tensor_address`) to preallocated torch CUDA buffers, so a
-    whole step loop can be captured into one CUDA graph (runtime/graphs.py)."""
+    tensor bound by address (`set_tensor_address`) to preallocated torch CUDA buffers. The
+    loop is not captured into one CUDA graph here: the shortcut's new-token count changes
+    from step to step, and TensorRT wants a graph per input shape (a later step)."""
 
     name = "trt"
 
@@ -242,7 +245,9 @@ class TrtBackend:
             want = _TORCH[spec["dtype"]]
             t = t.to(want).contiguous() if t.dtype != want or not t.is_contiguous() else t
             feeds[spec["name"]] = t
-            ctx.set_input_shape(spec["name"], tuple(t.shape))
+            if not ctx.set_input_shape(spec["name"], tuple(t.shape)):
+                raise ValueError(f"the {name} engine does not accept {spec['name']} of shape {list(t.shape)} "
+                                 "(outside its optimization profile): rebuild with a larger --max-batch")
             ctx.set_tensor_address(spec["name"], t.data_ptr())
         key = (name,) + tuple(tuple(t.shape) for t in feeds.values())
         outs = self.buffers.get(key, lambda: [

@@ -56,6 +56,7 @@ class ModelSpec:
     family: str = "maskgit"  # "llada": text-to-image, conditioned on prompt token ids
     max_text: int = 0  # llada: prompt length
     pad_id: int = -1  # llada: the padding id (an all-padding prompt is the unconditional input)
+    text_vocab: int = 0  # llada: text ids are 0..text_vocab-1
 
     @property
     def mask_id(self) -> int:
@@ -76,8 +77,14 @@ class Pipeline:
 
     def __post_init__(self):
         self._lock = threading.Lock()
-        self._graphs = GraphedLoop(self.device) if self.device.type == "cuda" else None
+        # whole-loop graphs for torch only: ORT runs on its own stream, and a TensorRT context
+        # changes input shapes (the new-token count) from step to step inside one loop
+        self._graphs = GraphedLoop(self.device) if self.device.type == "cuda" and self.backend.name == "torch" else None
         self._graph_stats: dict = {}
+        # the unconditional prompt (all padding): one tensor for the pipeline's life, since
+        # captured graphs keep its address
+        self._uncond = (torch.full((1, self.spec.max_text), self.spec.pad_id, device=self.device)
+                        if self.spec.family == "llada" else None)
 
     # ---- construction ----
 
@@ -112,7 +119,7 @@ class Pipeline:
         meta = getattr(base, "meta", {})
         c = base.cfg
         if isinstance(base, LLaDA):
-            spec = ModelSpec(c.num_tokens, c.grid, c.codebook_size, 0, "llada", c.max_text, c.pad_id)
+            spec = ModelSpec(c.num_tokens, c.grid, c.codebook_size, 0, "llada", c.max_text, c.pad_id, c.text_vocab)
         else:
             spec = ModelSpec(c.num_tokens, c.grid, c.codebook_size, c.num_classes)
         return cls(backend=TorchBackend(base, vq.decoder, shortcut, device=device, precision=precision), spec=spec,
@@ -151,7 +158,7 @@ class Pipeline:
         b = doc["config"]["base"]
         if family == "llada":
             spec = ModelSpec(doc["num_tokens"], doc["grid"], doc["codebook_size"], 0, "llada", doc["max_text"],
-                             doc["pad_id"])
+                             doc["pad_id"], b["text_vocab"])
         else:
             spec = ModelSpec(doc["num_tokens"], doc["grid"], doc["codebook_size"], b["num_classes"])
         if backend == "torch":
@@ -205,18 +212,23 @@ class Pipeline:
         return "shortcut"
 
     def conditions(self, classes: Sequence[int | str] | None = None, prompts: torch.Tensor | None = None) -> torch.Tensor:
-        """The conditioning the base model takes: class ids [n], or prompt token ids [n, max_text]."""
+        """The conditioning the base model takes: class ids [n], or prompt token ids [n, max_text]
+        (left-padded with the pad id, so the prompt ends right before the image as in Lumina-DiMOO)."""
         if self.spec.family == "llada":
             if prompts is None or classes is not None:
                 raise ValueError("this is a text-to-image model: give prompts, not classes")
             if not isinstance(prompts, torch.Tensor):
-                raise ValueError("prompts are token ids here ([n, max_text] LongTensor, padded with the pad id); "
+                raise ValueError("prompts are token ids here ([n, max_text] LongTensor, left-padded with the pad id); "
                                  "text prompts need the model's tokenizer")
-            if prompts.dim() != 2 or prompts.shape[1] != self.spec.max_text:
-                raise ValueError(f"prompt ids must be [n, {self.spec.max_text}], got {list(prompts.shape)}")
+            if prompts.dim() != 2 or prompts.shape[1] != self.spec.max_text or len(prompts) == 0:
+                raise ValueError(f"prompt ids must be [n, {self.spec.max_text}] with n >= 1, got {list(prompts.shape)}")
+            if prompts.min() < 0 or prompts.max() >= self.spec.text_vocab:
+                raise ValueError(f"prompt ids must be text tokens in 0..{self.spec.text_vocab - 1}")
             return prompts.long()
         if prompts is not None:
             raise ValueError("this is a class-conditional model: give classes, not prompts")
+        if classes is None or len(classes) == 0:
+            raise ValueError("no classes given")
         return torch.tensor([self.class_index(c) for c in classes], dtype=torch.long)
 
     def example_conditions(self, n: int, seed: int = 0) -> dict:
@@ -225,7 +237,7 @@ class Pipeline:
         if self.spec.family == "llada":
             g = torch.Generator().manual_seed(seed)
             ids = torch.randint(0, max(self.spec.pad_id - 16, 1), (n, self.spec.max_text), generator=g)
-            ids[:, self.spec.max_text // 2:] = self.spec.pad_id
+            ids[:, : self.spec.max_text // 2] = self.spec.pad_id  # left-padded
             return {"prompts": ids}
         return {"classes": [i % self.num_classes for i in range(n)]}
 
@@ -260,6 +272,9 @@ class Pipeline:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         if strategy == "shortcut" and not self.has_shortcut:
             raise ValueError("the shortcut strategy needs a shortcut model (none loaded)")
+        if probe is not None and self.backend.name != "torch":
+            raise ValueError("probes run the base model beside the loop: use the torch backend (the others reuse "
+                             "their output buffers)")
         if strategy == "mlcache" and self.backend.cached is None:
             raise ValueError(f"the mlcache strategy needs the torch backend and a maskgit model (this pipeline "
                              f"runs {self.spec.family} on {self.backend.name})")
@@ -276,7 +291,7 @@ class Pipeline:
                     strategy=strategy, budget=budget, head=self.backend.head, cached=self.backend.cached,
                     sampler=d.sampler)
         if self.spec.family == "llada":
-            opts["uncond"] = torch.full((1, self.spec.max_text), self.spec.pad_id, device=self.device)
+            opts["uncond"] = self._uncond
         # one graph replays a whole chunk: no per-step callbacks, probes or mlcache (it syncs)
         graphed = self._graphs is not None and self.use_graphs and probe is None and strategy != "mlcache"
         with self._lock:
@@ -321,8 +336,10 @@ class Pipeline:
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Images [n, C, H, W] in [0, 1] (on the CPU) for token grids [n, L]."""
-        return torch.cat([self.backend.decode(tokens[i:i + batch_size].to(self.device)).cpu()
-                          for i in range(0, len(tokens), batch_size)])
+        batch_size = min(batch_size, getattr(self.backend, "max_rows", None) or batch_size)
+        with self._lock:
+            return torch.cat([self.backend.decode(tokens[i:i + batch_size].to(self.device)).cpu()
+                              for i in range(0, len(tokens), batch_size)])
 
     def generate(self, classes: Sequence[int | str] | None = None, **kwargs) -> torch.Tensor:
         """Images [n, C, H, W] in [0, 1] for the given classes (or `prompts=`); see `generate_tokens`."""

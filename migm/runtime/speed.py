@@ -65,7 +65,7 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object], int, int], f
 
 def _graphed(fn: Callable[[], object], pipe: Pipeline, generator: torch.Generator | None = None):
     """On a GPU with graphs on, fn captured into a CUDA graph (as the loop runs it); else fn."""
-    if pipe.device.type != "cuda" or not pipe.use_graphs:
+    if pipe.device.type != "cuda" or not pipe.use_graphs or pipe.backend.name != "torch":
         return fn
     side = torch.cuda.Stream(pipe.device)
     side.wait_stream(torch.cuda.current_stream(pipe.device))
@@ -90,11 +90,11 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 @torch.no_grad()
-def components(pipe: Pipeline, batch: int, steps: int, repeats: int, warmup: int) -> dict:
+def components(pipe: Pipeline, batch: int, steps: int, repeats: int, warmup: int, cfg: float | None = None) -> dict:
     """ms per call of each component at `batch` images (the base and shortcut see 2x with CFG)."""
     s, be, dev = pipe.spec, pipe.backend, pipe.device
     timed = _timer(dev)
-    guided = pipe.defaults.cfg != 0
+    guided = (pipe.defaults.cfg if cfg is None else cfg) != 0
     rows = 2 * batch if guided else batch
     g = torch.Generator(device=dev).manual_seed(0)
     tokens = torch.randint(0, s.codebook_size, (rows, s.num_tokens), device=dev, generator=g)
@@ -139,7 +139,7 @@ def measure(pipe: Pipeline, settings: SpeedSettings, info: dict, say: Callable[[
     for batch in st.batches:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        comp = components(pipe, batch, n, st.repeats, st.warmup)
+        comp = components(pipe, batch, n, st.repeats, st.warmup, cfg)
         say(f"batch {batch}: " + ", ".join(f"{k} {v:.3g}" + ("" if k == "c" else " ms")
                                            for k, v in comp.items() if v is not None))
         cond = pipe.example_conditions(batch)
@@ -177,7 +177,9 @@ def measure(pipe: Pipeline, settings: SpeedSettings, info: dict, say: Callable[[
                 ideal = n / (b + (n - b) * comp["c"])
             elif b < n:
                 ideal = n / b
-            plain_ref = times.get(("plain-shortcut" if b < n else "plain-vanilla", b if b < n else n))
+            # the plain loop exists as vanilla and shortcut: compare like with like only
+            plain_ref = (times.get(("plain-vanilla", n)) if name == "vanilla" else
+                         times.get(("plain-shortcut", b)) if name == "shortcut" else None)
             total = ms + comp["decode"]
             rows.append({**info, "device": info.get("device", str(dev)), "batch": batch, "strategy": name,
                          "steps": n, "budget": b, "cfg": cfg, "loop_ms": ms, "decode_ms": comp["decode"],
