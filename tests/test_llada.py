@@ -160,3 +160,16 @@ def test_bundle_with_external_data(scenes_checkpoints, tmp_path, monkeypatch):
         fh.write(b"\0")
     with pytest.raises(BundleError, match="base.onnx.data does not match its hash"):
         verify_bundle(out)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on CI machines)")
+def test_llada_cuda_graph_loop_equals_eager():
+    base, vq, sc = random_models("tiny-scenes")
+    pipe = Pipeline.from_models(base, vq, sc, device="cuda", precision="fp32")
+    cond = pipe.example_conditions(3)
+    a = pipe.generate_tokens(**cond, steps=8, budget=3, seed=4)
+    pipe.generate_tokens(**pipe.example_conditions(3, seed=1), steps=8, budget=3, seed=4)  # other prompts between
+    b = pipe.generate_tokens(**cond, steps=8, budget=3, seed=4)  # a replay of the same graph
+    pipe.use_graphs = False
+    c = pipe.generate_tokens(**cond, steps=8, budget=3, seed=4)
+    assert torch.equal(a, b) and torch.equal(a, c)
