@@ -123,8 +123,8 @@ def _head_from_bundle(bundle: Path, doc: dict, device):
 
 class OrtBackend:
     """ONNX Runtime sessions over the bundle's .onnx files, with IOBinding: inputs are bound
-    by address from the loop's tensors, outputs into preallocated buffers (CPU here; the CUDA
-    provider binds CUDA tensors the same way where onnxruntime-gpu is installed)."""
+    by address from the loop's tensors, outputs into preallocated buffers (CPU here; with
+    onnxruntime-gpu the TensorRT and CUDA providers bind CUDA tensors the same way)."""
 
     name = "ort"
 
@@ -135,9 +135,12 @@ class OrtBackend:
         self.device = torch.device(device)
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
+            available = ort.get_available_providers()
+            if "CUDAExecutionProvider" not in available:
                 raise RuntimeError("the ort backend on a GPU needs onnxruntime-gpu (pip install 'migm[gpu]')")
             providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0})] + providers
+            if "TensorrtExecutionProvider" in available:  # ORT's TensorRT provider first, where it is built in
+                providers.insert(0, ("TensorrtExecutionProvider", {"device_id": self.device.index or 0}))
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
