@@ -15,7 +15,8 @@ from .common import Bar, one_line_errors
               help="A NAME.plan bundle from `migm-export build`. Default: the shipped model's bundle, "
                    "built on first use into ~/.cache/migm (or $MIGM_CACHE).")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "torch", "ort", "trt"]),
-              help="auto: trt for a TensorRT bundle, else torch with CUDA graphs on a GPU, ONNX Runtime on a CPU.")
+              help="auto: trt for a TensorRT bundle, else torch with CUDA graphs on a GPU; on a CPU ONNX Runtime "
+                   "for fp32/int8 bundles, torch (bf16) for fp16/best ones.")
 @click.option("--classes", default=None,
               help="Comma-separated class names or indices, cycled to --num images (default: every class in turn).")
 @click.option("--num", default=16, show_default=True, help="Number of images.")

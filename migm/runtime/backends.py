@@ -144,6 +144,9 @@ class OrtBackend:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        # ORT's pool spins after each run by default, starving the torch ops (sampling kernel,
+        # head) that run between calls on the same cores: 50x slower kernels seen on 2 cores
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions, self.spec = {}, {}
         for name, entry in doc["components"].items():
             if not entry["file"].endswith(".onnx"):

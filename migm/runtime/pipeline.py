@@ -131,7 +131,8 @@ class Pipeline:
         """A `NAME.plan/` bundle on a backend.
 
         auto: TensorRT for a trt bundle; for an ort bundle the torch backend with CUDA graphs
-        where a GPU is present, ONNX Runtime on a CPU (the faster one there, see README).
+        where a GPU is present; on a CPU ONNX Runtime for fp32/int8 bundles and torch (bf16) for
+        fp16/best ones (the faster of the two for each, see README).
         torch runs the bundle's own checkpoints (fp32 for fp32/int8 bundles, bf16 otherwise).
         """
         if backend not in BACKENDS:
@@ -144,7 +145,10 @@ class Pipeline:
         gpu = torch.cuda.is_available()
         built = doc.get("backend", "ort")
         if backend == "auto":
-            backend = "trt" if built == "trt" else ("torch" if gpu else "ort")
+            # on a CPU: ORT runs fp32 graphs faster than torch does, but ORT's FP16/INT8 CPU kernels
+            # are slow (benchmarks/precision.py) where torch's bf16 uses the CPU's AMX/AVX512-BF16
+            half = doc["precision"] in ("fp16", "best")
+            backend = "trt" if built == "trt" else ("torch" if gpu or half else "ort")
         if backend == "trt" and built != "trt":
             raise BundleError(f"bundle {path} holds ONNX files, not TensorRT engines: use --backend ort or torch, "
                               "or rebuild with `migm-export build --backend trt`")
