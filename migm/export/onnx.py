@@ -199,6 +199,7 @@ def ort_session(path: str | Path, threads: int = 0):
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to torch between runs
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
