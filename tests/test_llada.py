@@ -140,6 +140,12 @@ def test_llada_bundle_ort_matches_torch(scenes_checkpoints, tmp_path, precision)
         # fp32: the same tokens; fp16 runs the torch side in bf16 and ORT in fp16
         assert (a == b).float().mean() >= (0.99 if precision == "fp32" else 0.5)
     assert ort.generate(prompts=prompts[:2], steps=4).shape == (2, 1, 6, 6)
+    from click.testing import CliRunner
+
+    from migm.cli.export import main as export_main
+
+    res = CliRunner().invoke(export_main, ["inspect", str(out)])
+    assert res.exit_code == 0 and "llada 3x3 tokens, 8 codes, prompts of 5 tokens" in res.output
 
 
 def test_bundle_with_external_data(scenes_checkpoints, tmp_path, monkeypatch):

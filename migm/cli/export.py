@@ -141,12 +141,16 @@ def _print_manifest(path: Path):
 
     doc = verify_bundle(path)
     c = doc["config"]["base"]
+    cond = (f"prompts of {c['max_text']} tokens ({c['text_vocab']} text ids), {c['depth']} x {c['width']}"
+            if doc["family"] == "llada" else f"{c['num_classes']} classes")
     click.echo(f"{path}: {doc['family']} {c['grid']}x{c['grid']} tokens, {c['codebook_size']} codes, "
-               f"{c['num_classes']} classes; precision {doc['precision']}, backend {doc['backend']}")
+               f"{cond}; precision {doc['precision']}, backend {doc['backend']}")
     for name, e in doc["components"].items():
         io = lambda specs: ", ".join(f"{s['name']} {s['dtype']}{s['shape']}" for s in specs)
         extra = f", TensorRT {e['tensorrt']} {e['gpu_arch']}" if "tensorrt" in e else ""
-        click.echo(f"  {name:9s} {e['file']:15s} {e['precision']:5s} {e['bytes'] / 1e6:6.2f} MB  "
+        if e.get("data_file"):
+            extra += f", weights in {e['data_file']}"
+        click.echo(f"  {name:9s} {e['file']:15s} {e['precision']:5s} {e['bytes'] / 1e6:9.2f} MB  "
                    f"err vs torch {e['rel_error_vs_torch']:.1e}{extra}")
         click.echo(f"            in:  {io(e['inputs'])}")
         click.echo(f"            out: {io(e['outputs'])}")
