@@ -87,21 +87,7 @@ def components(base: MaskGIT | LLaDA, decoder: Decoder, shortcut: Shortcut | LLa
         cond_name, cond = "labels", torch.arange(batch) % (c.num_classes + 1)
     out = [Component("base", base.float().eval(), {"tokens": tokens, cond_name: cond}, ["features", "logits"],
                      {"tokens": {0: "batch"}, cond_name: {0: "batch"}})]
-    if shortcut is not None and llada:
-        m = 5
-        inputs = {
-            "features": torch.randn(batch, c.num_tokens, c.width, generator=g),
-            "new_pos": torch.randint(0, c.num_tokens, (batch, m), generator=g),
-            "new_tok": torch.randint(0, c.codebook_size, (batch, m), generator=g),
-            "key_mask": torch.ones(batch, m, dtype=torch.bool),
-            "mask_ratio": torch.rand(batch, generator=g),
-            "prompt": cond,
-        }
-        dyn = {k: {0: "batch", 1: "new_tokens"} for k in ("new_pos", "new_tok", "key_mask")}
-        out.append(Component("shortcut", LLaDAShortcutStep(shortcut.float().eval(), base).eval(), inputs,
-                             ["next_features", "logits"],
-                             {"features": {0: "batch"}, "mask_ratio": {0: "batch"}, "prompt": {0: "batch"}, **dyn}))
-    elif shortcut is not None:
+    if shortcut is not None:
         m = 5
         inputs = {
             "features": torch.randn(batch, c.num_tokens, c.width, generator=g),
@@ -110,9 +96,12 @@ def components(base: MaskGIT | LLaDA, decoder: Decoder, shortcut: Shortcut | LLa
             "key_mask": torch.ones(batch, m, dtype=torch.bool),
             "mask_ratio": torch.rand(batch, generator=g),
         }
-        dyn = {k: {0: "batch", 1: "new_tokens"} for k in ("new_pos", "new_tok", "key_mask")}
-        out.append(Component("shortcut", ShortcutStep(shortcut.float().eval(), base).eval(), inputs,
-                             ["next_features", "logits"], {"features": {0: "batch"}, "mask_ratio": {0: "batch"}, **dyn}))
+        dyn = {"features": {0: "batch"}, "mask_ratio": {0: "batch"},
+               **{k: {0: "batch", 1: "new_tokens"} for k in ("new_pos", "new_tok", "key_mask")}}
+        if llada:  # the DiMOO shortcut also reads the prompt
+            inputs["prompt"], dyn["prompt"] = cond, {0: "batch"}
+        step = (LLaDAShortcutStep if llada else ShortcutStep)(shortcut.float().eval(), base).eval()
+        out.append(Component("shortcut", step, inputs, ["next_features", "logits"], dyn))
     grid = decoder.cfg.grid if hasattr(decoder.cfg, "grid") else int(c.num_tokens**0.5)
     out.append(Component("decoder", decoder.float().eval(),
                          {"tokens": torch.randint(0, c.codebook_size, (batch, grid, grid), generator=g)},
