@@ -100,29 +100,22 @@ def read_manifest(path: str | Path) -> dict:
 
 
 def verify_bundle(path: str | Path) -> dict:
-    """The manifest, after checking that every component file exists and matches its hash."""
+    """The manifest, after checking that every file it lists exists and matches its hash."""
     path = Path(path)
     doc = read_manifest(path)
-    for name, entry in doc.get("components", {}).items():
-        f = path / entry["file"]
-        if not f.exists():
-            raise BundleError(f"bundle {path}: component {name} file {entry['file']} is missing")
-        if sha256(f) != entry["sha256"]:
-            raise BundleError(f"bundle {path}: {entry['file']} does not match its hash in manifest.json "
+
+    def check(rel: str, digest: str, what: str) -> None:
+        if not (path / rel).exists():
+            raise BundleError(f"bundle {path}: {what} {rel} is missing")
+        if sha256(path / rel) != digest:
+            raise BundleError(f"bundle {path}: {rel} does not match its hash in manifest.json "
                               "(corrupt or modified; rebuild the bundle)")
+
+    for name, entry in doc.get("components", {}).items():
+        check(entry["file"], entry["sha256"], f"component {name} file")
         if entry.get("data_file"):
-            d = path / entry["data_file"]
-            if not d.exists():
-                raise BundleError(f"bundle {path}: component {name} weights {entry['data_file']} are missing")
-            if sha256(d) != entry["data_sha256"]:
-                raise BundleError(f"bundle {path}: {entry['data_file']} does not match its hash in manifest.json "
-                                  "(corrupt or modified; rebuild the bundle)")
-    for name, entry in doc.get("checkpoints", {}).items():
+            check(entry["data_file"], entry["data_sha256"], f"component {name} weights")
+    for entry in doc.get("checkpoints", {}).values():
         for ext, digest in entry["sha256"].items():
-            f = path / f"{entry['file']}.{ext}"
-            if not f.exists():
-                raise BundleError(f"bundle {path}: checkpoint file {entry['file']}.{ext} is missing")
-            if sha256(f) != digest:
-                raise BundleError(f"bundle {path}: {entry['file']}.{ext} does not match its hash in manifest.json "
-                                  "(corrupt or modified; rebuild the bundle)")
+            check(f"{entry['file']}.{ext}", digest, "checkpoint file")
     return doc

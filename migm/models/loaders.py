@@ -59,6 +59,14 @@ def _check(mapped: dict, model: torch.nn.Module, source: str, unexpected: list[s
             raise CheckpointError(f"{source}: {k} has shape {list(v.shape)}, the model wants {list(want[k].shape)}")
 
 
+def _rename(key: str, table: list[tuple[str, str]]) -> str | None:
+    """Our name for a source key by the first matching (pattern, replacement), or None."""
+    for pattern, target in table:
+        if re.fullmatch(pattern, key):
+            return re.sub(pattern, target, key)
+    return None
+
+
 # ---- Halton-MaskGIT ----
 
 _HALTON = [
@@ -88,13 +96,10 @@ def halton_to_maskgit(state: dict, cfg: MaskGITConfig, source: str = "checkpoint
             mapped["pos_emb"] = torch.cat([value[:, -1:], value[:, :-1]], 1)
         elif key == "bias":
             mapped["bias"] = value[: cfg.num_tokens, : cfg.codebook_size]
+        elif (target := _rename(key, _HALTON)) is not None:
+            mapped[target] = value
         else:
-            for pattern, target in _HALTON:
-                if re.fullmatch(pattern, key):
-                    mapped[re.sub(pattern, target, key)] = value
-                    break
-            else:
-                unexpected.append(key)
+            unexpected.append(key)
     _check(mapped, model, source, unexpected)
     model.load_state_dict(mapped)
     return model.eval()
@@ -134,11 +139,6 @@ _DIMOO = [
 ]
 
 
-def dimoo_key(key: str) -> str | None:
-    for pattern, target in _DIMOO:
-        if re.fullmatch(pattern, key):
-            return re.sub(pattern, target, key)
-    return None
 
 
 def load_dimoo(directory: str | Path, cfg: LLaDAConfig | None = None, device: str | torch.device = "cpu",
@@ -174,7 +174,7 @@ def load_dimoo(directory: str | Path, cfg: LLaDAConfig | None = None, device: st
         try:
             with safe_open(str(f), framework="pt", device=str(device)) as fh:
                 for key in fh.keys():
-                    target = dimoo_key(key)
+                    target = _rename(key, _DIMOO)
                     if target is None:
                         unexpected.append(key)
                         continue
