@@ -1,4 +1,5 @@
-"""The shipped checkpoints of the embedded default model (tiny-animals)."""
+"""The shipped checkpoints: the embedded default model (tiny-animals, class-to-image) and the
+tiny text-to-image model (tiny-scenes, in scenes/, with its tokenizer in base.tokenizer/)."""
 
 from pathlib import Path
 
@@ -7,3 +8,13 @@ VQ = ASSETS / "vq"
 CLASSIFIER = ASSETS / "classifier"
 BASE = ASSETS / "base"
 SHORTCUT = ASSETS / "shortcut"
+SCENES = ASSETS / "scenes"
+
+# the directory holding each shipped model's vq, classifier, base and shortcut checkpoints
+MODELS = {"tiny-animals": ASSETS, "tiny-scenes": SCENES}
+
+
+def model_dir(name: str) -> Path:
+    if name not in MODELS:
+        raise ValueError(f"unknown shipped model {name!r}; choose from {', '.join(MODELS)}")
+    return MODELS[name]

@@ -14,19 +14,22 @@ from .common import one_line_errors
 def main():
     """Export the pipeline (base, shortcut, VQ decoder) and build `NAME.plan/` bundles.
 
-    Without model options everything uses the shipped tiny-animals model and shortcut.
+    Without model options everything uses the shipped tiny-animals model and shortcut;
+    `--model tiny-scenes` takes the shipped text-to-image model (with its tokenizer).
     """
 
 
-def _models(base, vq, shortcut, no_shortcut):
+def _models(model, base, vq, shortcut, no_shortcut):
     from .. import assets
 
-    base = base or assets.BASE
-    vq = vq or assets.VQ
+    d = assets.model_dir(model)
+    shipped = base is None
+    base = base or d / "base"
+    vq = vq or d / "vq"
     if no_shortcut:
         return base, vq, None
-    if shortcut is None and Path(f"{assets.SHORTCUT}.json").exists() and base == assets.BASE:
-        shortcut = assets.SHORTCUT
+    if shortcut is None and shipped and Path(f"{d / 'shortcut'}.json").exists():
+        shortcut = d / "shortcut"
     return base, vq, shortcut
 
 
@@ -36,6 +39,8 @@ def _model_options(fn):
                       help="Shortcut checkpoint (default: the shipped one, with the shipped base).")(fn)
     fn = click.option("--vq", "vq_path", default=None, help="VQ-VAE checkpoint (default: shipped).")(fn)
     fn = click.option("--base", "base_path", default=None, help="Base checkpoint (default: shipped).")(fn)
+    fn = click.option("--model", type=click.Choice(["tiny-animals", "tiny-scenes"]), default="tiny-animals",
+                      show_default=True, help="The shipped model to export (text-to-image: tiny-scenes).")(fn)
     return fn
 
 
@@ -44,14 +49,14 @@ def _model_options(fn):
               help="Directory for base.onnx, shortcut.onnx, decoder.onnx and parity.json.")
 @_model_options
 @one_line_errors
-def onnx(out, base_path, vq_path, shortcut_path, no_shortcut):
+def onnx(out, model, base_path, vq_path, shortcut_path, no_shortcut):
     """Export each component to FP32 ONNX and check it against torch in ONNX Runtime (batch 1, 3, 16)."""
     from ..export.onnx import components, export_component, parity, save_polygraphy_reference
     from ..fileio import atomic_path
     from ..models.checkpoint import load_checkpoint
     from ..runtime.pipeline import load_shortcut
 
-    base_path, vq_path, shortcut_path = _models(base_path, vq_path, shortcut_path, no_shortcut)
+    base_path, vq_path, shortcut_path = _models(model, base_path, vq_path, shortcut_path, no_shortcut)
     base, vq = load_checkpoint(base_path), load_checkpoint(vq_path)
     shortcut = load_shortcut(shortcut_path, base_path) if shortcut_path else None
     out = Path(out)
@@ -106,14 +111,14 @@ def calibrate(traj_path, count, seed, out):
 @click.option("--hardware-compat", default=None, help="TensorRT hardware compatibility level, e.g. ampere_plus.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="TensorRT timing cache file.")
 @one_line_errors
-def build(precision, backend, out, base_path, vq_path, shortcut_path, no_shortcut, calibration, traj_path,
+def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_shortcut, calibration, traj_path,
           calibration_size, max_batch, opt_batch, opt_level, hardware_compat, timing_cache):
     """Build a bundle: export, convert precision, verify against torch, (engines), manifest."""
     from tqdm import tqdm
 
     from ..engines.build import BuildSettings, build_bundle
 
-    base_path, vq_path, shortcut_path = _models(base_path, vq_path, shortcut_path, no_shortcut)
+    base_path, vq_path, shortcut_path = _models(model, base_path, vq_path, shortcut_path, no_shortcut)
     if not out.endswith(".plan"):
         raise click.BadParameter("a bundle is a directory named NAME.plan", param_hint="--out")
     s = BuildSettings(precision=precision, backend=backend, calibration=Path(calibration) if calibration else None,

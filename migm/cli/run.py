@@ -19,7 +19,12 @@ from .common import Bar, one_line_errors
                    "for fp32/int8 bundles, torch (bf16) for fp16/best ones.")
 @click.option("--classes", default=None,
               help="Comma-separated class names or indices, cycled to --num images (default: every class in turn).")
-@click.option("--num", default=16, show_default=True, help="Number of images.")
+@click.option("--prompt", "prompts", multiple=True,
+              help="Text prompt for a text-to-image model (repeat for several), cycled to --num images, "
+                   "e.g. --prompt \"a small cat on the left\".")
+@click.option("--model", type=click.Choice(["tiny-animals", "tiny-scenes"]), default=None,
+              help="A shipped model on the torch backend, instead of a bundle (tiny-scenes: text-to-image).")
+@click.option("--num", default=None, type=int, help="Number of images [16; with prompts: one per prompt].")
 @click.option("--steps", type=int, default=None, help="Sampling steps N (default: the model's, 16 for tiny-animals).")
 @click.option("--budget", type=int, default=None,
               help="B: steps that run the base model (of N); the shortcut predicts the others. Default: N.")
@@ -37,19 +42,23 @@ from .common import Bar, one_line_errors
 @click.option("--shortcut", "shortcut_path", default=None,
               help="Shortcut checkpoint (with checkpoints; default: the shipped one, with the shipped base).")
 @one_line_errors
-def main(engine, backend, classes, num, steps, budget, strategy, cfg, tau, seed, batch_size, out, base_path, vq_path,
-         shortcut_path):
-    """Generate class-conditional images.
+def main(engine, backend, classes, prompts, model, num, steps, budget, strategy, cfg, tau, seed, batch_size, out,
+         base_path, vq_path, shortcut_path):
+    """Generate images for classes (tiny-animals) or text prompts (tiny-scenes).
 
     `migm-run --num 8 --steps 16 --budget 6` runs the base model on 6 of 16 steps and the
     learned shortcut on the others; `--engine NAME.plan --backend ort` picks a bundle and
-    backend. Checkpoint options (--base/--vq/--shortcut) run the torch backend on them.
+    backend. `migm-run --engine scenes.plan --prompt "a small cat on the left"` runs a
+    text-to-image bundle. Checkpoint options (--model or --base/--vq/--shortcut) run the
+    torch backend on them.
     """
     from ..runtime.images import make_grid, save_png
     from ..runtime.pipeline import Pipeline
 
-    if num < 1:
+    if num is not None and num < 1:
         raise click.BadParameter("must be >= 1", param_hint="--num")
+    if prompts and classes:
+        raise click.UsageError("give --classes (class-conditional model) or --prompt (text-to-image), not both")
     if steps is not None and steps < 1:
         raise click.BadParameter("must be >= 1", param_hint="--steps")
     if batch_size < 1:
@@ -65,51 +74,73 @@ def main(engine, backend, classes, num, steps, budget, strategy, cfg, tau, seed,
     except OSError as e:
         raise click.ClickException(f"cannot write to output directory {out_dir}: {e.strerror or e}") from None
 
-    checkpoints = base_path or vq_path or shortcut_path
+    checkpoints = base_path or vq_path or shortcut_path or model
     if checkpoints and engine:
-        raise click.UsageError("give either --engine or checkpoints (--base/--vq/--shortcut), not both")
+        raise click.UsageError("give either --engine or checkpoints (--model, --base/--vq/--shortcut), not both")
     if checkpoints:
         if backend not in ("auto", "torch"):
             raise click.BadParameter("checkpoints run on the torch backend only; build a bundle for "
                                      f"{backend} with `migm-export build`", param_hint="--backend")
-        pipe = Pipeline.from_checkpoints(base_path, vq_path, shortcut_path)
+        pipe = Pipeline.from_checkpoints(base_path, vq_path, shortcut_path, model=model or "tiny-animals")
     else:
         if engine is None:
             from ..runtime.cache import default_bundle
 
             engine = default_bundle(say=click.echo)
         pipe = Pipeline.from_bundle(engine, backend=backend)
-    if pipe.spec.family != "maskgit":
-        raise click.ClickException(f"{engine} is a text-to-image ({pipe.spec.family}) bundle: migm-run takes classes "
-                                   "only so far (prompts need a tokenizer; use Pipeline.generate(prompts=ids))")
+    source = engine or base_path or model
+    text = pipe.spec.family == "llada"
+    if text and not prompts:
+        raise click.UsageError(f"{source} is a text-to-image model: give --prompt \"...\"{' instead of --classes' if classes else ''}"
+                               " (e.g. --prompt \"a small cat on the left\")")
+    if prompts and not text:
+        raise click.UsageError(f"{source} is a class-conditional model: give --classes, not --prompt")
+    if text and pipe.tokenizer is None:
+        raise click.ClickException(f"{source} carries no tokenizer, so text prompts cannot be read: rebuild the "
+                                   "bundle from a base checkpoint with BASE.tokenizer/ beside it")
     n_steps = pipe.defaults.steps if steps is None else steps
     if budget is not None and budget > n_steps:
         raise click.BadParameter(f"budget B={budget} must be between 1 and the number of steps N={n_steps}",
                                  param_hint="--budget")
-    if classes is None:
-        chosen = list(range(pipe.num_classes))
+    if text:
+        num = num or len(prompts)
+        chosen = list(prompts)
+        cond = {"prompts": [chosen[i % len(chosen)] for i in range(num)]}
+        pipe.conditions(prompts=chosen)  # validate (unknown words, length) before any work
+        names = [_slug(p) for p in cond["prompts"]]
     else:
-        chosen = [c for c in classes.split(",") if c.strip()]
-        if not chosen:
-            raise click.BadParameter("no class given", param_hint="--classes")
-        for c in chosen:  # validate before any work
-            pipe.class_index(c)
-    labels = [pipe.class_index(chosen[i % len(chosen)]) for i in range(num)]
+        num = num or 16
+        if classes is None:
+            chosen = list(range(pipe.num_classes))
+        else:
+            chosen = [c for c in classes.split(",") if c.strip()]
+            if not chosen:
+                raise click.BadParameter("no class given", param_hint="--classes")
+            for c in chosen:  # validate before any work
+                pipe.class_index(c)
+        labels = [pipe.class_index(chosen[i % len(chosen)]) for i in range(num)]
+        cond = {"classes": labels}
+        class_names = pipe.class_names or [str(i) for i in range(pipe.num_classes)]
+        names = [class_names[lab] for lab in labels]
     strategy = pipe.resolve_strategy(strategy, n_steps, budget)
 
     bar = Bar(f"sampling ({pipe.backend.name}, {pipe.device}, {strategy})")
     t0 = time.perf_counter()
-    images = pipe.generate(labels, steps=steps, cfg=cfg, tau=tau, seed=seed, batch_size=batch_size,
+    images = pipe.generate(**cond, steps=steps, cfg=cfg, tau=tau, seed=seed, batch_size=batch_size,
                            strategy=strategy, budget=budget, progress=lambda i, n: bar(i, n))
     elapsed = time.perf_counter() - t0
     bar.close()
-    names = pipe.class_names or [str(i) for i in range(pipe.num_classes)]
-    for i, (img, lab) in enumerate(zip(images, labels)):
-        save_png(img, out_dir / f"{i:04d}_{names[lab]}.png", scale=4)
+    for i, (img, name) in enumerate(zip(images, names)):
+        save_png(img, out_dir / f"{i:04d}_{name}.png", scale=4)
     ncol = min(len(chosen), num, 10) if len(chosen) > 1 else None
     save_png(make_grid(images, ncol=ncol), out_dir / "grid.png", scale=4)
     click.echo(f"wrote {num} images and grid.png to {out_dir}: {num / elapsed:.1f} images/s "
                f"({pipe.backend.name} backend, N={n_steps}, B={budget or n_steps})")
+
+
+def _slug(text: str) -> str:
+    """A prompt as a file-name part: "a small cat on the left" -> a-small-cat-on-the-left."""
+    return "-".join("".join(ch for ch in w if ch.isalnum()) for w in text.lower().split())[:60] or "prompt"
 
 
 if __name__ == "__main__":

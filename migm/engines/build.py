@@ -171,6 +171,15 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
             weights, config = _checkpoint_files(src)
             files[f"torch/{name}.safetensors"], files[f"torch/{name}.json"] = weights, config
             checkpoints[name] = {"file": f"torch/{name}"}
+        tokenizer = None
+        if family == "llada":  # the prompt tokenizer travels with the model (save_pretrained layout)
+            from ..models.text import tokenizer_path
+
+            tok_dir = tokenizer_path(base_path)
+            if tok_dir.is_dir():
+                for f in sorted(tok_dir.iterdir()):
+                    files[f"tokenizer/{f.name}"] = f
+                tokenizer = {"dir": "tokenizer", "files": sorted(f.name for f in tok_dir.iterdir())}
         meta = getattr(base, "meta", {})
         manifest = {
             "family": family, "precision": s.precision, "backend": s.backend,
@@ -182,6 +191,7 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
                {"no_class_id": base.cfg.no_class_id}),
             "class_names": meta.get("class_names", []), "sampling": meta.get("sampling", {}),
             "sources": digests, "components": entries, "checkpoints": checkpoints, "tools": _versions(),
+            **({"tokenizer": tokenizer} if tokenizer else {}),
         }
         say("bundle")
         return write_bundle(out, manifest, files)

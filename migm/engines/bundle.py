@@ -57,6 +57,9 @@ def write_bundle(out: str | Path, manifest: dict, files: dict[str, Path]) -> Pat
                 entry["data_sha256"], entry["bytes"] = sha256(d), entry["bytes"] + d.stat().st_size
         for entry in manifest.get("checkpoints", {}).values():  # a checkpoint is two files: weights, config
             entry["sha256"] = {ext: sha256(stage / f"{entry['file']}.{ext}") for ext in ("safetensors", "json")}
+        if manifest.get("tokenizer"):
+            t = manifest["tokenizer"]
+            t["sha256"] = {f: sha256(stage / t["dir"] / f) for f in t["files"]}
         if (stage / "calibration.npz").exists():
             manifest["calibration"] = {"file": "calibration.npz", "sha256": sha256(stage / "calibration.npz")}
         (stage / "manifest.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, **manifest},
@@ -118,4 +121,7 @@ def verify_bundle(path: str | Path) -> dict:
     for entry in doc.get("checkpoints", {}).values():
         for ext, digest in entry["sha256"].items():
             check(f"{entry['file']}.{ext}", digest, "checkpoint file")
+    tok = doc.get("tokenizer")
+    for name, digest in (tok or {}).get("sha256", {}).items():
+        check(f"{tok['dir']}/{name}", digest, "tokenizer file")
     return doc

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -29,6 +29,7 @@ from ..models.llada import LLaDA
 from ..models.maskgit import MaskGIT
 from ..models.shortcut import Shortcut
 from ..models.shortcut_llada import LLaDAShortcut
+from ..models.text import encode_prompts, load_tokenizer, tokenizer_path
 from ..models.vqvae import VQVAE
 from ..sampling.loop import STRATEGIES, HybridStats, ProbeFn, generate_tokens
 from ..sampling.schedules import SCHEDULES
@@ -74,6 +75,7 @@ class Pipeline:
     class_names: Sequence[str] = ()
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     use_graphs: bool = True  # CUDA graphs on a GPU
+    tokenizer: Any = None  # llada: the prompt tokenizer (text prompts -> ids)
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -91,26 +93,31 @@ class Pipeline:
     @classmethod
     def from_checkpoints(cls, base: str | Path | None = None, vq: str | Path | None = None,
                          shortcut: str | Path | None = None, device: str = "cpu",
-                         precision: str = "bf16") -> "Pipeline":
+                         precision: str = "bf16", model: str = "tiny-animals") -> "Pipeline":
         """The torch backend over a base model, VQ-VAE and (optionally) shortcut checkpoint.
 
-        Defaults: the shipped tiny-animals model; its shipped shortcut comes with the
-        shipped base only (a shortcut is tied to the base it was trained for).
+        Defaults: the shipped `model` (tiny-animals, or tiny-scenes for text-to-image); its
+        shipped shortcut comes with the shipped base only (a shortcut is tied to the base it
+        was trained for). A llada base's tokenizer is read from BASE.tokenizer/ beside it.
         """
-        base_path = base or assets.BASE
+        d = assets.model_dir(model)
+        base_path = base or d / "base"
         base_model = load_checkpoint(base_path)
-        vq_model = load_checkpoint(vq or assets.VQ)
-        if not isinstance(base_model, MaskGIT) or not isinstance(vq_model, VQVAE):
-            raise ValueError("expected a maskgit base checkpoint and a vqvae checkpoint")
+        vq_model = load_checkpoint(vq or d / "vq")
+        if not isinstance(base_model, (MaskGIT, LLaDA)) or not isinstance(vq_model, VQVAE):
+            raise ValueError("expected a maskgit or llada base checkpoint and a vqvae checkpoint")
         if base_model.cfg.codebook_size != vq_model.cfg.codebook_size or base_model.cfg.grid != vq_model.cfg.grid:
             raise ValueError(
                 f"base model (codebook {base_model.cfg.codebook_size}, grid {base_model.cfg.grid}) does not match "
                 f"the VQ-VAE (codebook {vq_model.cfg.codebook_size}, grid {vq_model.cfg.grid})"
             )
-        if shortcut is None and base is None and Path(f"{assets.SHORTCUT}.json").exists():
-            shortcut = assets.SHORTCUT
+        if shortcut is None and base is None and Path(f"{d / 'shortcut'}.json").exists():
+            shortcut = d / "shortcut"
         sc = load_shortcut(shortcut, base_path) if shortcut is not None else None
-        return cls.from_models(base_model, vq_model, sc, device=device, precision=precision)
+        pipe = cls.from_models(base_model, vq_model, sc, device=device, precision=precision)
+        if isinstance(base_model, LLaDA) and tokenizer_path(base_path).is_dir():
+            pipe.tokenizer = load_tokenizer(tokenizer_path(base_path))
+        return pipe
 
     @classmethod
     def from_models(cls, base: MaskGIT, vq: VQVAE, shortcut: Shortcut | None = None, device: str = "cpu",
@@ -174,8 +181,9 @@ class Pipeline:
             impl = OrtBackend(path, doc, device=device)
         else:
             impl = TrtBackend(path, doc, device=device)
+        tokenizer = load_tokenizer(path / doc["tokenizer"]["dir"]) if doc.get("tokenizer") else None
         return cls(backend=impl, spec=spec, class_names=tuple(doc.get("class_names", ())),
-                   defaults=SamplingDefaults(**doc.get("sampling", {})))
+                   defaults=SamplingDefaults(**doc.get("sampling", {})), tokenizer=tokenizer)
 
     # ---- what users ask of it ----
 
@@ -215,15 +223,21 @@ class Pipeline:
                              "give a training-free strategy (reuse, extrapolate, ...) instead")
         return "shortcut"
 
-    def conditions(self, classes: Sequence[int | str] | None = None, prompts: torch.Tensor | None = None) -> torch.Tensor:
+    def conditions(self, classes: Sequence[int | str] | None = None,
+                   prompts: torch.Tensor | Sequence[str] | str | None = None) -> torch.Tensor:
         """The conditioning the base model takes: class ids [n], or prompt token ids [n, max_text]
-        (left-padded with the pad id, so the prompt ends right before the image as in Lumina-DiMOO)."""
+        (left-padded with the pad id, so the prompt ends right before the image as in Lumina-DiMOO).
+        Text prompts go through the model's tokenizer."""
         if self.spec.family == "llada":
             if prompts is None or classes is not None:
                 raise ValueError("this is a text-to-image model: give prompts, not classes")
             if not isinstance(prompts, torch.Tensor):
-                raise ValueError("prompts are token ids here ([n, max_text] LongTensor, left-padded with the pad id); "
-                                 "text prompts need the model's tokenizer")
+                if self.tokenizer is None:
+                    raise ValueError("this model has no tokenizer: give prompt token ids ([n, max_text] LongTensor, "
+                                     "left-padded with the pad id)")
+                if len(prompts) == 0:
+                    raise ValueError("no prompts given")
+                return encode_prompts(self.tokenizer, prompts, self.spec.max_text, self.spec.text_vocab)
             if prompts.dim() != 2 or prompts.shape[1] != self.spec.max_text or len(prompts) == 0:
                 raise ValueError(f"prompt ids must be [n, {self.spec.max_text}] with n >= 1, got {list(prompts.shape)}")
             if prompts.min() < 0 or prompts.max() >= self.spec.text_vocab:
@@ -246,13 +260,15 @@ class Pipeline:
         return {"classes": [i % self.num_classes for i in range(n)]}
 
     @torch.no_grad()
-    def generate_tokens(self, classes: Sequence[int | str] | None = None, *, prompts: torch.Tensor | None = None,
+    def generate_tokens(self, classes: Sequence[int | str] | None = None, *,
+                        prompts: torch.Tensor | Sequence[str] | str | None = None,
                         steps: int | None = None, cfg: float | None = None,
                         tau: float | None = None, temperature: float | None = None, schedule: str | None = None,
                         seed: int = 0, batch_size: int = 64, strategy: str | None = None, budget: int | None = None,
                         stats: HybridStats | None = None, probe: ProbeFn | None = None,
                         progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Token grids [n, L] (on the CPU) for the given classes (names or indices).
+        """Token grids [n, L] (on the CPU) for the given classes (names or indices), or for
+        `prompts` (text, or token ids) with a text-to-image model.
 
         `budget` B < `steps` N runs the base model on B steps and `strategy` (default: the
         shortcut) on the others; `stats` collects base calls, `probe` sees predicted steps.

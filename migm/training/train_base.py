@@ -1,18 +1,21 @@
-"""Train the MaskGIT base model on VQ tokens of animal-mnist.
+"""Train a base model on VQ tokens: the MaskGIT family on animal-mnist (class labels), the
+llada family on the tiny scenes (prompts; training/scenes.py).
 
 Masked-token prediction as in MaskGIT: per sample a mask ratio arccos(r) / (pi/2),
-r ~ U(0, 1); cross-entropy on the masked positions; 10% of labels dropped to the
-"no class" token so classifier-free guidance works; AdamW with warm-up and cosine
-decay; EMA weights are the ones saved for inference.
+r ~ U(0, 1); cross-entropy on the masked positions; 10% of conditions dropped to the
+unconditional input (the "no class" token, or an all-padding prompt) so classifier-free
+guidance works; AdamW with warm-up and cosine decay; EMA weights are the ones saved.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..models.llada import LLaDA, LLaDAConfig
 from ..models.maskgit import MaskGIT, MaskGITConfig
 from ..models.vqvae import VQVAE
 from .data import load_animals
@@ -23,7 +26,8 @@ from .state import EMA, Progress, load_train_state, save_train_state
 def tokenize(vq: VQVAE, images: torch.Tensor, flips: bool = False) -> torch.Tensor:
     """Token grids [n, L] (and of the mirrored images after them, with `flips`)."""
     sets = [images, images.flip(-1)] if flips else [images]
-    out = [vq.encode(s[i:i + 500]).flatten(1) for s in sets for i in range(0, len(s), 500)]
+    device = next(vq.parameters()).device
+    out = [vq.encode(s[i:i + 500].to(device)).flatten(1).cpu() for s in sets for i in range(0, len(s), 500)]
     return torch.cat(out)
 
 
@@ -37,15 +41,18 @@ def random_mask(tokens: torch.Tensor, mask_id: int, generator: torch.Generator |
     return tokens.masked_fill(masked, mask_id), masked
 
 
-def masked_ce(model: MaskGIT, tokens, labels, generator=None):
+def masked_ce(model, tokens, labels, generator=None):
+    """Cross-entropy on a random masking of `tokens` (CPU tensors in; the model's device inside)."""
     inp, masked = random_mask(tokens, model.cfg.mask_id, generator)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tokens.device.type == "cpu"):
+    device = next(model.parameters()).device
+    inp, masked, tokens, labels = (t.to(device) for t in (inp, masked, tokens, labels))
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         _, logits = model(inp, labels)
     return F.cross_entropy(logits.float()[masked], tokens[masked])
 
 
 @torch.no_grad()
-def validation_loss(model: MaskGIT, tokens, labels, batches: int = 8, batch_size: int = 125) -> float:
+def validation_loss(model, tokens, labels, batches: int = 8, batch_size: int = 125) -> float:
     g = torch.Generator().manual_seed(1234)  # the same masks every time
     losses = [
         masked_ce(model, tokens[i * batch_size:(i + 1) * batch_size], labels[i * batch_size:(i + 1) * batch_size], g).item()
@@ -54,16 +61,59 @@ def validation_loss(model: MaskGIT, tokens, labels, batches: int = 8, batch_size
     return sum(losses) / len(losses)
 
 
-def train_base(out: str, cfg: MaskGITConfig, vq: VQVAE, steps: int = 3000, batch_size: int = 128,
-               lr: float = 5e-4, weight_decay: float = 0.05, warmup: int = 200, label_drop: float = 0.1,
-               ema_decay: float = 0.999, eval_every: int = 250, seed: int = 0,
-               progress: Progress | None = None) -> MaskGIT:
-    torch.manual_seed(seed)
+@dataclass
+class TokenData:
+    """Training and validation token grids with their conditions (class ids [n] or prompt ids [n, T])."""
+    x: torch.Tensor
+    y: torch.Tensor
+    xv: torch.Tensor
+    yv: torch.Tensor
+    uncond: torch.Tensor  # the condition a dropped sample gets: no_class_id, or an all-padding prompt
+
+
+def animal_tokens(vq: VQVAE, cfg: MaskGITConfig) -> TokenData:
     train, val = load_animals("train"), load_animals("val")
-    x = tokenize(vq, train.images, flips=True)
-    y = torch.cat([train.labels, train.labels])
-    xv, yv = tokenize(vq, val.images), val.labels
-    model = MaskGIT(cfg)
+    return TokenData(tokenize(vq, train.images, flips=True), torch.cat([train.labels, train.labels]),
+                     tokenize(vq, val.images), val.labels, torch.tensor(cfg.no_class_id))
+
+
+def scene_tokens(vq: VQVAE, cfg: LLaDAConfig, tokenizer, repeats: int = 4) -> TokenData:
+    """Scenes (each training silhouette `repeats` times at random sizes and places) and their captions."""
+    from ..models.text import encode_prompts
+    from .scenes import make_scenes
+
+    def split(name, reps, seed):
+        s = make_scenes(name, reps, seed)
+        caps = s.captions
+        unique = sorted(set(caps))
+        ids = encode_prompts(tokenizer, unique, cfg.max_text, cfg.text_vocab)
+        row = {c: i for i, c in enumerate(unique)}
+        return tokenize(vq, s.images), ids[torch.tensor([row[c] for c in caps])]
+
+    x, y = split("train", repeats, 0)
+    xv, yv = split("val", 1, 1)
+    return TokenData(x, y, xv, yv, torch.full((cfg.max_text,), cfg.pad_id))
+
+
+def train_base(out: str, cfg: MaskGITConfig | LLaDAConfig, vq: VQVAE, steps: int = 3000, batch_size: int = 128,
+               lr: float = 5e-4, weight_decay: float = 0.05, warmup: int = 200, label_drop: float = 0.1,
+               ema_decay: float = 0.999, eval_every: int = 250, seed: int = 0, tokenizer=None,
+               scene_repeats: int = 4, device: str = "cpu", progress: Progress | None = None):
+    """Train (or resume) a base model of `cfg`'s family; returns the EMA model (on the CPU).
+
+    The llada family needs the prompt `tokenizer`."""
+    torch.manual_seed(seed)
+    vq = vq.to(device)
+    if isinstance(cfg, LLaDAConfig):
+        if tokenizer is None:
+            raise ValueError("a llada base model trains on captions: give the prompt tokenizer")
+        data = scene_tokens(vq, cfg, tokenizer, scene_repeats)
+        model = LLaDA(cfg)
+    else:
+        data = animal_tokens(vq, cfg)
+        model = MaskGIT(cfg)
+    x, y, xv, yv = data.x, data.y, data.xv, data.yv
+    model.to(device)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "emb" in name or name == "bias" else decay).append(p)
@@ -78,7 +128,8 @@ def train_base(out: str, cfg: MaskGITConfig, vq: VQVAE, steps: int = 3000, batch
         for group in opt.param_groups:
             group["lr"] = lr * sched(step)
         idx = torch.randint(0, len(x), (batch_size,))
-        labels = y[idx].masked_fill(torch.rand(batch_size) < label_drop, cfg.no_class_id)
+        drop = torch.rand(batch_size) < label_drop
+        labels = torch.where(drop.view(-1, *[1] * (y.dim() - 1)), data.uncond, y[idx])
         loss = masked_ce(model, x[idx], labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -90,4 +141,4 @@ def train_base(out: str, cfg: MaskGITConfig, vq: VQVAE, steps: int = 3000, batch
             save_train_state(out, model, opt, step + 1, ema, meta={"val_ce": val_loss})
         if progress:
             progress(step + 1, steps, {"loss": loss.item(), "val_ce": val_loss})
-    return ema.module
+    return ema.module.cpu()

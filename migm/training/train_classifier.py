@@ -27,10 +27,12 @@ def accuracy(model: Classifier, images, labels) -> float:
 
 
 def train_classifier(out: str, cfg: ClassifierConfig, steps: int = 2000, batch_size: int = 128, lr: float = 1e-3,
-                     seed: int = 0, progress: Progress | None = None) -> Classifier:
+                     seed: int = 0, data: tuple | None = None, device: str = "cpu",
+                     progress: Progress | None = None) -> Classifier:
+    """`data`: (train Split, val Split) of 32x32 images (default: animal-mnist's)."""
     torch.manual_seed(seed)
-    train, val = load_animals("train"), load_animals("val")
-    model = Classifier(cfg)
+    train, val = data if data is not None else (load_animals("train"), load_animals("val"))
+    model = Classifier(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     start = load_train_state(out, model, opt)
     acc = float("nan")
@@ -39,13 +41,15 @@ def train_classifier(out: str, cfg: ClassifierConfig, steps: int = 2000, batch_s
         for group in opt.param_groups:  # linear decay to zero
             group["lr"] = lr * (1 - step / steps)
         idx = torch.randint(0, len(train.images), (batch_size,))
-        loss = F.cross_entropy(model(augment(train.images[idx])), train.labels[idx], label_smoothing=0.05)
+        x, y = augment(train.images[idx]).to(device), train.labels[idx].to(device)
+        loss = F.cross_entropy(model(x), y, label_smoothing=0.05)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if (step + 1) % 250 == 0 or step + 1 == steps:
-            acc = accuracy(model, val.images, val.labels)
+            acc = accuracy(model.cpu(), val.images, val.labels)
+            model.to(device)
             save_train_state(out, model, opt, step + 1, meta={"val_acc": acc})
         if progress:
             progress(step + 1, steps, {"loss": loss.item(), "val_acc": acc})
-    return model.eval()
+    return model.cpu().eval()

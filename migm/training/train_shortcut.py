@@ -21,8 +21,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..models.llada import LLaDA
 from ..models.maskgit import MaskGIT
 from ..models.shortcut import Shortcut, ShortcutConfig
+from ..models.shortcut_llada import LLaDAShortcut, LLaDAShortcutConfig
 from ..sampling.kernel import step_ratio
 from ..sampling.plan import full_step_plan
 from .dist import DistInfo, barrier
@@ -75,14 +77,17 @@ class Batch:
     tokens: torch.Tensor  # [b, L] final tokens
     reveal: torch.Tensor  # [b, L] step that unmasked each position
     start: torch.Tensor  # [b] start step s
+    prompt: torch.Tensor | None = None  # [b, max_text] prompt ids (llada family)
 
 
 def load_batch(ts: TrajectorySet, items: list[tuple[int, int]], k: int, device: str = "cpu") -> Batch:
     """Windows of k chained steps starting at the given (trajectory, step)."""
     feats = torch.stack([ts.window(i, s, s + k + 1) for i, s in items])
     recs = [ts.record(i) for i, _ in items]
+    prompt = torch.stack([r[2] for r in recs]).to(device) if recs[0][2].dim() == 1 else None
     return Batch(feats.to(device), torch.stack([r[0] for r in recs]).to(device),
-                 torch.stack([r[1] for r in recs]).to(device), torch.tensor([s for _, s in items], device=device))
+                 torch.stack([r[1] for r in recs]).to(device), torch.tensor([s for _, s in items], device=device),
+                 prompt)
 
 
 def new_tokens(batch: Batch, step: torch.Tensor):
@@ -99,13 +104,19 @@ def chain(model, batch: Batch, k: int, branches: int):
     """Run k shortcut steps from f[s]; yields (j, predicted f[s+j+1] [b, br, L, d], still-masked [b, L])."""
     b, _, _, n, d = batch.feats.shape
     x = batch.feats[:, :, 0].reshape(b * branches, n, d)
+    extra = ()
+    if batch.prompt is not None:  # the DiMOO shortcut sees the prompt; the unconditional branch an empty one
+        p = batch.prompt
+        if branches == 2:
+            p = torch.stack([p, torch.full_like(p, model.cfg.base_cfg.pad_id)], 1).reshape(b * 2, -1)
+        extra = (p,)
     for j in range(k):
         step = batch.start + j
         pos, tok, keys = new_tokens(batch, step)
         masked = batch.reveal > step[:, None]  # still masked after this step
         ratio = masked.float().mean(1)
         rep = lambda t: t.repeat_interleave(branches, 0)
-        x = model(x, rep(pos), rep(tok), rep(keys), rep(ratio))
+        x = model(x, rep(pos), rep(tok), rep(keys), rep(ratio), *extra)
         yield j, x.view(b, branches, n, d), masked
 
 
@@ -119,7 +130,13 @@ def _guided_logp(head, f: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, -1)
 
 
-def window_losses(model, head, batch: Batch, k: int, steps: int, cfg: float, branches: int, kl_weight: float):
+def guidance_weight(cfg: float, step: int, steps: int, sampler: str) -> float:
+    """The CFG weight the sampler uses at `step`: a linear ramp (halton) or constant (dimoo)."""
+    return cfg if sampler == "dimoo" else cfg * step_ratio(step, steps)
+
+
+def window_losses(model, head, batch: Batch, k: int, steps: int, cfg: float, branches: int, kl_weight: float,
+                  sampler: str = "halton"):
     """Mean MSE and KL over the k chained steps of a batch (masked positions only)."""
     mse_total, kl_total = 0.0, 0.0
     for j, pred, masked in chain(model, batch, k, branches):
@@ -129,7 +146,7 @@ def window_losses(model, head, batch: Batch, k: int, steps: int, cfg: float, bra
         mse_total = mse_total + mse
         if kl_weight:
             step = batch.start + j + 1
-            w = cfg * torch.tensor([step_ratio(int(i), steps) for i in step])
+            w = torch.tensor([guidance_weight(cfg, int(i), steps, sampler) for i in step])
             lp_true = _guided_logp(head, target, w)
             lp_pred = _guided_logp(head, pred, w)
             kl = (lp_true.exp() * (lp_true - lp_pred)).sum(-1)[masked].mean()
@@ -141,20 +158,21 @@ class WindowLoss(torch.nn.Module):
     """A batch's whole chained loss in one forward call, so DistributedDataParallel sees
     exactly one forward per backward however many shortcut steps a window chains."""
 
-    def __init__(self, shortcut: Shortcut, head, steps: int, cfg: float, branches: int, kl_weight: float):
+    def __init__(self, shortcut: Shortcut | LLaDAShortcut, head, steps: int, cfg: float, branches: int,
+                 kl_weight: float, sampler: str = "halton"):
         super().__init__()
         self.shortcut = shortcut
         self.head = head  # the frozen base head: a plain attribute, not a submodule DDP would sync
-        self.steps, self.cfg, self.branches, self.kl_weight = steps, cfg, branches, kl_weight
+        self.steps, self.cfg, self.branches, self.kl_weight, self.sampler = steps, cfg, branches, kl_weight, sampler
 
-    def forward(self, feats, tokens, reveal, start, k: int):
-        return window_losses(self.shortcut, self.head, Batch(feats, tokens, reveal, start), k, self.steps, self.cfg,
-                             self.branches, self.kl_weight)
+    def forward(self, feats, tokens, reveal, start, k: int, prompt=None):
+        return window_losses(self.shortcut, self.head, Batch(feats, tokens, reveal, start, prompt), k, self.steps,
+                             self.cfg, self.branches, self.kl_weight, self.sampler)
 
 
 @torch.no_grad()
 def validate(model, head, ts: TrajectorySet, items: list[int], steps: int, cfg: float, chained: int = 3,
-             starts: list[int] | None = None) -> dict:
+             starts: list[int] | None = None, sampler: str = "halton") -> dict:
     """One-step and chained feature error and guided logit KL, against feature reuse.
 
     Relative error = ||f_hat - f|| / ||f|| over the still-masked positions of each sample.
@@ -170,7 +188,7 @@ def validate(model, head, ts: TrajectorySet, items: list[int], steps: int, cfg: 
                 continue
             suffix = "1" if j == 0 else "chain"
             target = batch.feats[:, :, j + 1]
-            w = cfg * torch.full((len(items),), step_ratio(s + j + 1, steps))
+            w = torch.full((len(items),), guidance_weight(cfg, s + j + 1, steps, sampler))
             lp_true = _guided_logp(head, target, w)
             for name, f in (("", pred.float()), ("reuse_", batch.feats[:, :, 0])):
                 m = masked[:, None, :, None]
@@ -182,16 +200,21 @@ def validate(model, head, ts: TrajectorySet, items: list[int], steps: int, cfg: 
     return {key: sum(v) / len(v) for key, v in acc.items()}
 
 
-def train_shortcut(out: str, base: MaskGIT, ts: TrajectorySet, cfg: ShortcutConfig, s: ShortcutTrainSettings,
-                   meta: dict | None = None, info: DistInfo | None = None,
-                   progress: Progress | None = None) -> tuple[Shortcut, dict]:
-    """Train (or resume) a shortcut for `base` on trajectory set `ts`; returns (EMA model, last validation)."""
+def train_shortcut(out: str, base: MaskGIT | LLaDA, ts: TrajectorySet, cfg: ShortcutConfig | LLaDAShortcutConfig,
+                   s: ShortcutTrainSettings, meta: dict | None = None, info: DistInfo | None = None,
+                   progress: Progress | None = None) -> tuple[Shortcut | LLaDAShortcut, dict]:
+    """Train (or resume) a shortcut for `base` on trajectory set `ts`; returns (EMA model, last validation).
+
+    A llada base takes the DiMOO variant (`LLaDAShortcutConfig`)."""
     info = info or DistInfo()
     steps, gcfg = ts.steps, float(ts.manifest["cfg"])
+    sampler = ts.manifest.get("sampler", "halton")
     if ts.manifest["width"] != base.cfg.width or ts.num_tokens != base.cfg.num_tokens:
         raise ValueError("the trajectories were recorded with a base model of another width or grid")
+    if isinstance(base, LLaDA) != isinstance(cfg, LLaDAShortcutConfig):
+        raise ValueError("a llada base takes the DiMOO shortcut (LLaDAShortcutConfig), a maskgit base the MaskGIT one")
     torch.manual_seed(s.seed)
-    model = Shortcut(cfg)
+    model = LLaDAShortcut(cfg) if isinstance(cfg, LLaDAShortcutConfig) else Shortcut(cfg)
     model.load_base_embeddings(base)
     model.to(s.device)
     base.to(s.device).eval()
@@ -201,7 +224,7 @@ def train_shortcut(out: str, base: MaskGIT, ts: TrajectorySet, cfg: ShortcutConf
     ema = EMA(model, s.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     start = load_train_state(out, model, opt, ema)
-    loss_fn = WindowLoss(model, head, steps, gcfg, ts.branches, s.kl)
+    loss_fn = WindowLoss(model, head, steps, gcfg, ts.branches, s.kl, sampler)
     if info.world > 1:
         loss_fn = torch.nn.parallel.DistributedDataParallel(
             loss_fn, device_ids=[info.local_rank] if s.device.startswith("cuda") else None)
@@ -215,13 +238,13 @@ def train_shortcut(out: str, base: MaskGIT, ts: TrajectorySet, cfg: ShortcutConf
         train_ids = min(train_ids, s.max_trajectories)
     wins = windows(steps, s.rollout, s.plan_budgets)
     g = torch.Generator().manual_seed(s.seed * 7919 + info.rank * 104729 + start)
-    meta = {**(meta or {}), "train": s.to_dict(), "trajectories": {k: ts.manifest[k] for k in ("num", "steps", "cfg", "tau", "seed")}}
+    meta = {**(meta or {}), "train": s.to_dict(), "trajectories": {k: ts.manifest.get(k) for k in ("num", "steps", "cfg", "tau", "seed", "sampler")}}
     last_val: dict = {}
 
     def evaluate_and_save(step):
         nonlocal last_val
         if info.main:
-            last_val = validate(ema.module, head, ts, val_items, steps, gcfg)
+            last_val = validate(ema.module, head, ts, val_items, steps, gcfg, sampler=sampler)
             save_train_state(out, model, opt, step, ema, meta={**meta, "validation": last_val})
         barrier(info)
 
@@ -237,7 +260,7 @@ def train_shortcut(out: str, base: MaskGIT, ts: TrajectorySet, cfg: ShortcutConf
         ids = torch.randint(train_ids, (s.batch_size,), generator=g)
         batch = load_batch(ts, [(int(i), same_k[int(p)][0]) for i, p in zip(ids, picks)], k, s.device)
         with torch.autocast(torch.device(s.device).type, dtype=torch.bfloat16):
-            mse, kl = loss_fn(batch.feats, batch.tokens, batch.reveal, batch.start, k)
+            mse, kl = loss_fn(batch.feats, batch.tokens, batch.reveal, batch.start, k, batch.prompt)
         loss = mse + s.kl * kl if s.kl else mse
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -250,5 +273,5 @@ def train_shortcut(out: str, base: MaskGIT, ts: TrajectorySet, cfg: ShortcutConf
         if done % s.eval_every == 0 or done == s.steps:
             evaluate_and_save(done)
     if start >= s.steps and info.main:  # nothing left to do: still report validation
-        last_val = validate(ema.module, head, ts, val_items, steps, gcfg)
+        last_val = validate(ema.module, head, ts, val_items, steps, gcfg, sampler=sampler)
     return ema.module, last_val

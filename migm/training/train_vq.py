@@ -1,4 +1,4 @@
-"""Train the VQ-VAE tokenizer on animal-mnist, with dead-code restarts."""
+"""Train the VQ-VAE tokenizer on animal-mnist (or the tiny scenes), with dead-code restarts."""
 
 from __future__ import annotations
 
@@ -11,19 +11,22 @@ from .state import Progress, load_train_state, save_train_state
 
 
 def train_vq(out: str, cfg: VQConfig, steps: int = 1500, batch_size: int = 128, lr: float = 2e-4,
-             seed: int = 0, restart_every: int = 100, progress: Progress | None = None) -> VQVAE:
+             seed: int = 0, restart_every: int = 100, images: torch.Tensor | None = None, device: str = "cpu",
+             progress: Progress | None = None) -> VQVAE:
+    """`images` [n, C, H, W] in [0, 1] (default: the animal-mnist training split)."""
     torch.manual_seed(seed)
-    data = load_animals("train").images
-    model = VQVAE(cfg)
+    data = load_animals("train").images if images is None else images
+    model = VQVAE(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     start = load_train_state(out, model, opt)
-    usage = torch.zeros(cfg.codebook_size)
+    usage = torch.zeros(cfg.codebook_size, device=device)
     for step in range(start, steps):
         idx = torch.randint(0, len(data), (batch_size,))
         x = data[idx]
         flip = torch.rand(batch_size) < 0.5
         x[flip] = x[flip].flip(-1)
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # ~2x faster on CPUs with AMX/AVX512-BF16
+        x = x.to(device)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):  # ~2x faster on CPUs with AMX
             recon, vq_loss, tokens, z = model(x)
         rec_loss = F.mse_loss(recon.float(), x)
         loss = rec_loss + vq_loss
@@ -36,7 +39,7 @@ def train_vq(out: str, cfg: VQConfig, steps: int = 1500, batch_size: int = 128, 
             dead = (usage == 0).nonzero().flatten()
             if len(dead) and step + 1 < steps * 0.9:
                 lat = z.detach().permute(0, 2, 3, 1).reshape(-1, cfg.code_dim)
-                pick = lat[torch.randint(0, len(lat), (len(dead),))]
+                pick = lat[torch.randint(0, len(lat), (len(dead),)).to(device)]
                 with torch.no_grad():
                     model.codebook.weight[dead] = pick
             used = int((usage > 0).sum())
@@ -45,7 +48,7 @@ def train_vq(out: str, cfg: VQConfig, steps: int = 1500, batch_size: int = 128, 
                 progress(step + 1, steps, {"rec": rec_loss.item(), "used": used, "restarted": len(dead)})
         if (step + 1) % 500 == 0 or step + 1 == steps:
             save_train_state(out, model, opt, step + 1)
-    return model.eval()
+    return model.cpu().eval()
 
 
 @torch.no_grad()

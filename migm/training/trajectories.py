@@ -1,6 +1,7 @@
 """Trajectories of the base model's own sampler: the shortcut's training data.
 
-A trajectory is one image sampled with vanilla MaskGIT sampling (N steps, CFG). It keeps,
+A trajectory is one image sampled with the base model's own vanilla sampler (N steps,
+CFG): Halton-MaskGIT's for the maskgit family, Lumina-DiMOO's for the llada family. It keeps,
 as the official MIGM-Shortcut code does, every step's features, the final tokens and the
 step at which each token was unmasked; with CFG the conditional and unconditional
 branches share the tokens and each has its own features ("branches").
@@ -16,10 +17,11 @@ On disk (a directory, written shard by shard, `manifest.json` last):
     features-00000.npy       float16 [n, branches, N, L, d]   (memory-mapped when read)
     tokens-00000.npy         int16   [n, L]   final tokens
     reveal-00000.npy         uint8   [n, L]   step that unmasked each position
-    labels-00000.npy         int64   [n]
+    labels-00000.npy         int64   [n] class ids, or [n, max_text] prompt ids (llada)
 
-Shard k always holds the same images (labels cycle through the classes; its generator
-is seeded from (seed, k)), whatever the number of processes that collect it.
+Shard k always holds the same images (labels cycle through the classes, or through the
+given prompts; its generator is seeded from (seed, k)), whatever the number of processes
+that collect it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_path
+from ..models.llada import LLaDA
 from ..models.maskgit import MaskGIT
 from ..sampling.loop import generate_tokens
 from ..sampling.schedules import mask_schedule
@@ -50,23 +53,30 @@ class CollectSettings:
     tau: float = 4.5
     temperature: float = 1.0
     schedule: str = "arccos"
+    sampler: str = "halton"
     seed: int = 0
     shard_size: int = 50
 
 
-def _autocast_base(base: MaskGIT):
+def _autocast_base(base: MaskGIT | LLaDA):
     def fn(tokens, labels):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tokens.device.type == "cpu"):
+        with torch.autocast(tokens.device.type, dtype=torch.bfloat16):
             return base(tokens, labels)
     return fn
 
 
 @torch.no_grad()
-def sample_trajectory_batch(base: MaskGIT, labels: torch.Tensor, s: CollectSettings, generator: torch.Generator):
-    """Sample `labels` and record (features [n, branches, N, L, d] fp16, tokens [n, L], reveal [n, L])."""
+def sample_trajectory_batch(base: MaskGIT | LLaDA, labels: torch.Tensor, s: CollectSettings,
+                            generator: torch.Generator):
+    """Sample `labels` (class ids, or prompt ids for llada) and record
+    (features [n, branches, N, L, d] fp16, tokens [n, L], reveal [n, L]) on the CPU."""
     c = base.cfg
     n = len(labels)
+    device = next(base.parameters()).device
+    labels = labels.to(device)
     model = _autocast_base(base)
+    llada = isinstance(base, LLaDA)
+    uncond = torch.full((1, c.max_text), c.pad_id, device=device) if llada else None
     inputs, feats = [], []
 
     def recording(tokens, labs):
@@ -75,12 +85,13 @@ def sample_trajectory_batch(base: MaskGIT, labels: torch.Tensor, s: CollectSetti
         feats.append(f.to(torch.float16).view(-1, n, *f.shape[1:]).transpose(0, 1))  # [n, branches, L, d]
         return f, logits
 
-    final = generate_tokens(recording, labels, num_tokens=c.num_tokens, mask_id=c.mask_id, no_class_id=c.no_class_id,
-                            steps=s.steps, cfg=s.cfg, tau=s.tau, temperature=s.temperature, schedule=s.schedule,
+    final = generate_tokens(recording, labels, num_tokens=c.num_tokens, mask_id=c.mask_id,
+                            no_class_id=-1 if llada else c.no_class_id, uncond=uncond, steps=s.steps, cfg=s.cfg,
+                            tau=s.tau, temperature=s.temperature, schedule=s.schedule, sampler=s.sampler,
                             generator=generator)
     # a position masked in the inputs of steps 0..i was unmasked at step i
     reveal = torch.stack([t == c.mask_id for t in inputs]).sum(0) - 1
-    return torch.stack(feats, dim=2), final, reveal
+    return torch.stack(feats, dim=2).cpu(), final.cpu(), reveal.cpu()
 
 
 def _shard_files(out: Path, k: int) -> dict[str, Path]:
@@ -93,13 +104,17 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
             np.save(fh, array)
 
 
-def collect_trajectories(base: MaskGIT, out: str | Path, s: CollectSettings, base_digest: str = "",
-                         info: DistInfo | None = None,
+def collect_trajectories(base: MaskGIT | LLaDA, out: str | Path, s: CollectSettings, base_digest: str = "",
+                         info: DistInfo | None = None, prompts: torch.Tensor | None = None,
                          progress: Callable[[int, int], None] | None = None) -> Path:
-    """Sample `s.num` trajectories into `out`; resumes shard by shard. Returns the manifest path."""
+    """Sample `s.num` trajectories into `out`; resumes shard by shard. Returns the manifest path.
+
+    A llada base samples `prompts` [P, max_text] in turn (each P-th image has the same prompt)."""
     info = info or DistInfo()
     out = Path(out)
     c = base.cfg
+    if isinstance(base, LLaDA) and (prompts is None or prompts.dim() != 2 or prompts.shape[1] != c.max_text):
+        raise ValueError(f"a llada base samples prompts: give prompt ids [P, {c.max_text}]")
     if s.num < 1:
         raise ValueError(f"number of trajectories must be >= 1, got {s.num}")
     counts = mask_schedule(s.schedule, s.steps, c.num_tokens)  # validates steps and schedule
@@ -119,8 +134,9 @@ def collect_trajectories(base: MaskGIT, out: str | Path, s: CollectSettings, bas
             if progress:
                 progress(done, total)
             continue
-        labels = torch.arange(k * s.shard_size, k * s.shard_size + size) % c.num_classes
-        g = torch.Generator().manual_seed(s.seed * 1_000_003 + k)
+        order = torch.arange(k * s.shard_size, k * s.shard_size + size)
+        labels = prompts[order % len(prompts)] if prompts is not None else order % c.num_classes
+        g = torch.Generator(device=next(base.parameters()).device).manual_seed(s.seed * 1_000_003 + k)
         feats, tokens, reveal = sample_trajectory_batch(base, labels, s, g)
         # features first, labels last: a shard counts as whole only when all four exist
         _save_npy(files["features"], feats.numpy())
@@ -135,7 +151,8 @@ def collect_trajectories(base: MaskGIT, out: str | Path, s: CollectSettings, bas
     if info.main:
         doc = {
             "format": FORMAT, "version": VERSION, "num": s.num, "steps": s.steps, "cfg": s.cfg, "tau": s.tau,
-            "temperature": s.temperature, "schedule": s.schedule, "seed": s.seed,
+            "temperature": s.temperature, "schedule": s.schedule, "sampler": s.sampler, "seed": s.seed,
+            "family": "llada" if isinstance(base, LLaDA) else "maskgit",
             "branches": ["cond", "uncond"] if s.cfg != 0 else ["cond"],
             "num_tokens": c.num_tokens, "width": c.width, "codebook_size": c.codebook_size,
             "reveal_counts": counts,
@@ -193,6 +210,6 @@ class TrajectorySet:
         return torch.from_numpy(np.array(self.features[k][j, :, start:stop], dtype=np.float32))
 
     def record(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(final tokens [L], reveal step [L], label) of trajectory i."""
+        """(final tokens [L], reveal step [L], label or prompt ids [max_text]) of trajectory i."""
         k, j = self.locate(i)
         return self.tokens[k][j], self.reveal[k][j], self.labels[k][j]

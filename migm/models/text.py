@@ -1,0 +1,99 @@
+"""The prompt tokenizer of the tiny text-to-image model: a word-level Hugging Face tokenizer
+over our own vocabulary, saved and loaded in the `save_pretrained`/`from_pretrained` layout
+(tokenizer.json, tokenizer_config.json).
+
+Its ids are the base model's text ids: the words first, unused ids after them, and the
+special tokens at the end of the text vocabulary where LLaDAConfig puts them by default
+(pad = text_vocab - 1, then mask, boi, eoi, boa, eoa, eol). Prompts are lower-cased, stripped
+of punctuation, split on whitespace and left-padded to the model's prompt length, so the prompt
+ends right before the image as in Lumina-DiMOO. A word outside the vocabulary is an error
+naming it (an <unk> id would silently become a different prompt).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..fileio import atomic_dir
+
+UNK = "<unk>"
+# in LLaDAConfig's default order: pad is the last text id, then mask, boi, eoi, boa, eoa, eol
+SPECIALS = ("<|pad|>", "<|mask|>", "<|boi|>", "<|eoi|>", "<|boa|>", "<|eoa|>", "<|eol|>")
+
+
+class PromptError(ValueError):
+    pass
+
+
+def build_tokenizer(words: Sequence[str], text_vocab: int, max_text: int):
+    """A `PreTrainedTokenizerFast` for these words, with ids laid out for a `text_vocab` model."""
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted(set(w.lower() for w in words))
+    n_unused = text_vocab - 1 - len(words) - len(SPECIALS)
+    if n_unused < 0:
+        raise ValueError(f"{len(words)} words and {len(SPECIALS) + 1} special tokens do not fit {text_vocab} text ids")
+    names = [UNK, *words, *(f"<unused_{i}>" for i in range(n_unused)), *reversed(SPECIALS)]
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(names)}, unk_token=UNK))
+    # punctuation is dropped: "a cat, on the left." is "a cat on the left"
+    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(Regex(r"[^\w\s]"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token=UNK, pad_token=SPECIALS[0], mask_token=SPECIALS[1],
+        additional_special_tokens=list(SPECIALS[2:]), padding_side="left", model_max_length=max_text)
+
+
+def tokenizer_path(checkpoint: str | Path) -> Path:
+    """Where a base checkpoint's tokenizer lives: the directory CHECKPOINT.tokenizer/ beside it."""
+    return Path(f"{checkpoint}.tokenizer")
+
+
+def save_tokenizer(tokenizer, path: str | Path) -> Path:
+    """`save_pretrained` into a directory, atomically (a failed save leaves no directory)."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+    return path
+
+
+def load_tokenizer(path: str | Path):
+    path = Path(path)
+    if not (path / "tokenizer.json").exists():
+        raise FileNotFoundError(f"no tokenizer at {path} (tokenizer.json missing)")
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], max_text: int, text_vocab: int) -> torch.Tensor:
+    """Prompt ids [n, max_text], left-padded; a clear error for unknown words or long prompts."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    unk = tokenizer.convert_tokens_to_ids(UNK)
+    rows = []
+    for p in prompts:
+        ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        if unk in ids:
+            backend = tokenizer.backend_tokenizer
+            words = backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(p))
+            bad = [w for w, _ in words if tokenizer.convert_tokens_to_ids(w) == unk]
+            raise PromptError(f"prompt {p!r}: {', '.join(repr(w) for w in bad)} not in the model's vocabulary "
+                              f"(known words: {', '.join(known_words(tokenizer))})")
+        if len(ids) > max_text:
+            raise PromptError(f"prompt {p!r} has {len(ids)} tokens; the model takes at most {max_text}")
+        rows.append(ids)
+    out = tokenizer.pad({"input_ids": rows}, padding="max_length", max_length=max_text, return_tensors="pt")
+    ids = out["input_ids"].long()
+    if ids.max() >= text_vocab:
+        raise PromptError(f"the tokenizer gives ids up to {int(ids.max())}, beyond the model's {text_vocab} text ids")
+    return ids
+
+
+def known_words(tokenizer) -> list[str]:
+    vocab = tokenizer.get_vocab()
+    return sorted(w for w in vocab if not (w.startswith("<") and w.endswith(">")))
