@@ -1,7 +1,10 @@
-"""`Pipeline`: class labels in, images out, on any backend (torch, ONNX Runtime, TensorRT).
+"""`Pipeline`: class labels or text prompts in, images out, on any backend (torch, ONNX Runtime,
+TensorRT).
 
     pipe = Pipeline.from_bundle("tiny.plan", backend="auto")     # or Pipeline.from_checkpoints()
     images = pipe.generate(classes=["cat", "dog"], steps=16, budget=6, seed=0)
+    scenes = Pipeline.from_checkpoints(model="tiny-scenes")     # text-to-image (llada family)
+    images = scenes.generate(prompts=["a small cat on the left"], budget=8)
 
 The step loop is `sampling.loop.generate_tokens`, the same function training and evaluation
 use, so a backend gives the training-time hybrid sampler's tokens for the same seed (up to
