@@ -180,3 +180,15 @@ def test_scenes_bundle_carries_its_tokenizer(tmp_path):
         fh.write(" ")
     with pytest.raises(BundleError, match="tokenizer.json does not match its hash"):
         verify_bundle(plan)
+
+
+def test_train_cli_refuses_a_vq_of_the_other_data(tmp_path):
+    from migm.cli.train import main as train_main
+
+    res = CliRunner().invoke(train_main, ["base", "--preset", "tiny-scenes", "--vq", str(assets.VQ),
+                                          "--out", str(tmp_path / "b"), "--steps", "1"])
+    assert res.exit_code != 0 and "trains on 64x64 images" in res.output and "--data scenes" in res.output
+    res = CliRunner().invoke(train_main, ["base", "--vq", str(assets.SCENES / "vq"), "--out", str(tmp_path / "b"),
+                                          "--steps", "1"])
+    assert res.exit_code != 0 and "trains on 32x32 images" in res.output
+    assert not list(tmp_path.iterdir())

@@ -101,13 +101,18 @@ def base(vq_path, preset, out, steps, batch_size, lr, seed, device):
     from ..models.checkpoint import load_checkpoint
     from ..models.presets import LLADA_PRESETS, base_config
     from ..models.text import save_tokenizer, tokenizer_path
-    from ..training.scenes import scenes_tokenizer
+    from ..training.scenes import CANVAS, scenes_tokenizer
     from ..training.train_base import train_base
 
     vq_model = load_checkpoint(vq_path)
     cfg = LLADA_PRESETS[preset] if preset in LLADA_PRESETS else base_config(preset)
     if cfg.codebook_size != vq_model.cfg.codebook_size or cfg.grid != vq_model.cfg.grid:
         raise click.ClickException(f"preset {preset} does not match the VQ-VAE at {vq_path} (codebook or grid)")
+    size = CANVAS if preset in LLADA_PRESETS else 32
+    if vq_model.cfg.image_size != size:
+        raise click.ClickException(f"preset {preset} trains on {size}x{size} images, but the VQ-VAE at {vq_path} "
+                                   f"takes {vq_model.cfg.image_size}x{vq_model.cfg.image_size} (train one with "
+                                   f"`migm-train vq --data {'scenes' if size == CANVAS else 'animals'}`)")
     tokenizer = None
     if preset in LLADA_PRESETS:
         tokenizer = scenes_tokenizer(cfg)
