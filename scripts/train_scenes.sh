@@ -3,7 +3,7 @@
 #   VQ-VAE on 64x64 scenes -> crop classifier -> base (tiny-scenes) -> ship -> CFG sweep ->
 #   trajectories (DiMOO sampler) -> DiMOO shortcut -> ship-shortcut -> GenEval-like benchmark.
 #
-#   bash scripts/train_scenes.sh                      # CPU (the base is ~42 min of it on 2 cores)
+#   bash scripts/train_scenes.sh                      # CPU (the base: 43 min on 2 cores)
 #   DEVICE=cuda bash scripts/train_scenes.sh          # a GPU: minutes
 #   QUICK=1 bash scripts/train_scenes.sh              # a smoke run of every stage (tiny step counts)
 #
@@ -23,7 +23,7 @@ if [ "${QUICK:-0}" = 1 ]; then
 fi
 VQ_STEPS=${VQ_STEPS:-1500}
 CLS_STEPS=${CLS_STEPS:-1500}
-BASE_STEPS=${BASE_STEPS:-1200}   # x batch 64: ~2.2 s/step on a 2-core CPU, ~44 min
+BASE_STEPS=${BASE_STEPS:-1200}   # x batch 64: 43 min on a 2-core CPU (2 s/step + data)
 BASE_BATCH=${BASE_BATCH:-64}
 BASE_LR=${BASE_LR:-1e-3}
 SWEEP=${SWEEP:-0,2,4,6,8}
