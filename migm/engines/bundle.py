@@ -10,6 +10,7 @@
       calibration.npz    (INT8 builds) the shortcut's calibration inputs, reused on rebuild
       torch/             the source checkpoints (base, vq, shortcut: .safetensors + .json),
                          run by the torch backend; the others take the base head from them
+      tokenizer/         (text-to-image models) the prompt tokenizer, save_pretrained layout
 
 A bundle is assembled in a temporary directory beside the target and renamed into
 place, so a failed build leaves no half-written bundle. Loading checks every file's hash.
@@ -18,12 +19,10 @@ place, so a failed build leaves no half-written bundle. Loading checks every fil
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from ..fileio import sha256_file
+from ..fileio import atomic_dir, sha256_file
 
 FORMAT = "migm-bundle"
 VERSION = 1
@@ -43,9 +42,7 @@ def write_bundle(out: str | Path, manifest: dict, files: dict[str, Path]) -> Pat
     An existing bundle at `out` is replaced only once the new one is complete.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as stage:
         for name, src in files.items():
             (stage / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, stage / name)
@@ -64,24 +61,7 @@ def write_bundle(out: str | Path, manifest: dict, files: dict[str, Path]) -> Pat
             manifest["calibration"] = {"file": "calibration.npz", "sha256": sha256(stage / "calibration.npz")}
         (stage / "manifest.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, **manifest},
                                                         indent=2) + "\n")
-        os.chmod(stage, 0o777 & ~_umask())
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(stage, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_manifest(path: str | Path) -> dict:
