@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test install data clean
+.PHONY: demo test lint install data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,8 +24,12 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/migm-run --out migm-out
 
-## Set up and run the test suite
-test: install
+## The linter (ruff; config in pyproject.toml)
+lint: install
+	$(BIN)/ruff check .
+
+## Set up, lint and run the test suite
+test: install lint
 	$(BIN)/python -m pytest -q
 
 clean:

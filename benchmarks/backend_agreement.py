@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from migm import assets
+from migm.data.animals import load_animals
+from migm.evaluation.metrics import Evaluator
 from migm.models.checkpoint import load_checkpoint
 from migm.runtime import Pipeline
 from migm.runtime.cache import default_bundle
-from migm.training.data import load_animals
-from migm.training.metrics import Evaluator
 
 
 def main():

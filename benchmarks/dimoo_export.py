@@ -17,13 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from migm.engines.build import BuildSettings, build_bundle
 from migm.engines.bundle import verify_bundle
-from migm.export.onnx import components, export_component, parity
+from migm.engines.verify import parity
+from migm.export.onnx import components, export_component
+from migm.families.presets import random_models
 from migm.models.checkpoint import checkpoint_digest, save_checkpoint
-from migm.models.presets import random_models
 
 
 def main():

@@ -31,13 +31,14 @@ import numpy as np
 import torch
 
 from migm import assets
+from migm.data.scenes import all_captions, make_scenes
+from migm.evaluation.judge import judge
+from migm.evaluation.metrics import frechet_distance
 from migm.fileio import atomic_path
 from migm.models.checkpoint import load_checkpoint
 from migm.runtime.images import make_grid, save_png
 from migm.runtime.pipeline import Pipeline
 from migm.sampling.loop import HybridStats
-from migm.training.metrics import frechet_distance
-from migm.training.scenes import all_captions, judge, make_scenes
 
 GRID_PROMPTS = ["a small cat on the left", "a large elephant at the bottom", "a small bird at the top",
                 "a large zebra on the right", "a large horse on the left", "a small giraffe on the right",
@@ -84,7 +85,7 @@ def main():
     args = ap.parse_args()
 
     d = Path(args.model_dir) if args.model_dir else assets.SCENES
-    pipe = Pipeline.from_checkpoints(d / "base", d / "vq", d / "shortcut" if Path(f"{d / 'shortcut'}.json").exists()
+    pipe = Pipeline.from_checkpoints(d / "base", d / "vq", d / "shortcut" if assets.has_checkpoint(d / "shortcut")
                                      else None, device=args.device)
     classifier = load_checkpoint(d / "classifier").float().eval()
     caps = all_captions()
@@ -98,7 +99,7 @@ def main():
         ref_feats = classifier.features(judge(real.images).crops).numpy().astype(np.float64)
     results = {"model": str(d), "device": str(pipe.device), "captions": len(caps), "seeds": args.seeds,
                "images_per_row": len(prompts), "real_scenes": {**ref, "fd": 0.0, "images": len(real.images)},
-               "sampling": dict(vars(pipe.defaults)), "rows": []}
+               "sampling": pipe.defaults.to_dict(), "rows": []}
     print(f"real scenes (judge ceiling): animal {ref['animal']:.3f} position {ref['position']:.3f} "
           f"size {ref['size']:.3f} all {ref['all']:.3f}")
     if args.sweep_cfg:
@@ -111,11 +112,11 @@ def main():
         stats = HybridStats()
         t = time.perf_counter()
         tokens = pipe.generate_tokens(prompts=prompts, steps=row["steps"], budget=row["budget"],
-                                      strategy=row["strategy"], cfg=cfg, seed=0, batch_size=args.batch_size,
+                                      strategy=row["strategy"], guidance=cfg, seed=0, batch_size=args.batch_size,
                                       stats=stats)
         images = pipe.decode(tokens)
         elapsed = time.perf_counter() - t
-        r = {**row, "cfg": pipe.defaults.cfg if cfg is None else cfg,
+        r = {**row, "cfg": pipe.defaults.guidance if cfg is None else cfg,
              "base_calls": stats.base_calls / max(1, len(range(0, len(prompts), args.batch_size))),
              "seconds": elapsed, **score(images, animals, sizes, positions, classifier, ref_feats)}
         results["rows"].append(r)
@@ -124,7 +125,7 @@ def main():
               f"({elapsed:.1f} s)", flush=True)
         if args.grid:
             g = pipe.generate(prompts=GRID_PROMPTS * 4, steps=row["steps"], budget=row["budget"],
-                              strategy=row["strategy"], cfg=cfg, seed=1)
+                              strategy=row["strategy"], guidance=cfg, seed=1)
             name = f"{row['strategy']}-N{row['steps']}-B{row['budget']}" + (f"-cfg{cfg}" if "cfg" in row else "")
             save_png(make_grid(g, ncol=len(GRID_PROMPTS)), Path(args.grid) / f"{name}.png", scale=2)
     out = Path(args.out)

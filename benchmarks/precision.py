@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -29,21 +30,24 @@ import numpy as np
 import torch
 
 from migm import assets
+from migm.data.animals import load_animals
 from migm.engines.build import BuildSettings, build_bundle
 from migm.engines.bundle import verify_bundle
-from migm.export.onnx import ort_session
+from migm.engines.ort import ort_session
+from migm.evaluation.metrics import Evaluator
 from migm.models.checkpoint import load_checkpoint
+from migm.sampling.config import SamplerConfig
 from migm.sampling.loop import generate_tokens
-from migm.training.data import load_animals
-from migm.training.metrics import Evaluator
 
 
 class OrtModels:
     """The bundle's ONNX components as the callables the sampling loop takes."""
 
-    def __init__(self, bundle: Path):
+    cached = None  # no mlcache
+
+    def __init__(self, bundle: Path, head):
         doc = verify_bundle(bundle)
-        self.doc = doc
+        self.doc, self.head = doc, head
         self.sessions = {name: ort_session(bundle / e["file"]) for name, e in doc["components"].items()}
         self.times = {name: 0.0 for name in self.sessions}
         self.calls = {name: 0 for name in self.sessions}
@@ -58,12 +62,12 @@ class OrtModels:
     def base(self, tokens, labels):
         return tuple(self._run("base", {"tokens": tokens, "labels": labels}))
 
-    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio):
+    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio, cond=None):
         return self._run("shortcut", {"features": features.float(), "new_pos": new_pos, "new_tok": new_tok,
-                                      "key_mask": key_mask, "mask_ratio": mask_ratio.float()})[0]
+                                      "key_mask": key_mask, "mask_ratio": mask_ratio.float()})[0], None
 
     def decode(self, tokens):
-        g = self.doc["grid"]
+        g = self.doc["spec"]["grid"]
         return self._run("decoder", {"tokens": tokens.view(-1, g, g)})[0]
 
 
@@ -76,7 +80,6 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--bundles", default="migm-out/bundles", help="Where the bundles are built (reused if present).")
-    ap.add_argument("--trajectories", default=None, help="Calibrate from these trajectories (default: sample).")
     ap.add_argument("--json", default="benchmarks/results/precision.json")
     ap.add_argument("--speed-only", action="store_true", help="Time the components of existing bundles only.")
     ap.add_argument("--rounds", type=int, default=15)
@@ -86,31 +89,29 @@ def main():
 
     base = load_checkpoint(assets.BASE)
     head = base.head
-    meta = base.meta["sampling"]
+    sampler = SamplerConfig.from_dict(base.meta["sampling"]).replace(steps=args.steps)
     c = base.cfg
     evaluate = Evaluator(load_checkpoint(assets.CLASSIFIER), load_animals("val").images)
     labels = torch.tensor([i % c.num_classes for i in range(args.num)])
     rows, ref_tokens, ref_outputs = [], None, {}
     probe_g = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, c.codebook_size, (8, c.num_tokens), generator=probe_g)
     probe = {"base": {"tokens": torch.where(torch.rand(8, c.num_tokens, generator=probe_g) < 0.6,
-                                            torch.tensor(c.mask_id), torch.randint(0, c.codebook_size,
-                                                                                   (8, c.num_tokens), generator=probe_g)),
+                                            torch.tensor(c.mask_id), codes),
                       "labels": torch.arange(8) % (c.num_classes + 1)}}
     for precision in args.precisions.split(","):
         path = Path(args.bundles) / f"{precision}.plan"
         if not path.exists():
             build_bundle(path, BuildSettings(precision=precision, backend="ort"), assets.BASE, assets.VQ,
-                         assets.SHORTCUT, trajectories=args.trajectories)
-        m = OrtModels(path)
+                         assets.SHORTCUT)
+        m = OrtModels(path, lambda f: head(f.float()))
         g = torch.Generator().manual_seed(args.seed)
         chunks = []
         t0 = time.perf_counter()
         for start in range(0, args.num, args.batch_size):
             chunks.append(generate_tokens(
-                m.base, labels[start:start + args.batch_size], num_tokens=c.num_tokens, mask_id=c.mask_id,
-                no_class_id=c.no_class_id, steps=args.steps, budget=args.budget, strategy="shortcut",
-                head=lambda f: head(f.float()), shortcut=m.shortcut, cfg=meta["cfg"], tau=meta["tau"],
-                generator=g))
+                m, labels[start:start + args.batch_size], torch.tensor([c.no_class_id]), sampler,
+                num_tokens=c.num_tokens, mask_id=c.mask_id, budget=args.budget, strategy="shortcut", generator=g))
         seconds = time.perf_counter() - t0
         tokens = torch.cat(chunks)
         with torch.no_grad():
@@ -127,7 +128,7 @@ def main():
                                  "key_mask": torch.ones(pos.shape, dtype=torch.bool),
                                  "mask_ratio": masked.float().mean(1)}
             probe["decoder"] = torch.randint(0, c.codebook_size, (8, c.num_tokens), generator=probe_g)
-        outs["shortcut"] = m.shortcut(**probe["shortcut"])
+        outs["shortcut"] = m.shortcut(**probe["shortcut"])[0]
         outs["decoder"] = m.decode(probe["decoder"])
         outs = {k: v.numpy() for k, v in outs.items()}
         if not ref_outputs:
@@ -150,10 +151,8 @@ def main():
 
 def speed_only(args):
     """Median ms per call of each component per precision, rounds interleaved; ratio to fp32."""
-    import statistics
-
     precisions = args.precisions.split(",")
-    models = {p: OrtModels(Path(args.bundles) / f"{p}.plan") for p in precisions}
+    models = {p: OrtModels(Path(args.bundles) / f"{p}.plan", None) for p in precisions}
     c = load_checkpoint(assets.BASE).cfg
     g = torch.Generator().manual_seed(0)
     out = {}

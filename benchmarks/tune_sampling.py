@@ -14,15 +14,15 @@ from pathlib import Path
 import torch
 
 from migm import assets
+from migm.data.animals import load_animals
+from migm.evaluation.metrics import Evaluator
 from migm.models.checkpoint import load_checkpoint
 from migm.runtime.pipeline import Pipeline
-from migm.training.data import load_animals
-from migm.training.metrics import Evaluator
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cfg", default="0,1,3")
+    ap.add_argument("--guidance", "--cfg", default="0,1,3")
     ap.add_argument("--tau", default="1,4.5")
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--num", type=int, default=300)
@@ -37,8 +37,9 @@ def main():
     labels = [i % pipe.num_classes for i in range(args.num)]
     rows = []
     print("| w | tau | FD | class acc |\n|---|---|---|---|")
-    for w, tau in itertools.product([float(v) for v in args.cfg.split(",")], [float(v) for v in args.tau.split(",")]):
-        images = pipe.generate(labels, steps=args.steps, cfg=w, tau=tau, seed=0, batch_size=300)
+    weights, taus = [float(v) for v in args.guidance.split(",")], [float(v) for v in args.tau.split(",")]
+    for w, tau in itertools.product(weights, taus):
+        images = pipe.generate(labels, steps=args.steps, guidance=w, tau=tau, seed=0, batch_size=300)
         m = evaluate(images, torch.tensor(labels))
         rows.append({"cfg": w, "tau": tau, "steps": args.steps, "num": args.num, **m})
         print(f"| {w} | {tau} | {m['fd']:.2f} | {m['class_acc']:.3f} |", flush=True)

@@ -19,10 +19,10 @@ import torch
 from tqdm import tqdm
 
 from migm import assets
+from migm.data.animals import load_animals
+from migm.evaluation.metrics import Evaluator
 from migm.models.checkpoint import load_checkpoint
 from migm.runtime.pipeline import Pipeline
-from migm.training.data import load_animals
-from migm.training.metrics import Evaluator
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
     ap.add_argument("--steps", default="2,4,8,16,32")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--num", type=int, default=1000)
-    ap.add_argument("--cfg", type=float, default=None)
+    ap.add_argument("--guidance", "--cfg", type=float, default=None)
     ap.add_argument("--tau", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--base", default=None)
@@ -63,8 +63,8 @@ def main():
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     d = pipe.defaults
-    sampling = {"cfg": d.cfg if args.cfg is None else args.cfg, "tau": d.tau if args.tau is None else args.tau,
-                "schedule": d.schedule}
+    sampling = {"guidance": d.guidance if args.guidance is None else args.guidance,
+                "tau": d.tau if args.tau is None else args.tau, "schedule": d.schedule}
 
     def write(summary=None):
         # rewritten after every run so an interrupted sweep keeps what it measured
@@ -76,7 +76,7 @@ def main():
         for steps in [int(s) for s in args.steps.split(",")]:
             bar = tqdm(total=args.num * steps, desc=f"N={steps} seed={seed}", leave=False)
             t0 = time.perf_counter()
-            images = pipe.generate(labels, steps=steps, cfg=args.cfg, tau=args.tau, seed=seed,
+            images = pipe.generate(labels, steps=steps, guidance=args.guidance, tau=args.tau, seed=seed,
                                    batch_size=args.batch_size, progress=lambda i, n: bar.update(i - bar.n))
             seconds = time.perf_counter() - t0
             bar.close()

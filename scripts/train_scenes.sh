@@ -48,13 +48,13 @@ $TRAIN base --preset tiny-scenes --vq "$RUNS/vq" --out "$RUNS/base" --steps "$BA
   --batch-size "$BASE_BATCH" --lr "$BASE_LR" --device "$DEVICE"
 stamp "ship + cfg sweep"
 $TRAIN ship --model tiny-scenes --vq "$RUNS/vq" --classifier "$RUNS/classifier" --base "$RUNS/base" \
-  --cfg 2 --out "$ASSETS"
+  --guidance 2 --out "$ASSETS"
 $PY benchmarks/geneval_scenes.py --model-dir "$ASSETS" --sweep-cfg "$SWEEP" --seeds 2 --steps "$EVAL_STEPS" \
   --device "$DEVICE" --out "$RESULTS/cfg_sweep.json"
 CFG=$($PY -c "import json,sys; r=json.load(open(sys.argv[1]))['rows']; print(max(r, key=lambda x: (x['all'], -x['cfg']))['cfg'])" "$RESULTS/cfg_sweep.json")
 stamp "chosen cfg $CFG"
 $TRAIN ship --model tiny-scenes --vq "$RUNS/vq" --classifier "$RUNS/classifier" --base "$RUNS/base" \
-  --cfg "$CFG" --out "$ASSETS"
+  --guidance "$CFG" --out "$ASSETS"
 stamp trajectories
 rm -rf "$RUNS/traj"  # recorded with the shipped base of this run (its digest changes with the cfg)
 $TRAIN trajectories --base "$ASSETS/base" --out "$RUNS/traj" --images "$TRAJ" --steps "$EVAL_STEPS" --device "$DEVICE"

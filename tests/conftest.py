@@ -1,11 +1,13 @@
 import pytest
 import torch
 
+from migm.data.animals import has_animals
 from migm.models.checkpoint import checkpoint_digest, save_checkpoint
 from migm.models.maskgit import MaskGIT, MaskGITConfig
 from migm.models.shortcut import Shortcut, ShortcutConfig
-from migm.models.vqvae import VQConfig, VQVAE
-from migm.training.trajectories import CollectSettings, collect_trajectories
+from migm.models.vqvae import VQVAE, VQConfig
+from migm.sampling.config import SamplerConfig
+from migm.training.trajectories import collect_trajectories
 
 TINY = MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=1, heads=2, mlp=64)
 
@@ -15,15 +17,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-def has_animal_mnist() -> bool:
-    try:
-        import animal_mnist  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_data = pytest.mark.skipif(not has_animal_mnist(), reason="animal-mnist not installed (make install adds it)")
+needs_data = pytest.mark.skipif(not has_animals(), reason="animal-mnist not installed (make install adds it)")
 
 
 @pytest.fixture(scope="session")
@@ -41,5 +35,6 @@ def tiny(tmp_path_factory):
     save_checkpoint(base, root / "base", meta=base.meta)
     save_checkpoint(vq, root / "vq")
     save_checkpoint(sc, root / "sc", meta={"base_digest": checkpoint_digest(root / "base")})
-    collect_trajectories(base, root / "traj", CollectSettings(num=6, steps=6, cfg=2.0, shard_size=6))
+    collect_trajectories(base, root / "traj", SamplerConfig(steps=6, guidance=2.0), torch.arange(3), num=6,
+                         shard_size=6)
     return root, base, vq, sc

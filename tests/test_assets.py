@@ -3,15 +3,15 @@
 import torch
 
 from migm import assets
+from migm.families.presets import PRESETS
 from migm.models.checkpoint import load_checkpoint
-from migm.models.presets import BASE_PRESETS, VQ_PRESETS
 from migm.runtime import Pipeline
 
 
 def test_shipped_checkpoints_match_presets():
     base = load_checkpoint(assets.BASE)
-    assert base.cfg == BASE_PRESETS["tiny-animals"]
-    assert load_checkpoint(assets.VQ).cfg == VQ_PRESETS["tiny-animals"]
+    assert base.cfg == PRESETS["tiny-animals"].base
+    assert load_checkpoint(assets.VQ).cfg == PRESETS["tiny-animals"].vq
     clf = load_checkpoint(assets.CLASSIFIER)
     assert clf.meta["val_acc"] >= 0.9
     assert base.meta["class_names"][2] == "cat"

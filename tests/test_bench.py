@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import needs_data
 
 from migm import assets
 from migm.cli.bench import main as bench_main
@@ -10,8 +11,6 @@ from migm.cli.run import main as run_main
 from migm.models.checkpoint import checkpoint_digest, load_checkpoint, save_checkpoint
 from migm.models.shortcut import Shortcut, ShortcutConfig
 from migm.runtime import Pipeline
-
-from conftest import needs_data
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,10 @@
 import torch
-
 from conftest import needs_data
 
 
 @needs_data
 def test_split_is_fixed_and_by_index():
-    from migm.training.data import load_animals
+    from migm.data.animals import load_animals
 
     train, val = load_animals("train"), load_animals("val")
     assert train.images.shape == (9000, 1, 32, 32) and val.images.shape == (1000, 1, 32, 32)

@@ -1,25 +1,24 @@
 """ONNX export, precision conversion, INT8 calibration, bundles and `migm-export`."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from migm.calibration.data import collect_calibration, load_calibration, save_calibration, shortcut_feeds
-from migm.calibration.int8 import head_matmuls, quantize_int8
 from migm.cli.export import main as export_main
-from migm.engines.build import BuildSettings, build_bundle, io_spec
+from migm.engines.build import BuildSettings, build_bundle
 from migm.engines.bundle import BundleError, read_manifest, verify_bundle
-from migm.export.onnx import components, export_component, ort_session, parity
+from migm.engines.ort import ort_session
+from migm.engines.verify import parity
+from migm.errors import DataError
+from migm.export.calibration import load_calibration, sample_calibration, save_calibration, shortcut_feeds
+from migm.export.int8 import head_matmuls, quantize_int8
+from migm.export.onnx import components, export_component, io_spec
 from migm.export.precision import component_precisions, to_fp16
-from migm.models.checkpoint import checkpoint_digest, save_checkpoint
-from migm.models.maskgit import MaskGIT, MaskGITConfig
-from migm.models.shortcut import Shortcut, ShortcutConfig
-from migm.models.vqvae import VQConfig, VQVAE
-from migm.training.trajectories import CollectSettings, TrajectorySet, collect_trajectories
+from migm.models.maskgit import MaskGITConfig
+from migm.sampling.config import SamplerConfig
 
 CFG = MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=1, heads=2, mlp=64)
 
@@ -60,11 +59,11 @@ def test_fp16_graph_keeps_norms_in_fp32(exported, tmp_path):
     assert b.dtype == np.float32 and np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-2
 
 
-def test_int8_shortcut_from_trajectory_calibration(tiny, exported, tmp_path):
+def test_int8_shortcut_from_sampled_calibration(tiny, exported, tmp_path):
     import onnx
 
-    root = tiny[0]
-    data = collect_calibration(TrajectorySet(root / "traj"), count=24)
+    base = tiny[1]
+    data = sample_calibration(base, SamplerConfig(guidance=2.0), count=24, steps=6)
     assert data["features"].shape == (24, 16, 32) and len(set(data["steps"].tolist())) > 1
     save_calibration(tmp_path / "c.npz", data)
     data = load_calibration(tmp_path / "c.npz")
@@ -85,10 +84,10 @@ def test_int8_shortcut_from_trajectory_calibration(tiny, exported, tmp_path):
 
 
 def test_calibration_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="migm-export calibrate"):
+    with pytest.raises(DataError, match="migm-export calibrate"):
         load_calibration(tmp_path / "none.npz")
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="corrupt"):
+    with pytest.raises(DataError, match="corrupt"):
         load_calibration(tmp_path / "bad.npz")
 
 
@@ -101,13 +100,13 @@ def test_precisions():
 def _build(tiny, out, precision, **kw):
     root = tiny[0]
     return build_bundle(out, BuildSettings(precision=precision, calibration_size=16, **kw), root / "base",
-                        root / "vq", root / "sc", trajectories=root / "traj")
+                        root / "vq", root / "sc")
 
 
 def test_bundle_build_inspect_and_hash_check(tiny, tmp_path):
     out = _build(tiny, tmp_path / "tiny.plan", "best")
     doc = verify_bundle(out)
-    assert doc["precision"] == "best" and doc["grid"] == 4 and doc["sampling"]["steps"] == 6
+    assert doc["precision"] == "best" and doc["spec"]["grid"] == 4 and doc["sampling"]["steps"] == 6
     assert {k: v["precision"] for k, v in doc["components"].items()} == {"base": "fp16", "shortcut": "int8",
                                                                           "decoder": "fp16"}
     assert sorted(p.name for p in out.iterdir()) == ["base.onnx", "calibration.npz", "decoder.onnx",
@@ -135,7 +134,7 @@ def test_rebuild_reuses_calibration_and_replaces_atomically(tiny, tmp_path):
     messages = []
     root = tiny[0]
     build_bundle(out, BuildSettings(precision="int8", calibration_size=16), root / "base", root / "vq", root / "sc",
-                 trajectories=None, progress=messages.append)
+                 progress=messages.append)
     assert "calibration: reusing the previous bundle's" in messages
     assert np.array_equal(np.load(out / "calibration.npz")["counts"], first)
     assert read_manifest(out)["components"]["base"]["precision"] == "fp32"

@@ -1,11 +1,14 @@
 import pytest
 import torch
 
+from migm.families.maskgit import CachedMaskGIT
 from migm.models.maskgit import MaskGIT, MaskGITConfig
 from migm.models.shortcut import Shortcut, ShortcutConfig
-from migm.sampling.loop import CachedBase, HybridStats, generate_tokens
+from migm.sampling.config import SamplerConfig
+from migm.sampling.loop import Fns, HybridStats, generate_tokens
 
 CFG = MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=1, heads=2, mlp=64)
+UNCOND = torch.tensor([CFG.no_class_id])
 
 
 def _setup():
@@ -15,17 +18,20 @@ def _setup():
     return base, sc
 
 
+def _models(base, sc):
+    shortcut = None if sc is None else (lambda f, pos, tok, keys, r, cond: (sc(f, pos, tok, keys, r), None))
+    return Fns(base, base.head, shortcut, CachedMaskGIT(base, autocast=False))
+
+
 def _hybrid(base, sc, strategy, steps, budget, seed=0, cfg=1.0, stats=None, **kw):
-    return generate_tokens(base, torch.tensor([0, 1, 2]), head=base.head, num_tokens=16, mask_id=CFG.mask_id,
-                           no_class_id=CFG.no_class_id, steps=steps, budget=budget, strategy=strategy, shortcut=sc,
-                           cfg=cfg, generator=torch.Generator().manual_seed(seed), stats=stats,
-                           cached=CachedBase(base, autocast=False), **kw)
+    return generate_tokens(_models(base, sc), torch.tensor([0, 1, 2]), UNCOND, SamplerConfig(steps=steps, guidance=cfg),
+                           num_tokens=16, mask_id=CFG.mask_id, budget=budget, strategy=strategy,
+                           generator=torch.Generator().manual_seed(seed), stats=stats, **kw)
 
 
 def _vanilla(base, steps, seed=0, cfg=1.0):
-    return generate_tokens(base, torch.tensor([0, 1, 2]), num_tokens=16, mask_id=CFG.mask_id,
-                           no_class_id=CFG.no_class_id, steps=steps, cfg=cfg,
-                           generator=torch.Generator().manual_seed(seed))
+    return generate_tokens(Fns(base), torch.tensor([0, 1, 2]), UNCOND, SamplerConfig(steps=steps, guidance=cfg),
+                           num_tokens=16, mask_id=CFG.mask_id, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("strategy", ["vanilla", "reuse", "extrapolate", "mlcache", "shortcut"])
@@ -94,5 +100,5 @@ def test_mlcache_recomputes_new_and_least_confident_tokens():
 def test_mlcache_needs_the_cached_base():
     base, _ = _setup()
     with pytest.raises(ValueError, match="mlcache strategy needs"):
-        generate_tokens(base, torch.tensor([0]), head=base.head, num_tokens=16, mask_id=CFG.mask_id,
-                        no_class_id=CFG.no_class_id, steps=8, budget=3, strategy="mlcache")
+        generate_tokens(Fns(base, base.head), torch.tensor([0]), UNCOND, SamplerConfig(steps=8), num_tokens=16,
+                        mask_id=CFG.mask_id, budget=3, strategy="mlcache")

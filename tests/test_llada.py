@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 import torch
 
+from migm.families.presets import PRESETS, random_models
 from migm.models.llada import LLaDA, LLaDAConfig
-from migm.models.presets import LLADA_PRESETS, random_models
 from migm.models.shortcut_llada import LLaDAShortcut, LLaDAShortcutConfig
 from migm.runtime import Pipeline
 from migm.sampling.schedules import cosine_remaining, mask_schedule
@@ -56,7 +56,8 @@ def test_dimoo_shortcut_starts_as_reuse_and_reads_prompt_and_new_tokens():
     sc = LLaDAShortcut(LLaDAShortcutConfig(base=CFG.to_dict(), heads=2)).eval()
     sc.load_base_embeddings(base)
     f = torch.randn(2, 9, 32)
-    pos, tok, keys, r = torch.tensor([[0, 4], [1, 8]]), torch.tensor([[3, 1], [0, 7]]), torch.ones(2, 2, dtype=torch.bool), torch.rand(2)
+    pos, tok = torch.tensor([[0, 4], [1, 8]]), torch.tensor([[3, 1], [0, 7]])
+    keys, r = torch.ones(2, 2, dtype=torch.bool), torch.rand(2)
     p = _prompt(2, 3)
     assert torch.equal(sc(f, pos, tok, keys, r, p), f)  # zero-init proj_out
     torch.nn.init.normal_(sc.proj_out.weight, std=0.1)
@@ -68,9 +69,9 @@ def test_dimoo_shortcut_starts_as_reuse_and_reads_prompt_and_new_tokens():
 
 
 def test_dimoo_schedule():
-    for n, l in ((64, 4096), (64, 256), (16, 256), (9, 9)):
-        counts = mask_schedule("dimoo", n, l)
-        assert len(counts) == n and sum(counts) == l and min(counts) >= 1
+    for n, length in ((64, 4096), (64, 256), (16, 256), (9, 9)):
+        counts = mask_schedule("dimoo", n, length)
+        assert len(counts) == n and sum(counts) == length and min(counts) >= 1
     left = cosine_remaining(64, 4096)
     counts = mask_schedule("dimoo", 64, 4096)
     assert 4096 - counts[0] == left[0] and left[-1] == 0  # floor(L cos(pi/2 (i+1)/N)) left masked
@@ -79,23 +80,23 @@ def test_dimoo_schedule():
 def test_pipeline_with_prompts_and_dimoo_sampler():
     base, vq, sc = random_models("tiny-scenes")
     pipe = Pipeline.from_models(base, vq, sc, precision="fp32")
-    assert pipe.spec.family == "llada" and pipe.defaults.sampler == "dimoo" and pipe.defaults.cfg == 4.0
+    assert pipe.spec.family == "llada" and pipe.defaults.sampler == "dimoo" and pipe.defaults.guidance == 4.0
     cond = pipe.example_conditions(2)
-    a = pipe.generate_tokens(**cond, steps=6, budget=3, seed=1)
+    a = pipe.generate_tokens(prompts=cond, steps=6, budget=3, seed=1)
     assert a.shape == (2, 256) and (a < 64).all()
-    assert torch.equal(a, pipe.generate_tokens(**cond, steps=6, budget=3, strategy="shortcut", seed=1))
-    assert not torch.equal(a, pipe.generate_tokens(**cond, steps=6, budget=3, strategy="reuse", seed=1))
-    assert pipe.generate(**cond, steps=4).shape == (2, 1, 64, 64)
+    assert torch.equal(a, pipe.generate_tokens(prompts=cond, steps=6, budget=3, strategy="shortcut", seed=1))
+    assert not torch.equal(a, pipe.generate_tokens(prompts=cond, steps=6, budget=3, strategy="reuse", seed=1))
+    assert pipe.generate(prompts=cond, steps=4).shape == (2, 1, 64, 64)
     with pytest.raises(ValueError, match="give prompts, not classes"):
         pipe.generate_tokens(["cat"])
     with pytest.raises(ValueError, match=r"must be \[n, 16\]"):
         pipe.generate_tokens(prompts=torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="mlcache strategy needs the torch backend and a maskgit model"):
-        pipe.generate_tokens(**cond, steps=6, budget=3, strategy="mlcache")
+        pipe.generate_tokens(prompts=cond, steps=6, budget=3, strategy="mlcache")
 
 
 def test_dimoo_8b_preset_builds_on_the_meta_device():
-    cfg = LLADA_PRESETS["dimoo-8b"]
+    cfg = PRESETS["dimoo-8b"].base
     assert (cfg.width, cfg.depth, cfg.heads, cfg.mlp, cfg.grid, cfg.codebook_size) == (4096, 32, 32, 12288, 64, 8192)
     assert cfg.mask_token == 126336 and cfg.eol_id == 126084 and cfg.seq_len == 64 + 4 + 4096 + 64
     base, _, sc = random_models("dimoo-8b", device="meta")
@@ -107,7 +108,7 @@ def test_dimoo_8b_preset_builds_on_the_meta_device():
 @pytest.fixture(scope="module")
 def scenes_checkpoints(tmp_path_factory):
     from migm.models.checkpoint import checkpoint_digest, save_checkpoint
-    from migm.models.vqvae import VQConfig, VQVAE
+    from migm.models.vqvae import VQVAE, VQConfig
 
     root = tmp_path_factory.mktemp("llada")
     torch.manual_seed(0)
@@ -132,7 +133,7 @@ def test_llada_bundle_ort_matches_torch(scenes_checkpoints, tmp_path, precision)
                        root / "vq", root / "sc")
     ort = Pipeline.from_bundle(out, backend="ort")
     ref = Pipeline.from_bundle(out, backend="torch", device="cpu")
-    assert ort.spec.family == "llada" and ort.backend.spec["base"]["inputs"][1]["name"] == "prompt"
+    assert ort.spec.family == "llada" and ort.backend.spec_io["base"]["inputs"][1]["name"] == "prompt"
     prompts = _prompt(6, 3)
     for budget in (None, 3):
         a = ort.generate_tokens(prompts=prompts, steps=6, budget=budget, seed=2)
@@ -173,9 +174,9 @@ def test_llada_cuda_graph_loop_equals_eager():
     base, vq, sc = random_models("tiny-scenes")
     pipe = Pipeline.from_models(base, vq, sc, device="cuda", precision="fp32")
     cond = pipe.example_conditions(3)
-    a = pipe.generate_tokens(**cond, steps=8, budget=3, seed=4)
-    pipe.generate_tokens(**pipe.example_conditions(3, seed=1), steps=8, budget=3, seed=4)  # other prompts between
-    b = pipe.generate_tokens(**cond, steps=8, budget=3, seed=4)  # a replay of the same graph
+    a = pipe.generate_tokens(prompts=cond, steps=8, budget=3, seed=4)
+    pipe.generate_tokens(prompts=pipe.example_conditions(3, seed=1), steps=8, budget=3, seed=4)  # other prompts between
+    b = pipe.generate_tokens(prompts=cond, steps=8, budget=3, seed=4)  # a replay of the same graph
     pipe.use_graphs = False
-    c = pipe.generate_tokens(**cond, steps=8, budget=3, seed=4)
+    c = pipe.generate_tokens(prompts=cond, steps=8, budget=3, seed=4)
     assert torch.equal(a, b) and torch.equal(a, c)

@@ -80,7 +80,8 @@ def test_halton_loader_errors(tmp_path):
     del st["transformer.layers.1.0.norm.weight"]
     st["transformer.layers.9.extra"] = torch.zeros(1)
     torch.save({"model_state_dict": st}, tmp_path / "bad.pth")
-    with pytest.raises(CheckpointError, match=r"missing \['blocks.1.ln1.weight'\], unexpected \['transformer.layers.9.extra'\]"):
+    expected = r"missing \['blocks.1.ln1.weight'\], unexpected \['transformer.layers.9.extra'\]"
+    with pytest.raises(CheckpointError, match=expected):
         load_halton_maskgit(tmp_path / "bad.pth", MG)
     with pytest.raises(CheckpointError, match="not found"):
         load_halton_maskgit(tmp_path / "none.pth", MG)

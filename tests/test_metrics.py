@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from migm.training.metrics import frechet_distance
+from migm.evaluation.metrics import frechet_distance
 
 
 def test_fd_identical_is_zero_and_mean_shift_adds_squared_norm():

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from migm.errors import ConfigError
+from migm.families.presets import PRESETS, preset
 from migm.models.maskgit import MaskGIT
-from migm.models.presets import BASE_PRESETS, base_config
 from migm.models.vqvae import VQVAE, VQConfig
 
 
@@ -21,7 +22,7 @@ def test_vq_shapes(n_down, grid):
 
 
 def test_tiny_maskgit_forward_and_head():
-    cfg = base_config("tiny-animals")
+    cfg = preset("tiny-animals").base
     model = MaskGIT(cfg).eval()
     tokens = torch.randint(0, cfg.codebook_size + 1, (2, cfg.num_tokens))
     feats, logits = model(tokens, torch.tensor([0, cfg.no_class_id]))
@@ -31,7 +32,7 @@ def test_tiny_maskgit_forward_and_head():
 
 
 def test_maskgit_imagenet512_builds_and_runs_one_forward():
-    cfg = BASE_PRESETS["maskgit-imagenet512"]
+    cfg = PRESETS["maskgit-imagenet512"].base
     assert (cfg.depth, cfg.width, cfg.heads, cfg.mlp, cfg.codebook_size, cfg.grid) == (24, 768, 16, 3072, 1024, 32)
     model = MaskGIT(cfg).eval()
     n_params = sum(p.numel() for p in model.parameters())
@@ -44,5 +45,5 @@ def test_maskgit_imagenet512_builds_and_runs_one_forward():
 
 
 def test_unknown_preset():
-    with pytest.raises(KeyError, match="unknown preset"):
-        base_config("nope")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("nope")

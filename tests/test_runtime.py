@@ -13,10 +13,12 @@ from migm.cli.bench import main as bench_main
 from migm.cli.run import main as run_main
 from migm.engines.build import BuildSettings, build_bundle
 from migm.engines.bundle import BundleError
-from migm.models.presets import random_models
+from migm.evaluation.plain_loop import plain_generate
+from migm.families.presets import random_models
 from migm.runtime import Pipeline
-from migm.runtime.plain_loop import plain_generate
-from migm.sampling.loop import generate_tokens
+from migm.runtime.backends import Capabilities
+from migm.sampling.config import SamplerConfig
+from migm.sampling.loop import Fns, generate_tokens
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on CI machines)")
 
@@ -47,9 +49,9 @@ def test_runtime_equals_training_time_sampler(tiny, bundle):
     pipe = Pipeline.from_bundle(bundle, backend="torch")
     got = pipe.generate_tokens([2, 0, 1], steps=6, budget=2, seed=7)  # budget < N: the shortcut by default
     head = base.head
-    ref = generate_tokens(lambda t, lab: base(t, lab), torch.tensor([2, 0, 1]), num_tokens=16, mask_id=16,
-                          no_class_id=3, steps=6, budget=2, strategy="shortcut", head=head,
-                          shortcut=lambda *a: sc(*a), cfg=2.0, tau=4.5,
+    models = Fns(lambda t, lab: base(t, lab), head, lambda f, p, t, k, r, c: (sc(f, p, t, k, r), None))
+    ref = generate_tokens(models, torch.tensor([2, 0, 1]), torch.tensor([3]), SamplerConfig(steps=6, guidance=2.0),
+                          num_tokens=16, mask_id=16, budget=2, strategy="shortcut",
                           generator=torch.Generator().manual_seed(7))
     assert torch.equal(got, ref)
 
@@ -88,8 +90,8 @@ def test_pipeline_errors(bundle, tmp_path):
         pipe.generate_tokens([3])
     with pytest.raises(ValueError, match="mlcache strategy needs the torch backend"):
         pipe.generate_tokens([0], steps=6, budget=3, strategy="mlcache")
-    pipe.backend.max_rows = 4  # what a TensorRT bundle's profile sets
-    with pytest.raises(ValueError, match="needs 6 rows with CFG, but the engines' profile allows at most 4"):
+    pipe.backend.caps = Capabilities(shortcut=True, max_rows=4)  # what a TensorRT bundle's profile sets
+    with pytest.raises(ValueError, match="needs 6 rows with guidance, but the engines' profile allows at most 4"):
         pipe.generate_tokens([0, 1, 2], batch_size=8)
     assert pipe.generate_tokens([0, 1, 2], batch_size=2).shape == (3, 16)
     with pytest.raises(ValueError, match="unknown backend"):
@@ -144,8 +146,8 @@ def test_plain_loop_reveals_everything(tiny):
     _, base, _, sc = tiny
     g = torch.Generator().manual_seed(0)
     for budget, shortcut in ((None, None), (2, sc)):
-        codes = plain_generate(base, torch.tensor([0, 2]), steps=6, budget=budget, shortcut=shortcut, mask_id=16,
-                               no_class_id=3, generator=g)
+        codes = plain_generate(base, torch.tensor([0, 2]), SamplerConfig(steps=6, guidance=2.0), budget=budget,
+                               shortcut=shortcut, generator=g)
         assert codes.shape == (2, 16) and (codes < 16).all()
 
 

@@ -1,8 +1,9 @@
 import torch
 
 from migm.models.maskgit import MaskGIT, MaskGITConfig
+from migm.sampling.config import SamplerConfig
 from migm.sampling.kernel import guide, sample_step
-from migm.sampling.loop import generate_tokens
+from migm.sampling.loop import Fns, generate_tokens
 from migm.sampling.schedules import mask_schedule
 
 CFG = MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=1, heads=2, mlp=64)
@@ -14,8 +15,9 @@ def _run(model, labels, seed, steps=6, cfg=1.5, record=None):
             record.append(tokens[: len(labels)].clone())
         return model(tokens, labs)
 
-    return generate_tokens(fn, labels, num_tokens=CFG.num_tokens, mask_id=CFG.mask_id, no_class_id=CFG.no_class_id,
-                           steps=steps, cfg=cfg, tau=4.5, generator=torch.Generator().manual_seed(seed))
+    return generate_tokens(Fns(fn), labels, torch.tensor([CFG.no_class_id]), SamplerConfig(steps=steps, guidance=cfg),
+                           num_tokens=CFG.num_tokens, mask_id=CFG.mask_id,
+                           generator=torch.Generator().manual_seed(seed))
 
 
 def test_reveals_scheduled_count_and_never_changes_known_tokens():

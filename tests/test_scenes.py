@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import needs_data
+
 from migm import assets
+from migm.errors import CheckpointError, PromptError
 from migm.models.llada import LLaDAConfig
-from migm.models.text import PromptError, build_tokenizer, encode_prompts, load_tokenizer, save_tokenizer
+from migm.models.text import build_tokenizer, encode_prompts, load_tokenizer, save_tokenizer
 from migm.runtime import Pipeline
 
 SMALL = LLaDAConfig(text_vocab=40, codebook_size=16, grid=8, width=32, depth=1, heads=2, mlp=48, max_text=8)
@@ -37,13 +38,13 @@ def test_tokenizer_round_trip_and_layout(tmp_path):
         encode_prompts(again, ["a small cat on the left on the left"], 8, 40)
     with pytest.raises(ValueError, match="do not fit"):
         build_tokenizer(WORDS, 16, 8)
-    with pytest.raises(FileNotFoundError, match="no tokenizer"):
+    with pytest.raises(CheckpointError, match="no tokenizer"):
         load_tokenizer(tmp_path / "missing")
 
 
 def test_shipped_tokenizer_reads_every_caption():
+    from migm.data.scenes import all_captions
     from migm.models.checkpoint import read_config
-    from migm.training.scenes import all_captions
 
     cfg = LLaDAConfig(**read_config(assets.SCENES / "base")["config"])
     tok = load_tokenizer(assets.SCENES / "base.tokenizer")
@@ -55,7 +56,8 @@ def test_shipped_tokenizer_reads_every_caption():
 
 @needs_data
 def test_scenes_and_judge_agree():
-    from migm.training.scenes import CANVAS, caption, judge, make_scenes
+    from migm.data.scenes import CANVAS, caption, make_scenes
+    from migm.evaluation.judge import judge
 
     s = make_scenes("val", 1, seed=3)
     assert s.images.shape == (1000, 1, CANVAS, CANVAS) and 0 <= s.images.min() and s.images.max() <= 1
@@ -73,33 +75,34 @@ def test_scenes_and_judge_agree():
 def test_llada_training_trajectories_and_shortcut(tmp_path):
     """The text-to-image recipe at toy size: base on captioned scenes (resumable), trajectories of
     the DiMOO sampler over prompts, the DiMOO shortcut trained on them."""
+    from migm.data.scenes import caption_words
     from migm.models.checkpoint import load_checkpoint
     from migm.models.shortcut_llada import LLaDAShortcutConfig
-    from migm.models.vqvae import VQConfig, VQVAE
-    from migm.training.scenes import scenes_tokenizer
-    from migm.training.train_base import train_base
+    from migm.models.vqvae import VQVAE, VQConfig
+    from migm.sampling.config import SamplerConfig
+    from migm.training.train_base import scene_tokens, train_base
     from migm.training.train_shortcut import ShortcutTrainSettings, train_shortcut
-    from migm.training.trajectories import CollectSettings, TrajectorySet, collect_trajectories
+    from migm.training.trajectories import TrajectorySet, collect_trajectories
 
     vq = VQVAE(VQConfig(image_size=64, n_down=3, width=8, codebook_size=16, code_dim=4)).eval()
     cfg = LLaDAConfig(**{**SMALL.to_dict(), "text_vocab": 64, "max_text": 8})
-    tok = scenes_tokenizer(cfg)
+    tok = build_tokenizer(caption_words(), cfg.text_vocab, cfg.max_text)
     seen = []
-    base = train_base(str(tmp_path / "base"), cfg, vq, steps=2, batch_size=4, eval_every=2, tokenizer=tok,
-                      scene_repeats=1, progress=lambda s, n, m: seen.append(m["loss"]))
+    base = train_base(str(tmp_path / "base"), cfg, scene_tokens(vq, cfg, tok, repeats=1), steps=2, batch_size=4,
+                      eval_every=2, progress=lambda s, n, m: seen.append(m["loss"]))
     assert len(seen) == 2 and all(torch.isfinite(torch.tensor(seen)))
     assert load_checkpoint(tmp_path / "base").meta["step"] == 2
     with pytest.raises(ValueError, match="tokenizer"):
-        train_base(str(tmp_path / "b2"), cfg, vq, steps=1)
+        scene_tokens(vq, cfg, None)
 
     prompts = encode_prompts(tok, ["a small cat on the left", "a large dog at the top"], 8, 64)
-    s = CollectSettings(num=4, steps=4, cfg=2.0, tau=1.0, schedule="dimoo", sampler="dimoo", shard_size=4)
-    collect_trajectories(base, tmp_path / "traj", s, prompts=prompts)
+    s = SamplerConfig(steps=4, guidance=2.0, tau=1.0, schedule="dimoo", sampler="dimoo")
+    collect_trajectories(base, tmp_path / "traj", s, prompts, 4, shard_size=4)
     ts = TrajectorySet(tmp_path / "traj")
-    assert ts.manifest["sampler"] == "dimoo" and ts.manifest["family"] == "llada" and ts.branches == 2
+    assert ts.sampler.sampler == "dimoo" and ts.manifest["family"] == "llada" and ts.branches == 2
     assert torch.equal(ts.record(1)[2], prompts[1]) and torch.equal(ts.record(2)[2], prompts[0])
-    with pytest.raises(ValueError, match="prompt ids"):
-        collect_trajectories(base, tmp_path / "t2", s)
+    with pytest.raises(ValueError, match="conditions must be"):
+        collect_trajectories(base, tmp_path / "t2", s, torch.arange(3), 4)
 
     sc_cfg = LLaDAShortcutConfig(base=cfg.to_dict(), heads=2)
     model, val = train_shortcut(str(tmp_path / "sc"), base, ts, sc_cfg,
@@ -116,7 +119,7 @@ def scenes_pipe():
 
 def test_shipped_scenes_model_follows_prompts(scenes_pipe):
     """The shipped model puts the object where the prompt says, at the size it says (seeded)."""
-    from migm.training.scenes import judge
+    from migm.evaluation.judge import judge
 
     pipe = scenes_pipe
     assert pipe.spec.family == "llada" and pipe.has_shortcut and pipe.defaults.sampler == "dimoo"
@@ -142,12 +145,14 @@ def test_run_cli_with_prompts(tmp_path):
                                         "--prompt", "a large dog at the top", "--num", "3", "--steps", "4",
                                         "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir()) == ["0000_a-small-cat-on-the-left.png", "0001_a-large-dog-at-the-top.png",
-                                                     "0002_a-small-cat-on-the-left.png", "grid.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "0000_a-small-cat-on-the-left.png", "0001_a-large-dog-at-the-top.png", "0002_a-small-cat-on-the-left.png",
+        "grid.png"]
     for args, message in [([], "text-to-image model: give --prompt"),
                           (["--prompt", "a green cat"], "'green' not in the model's vocabulary"),
                           (["--classes", "cat", "--prompt", "a cat"], "not both")]:
-        res = CliRunner().invoke(run_main, ["--model", "tiny-scenes", "--steps", "2", "--out", str(tmp_path / "x")] + args)
+        res = CliRunner().invoke(run_main, ["--model", "tiny-scenes", "--steps", "2", "--out", str(tmp_path / "x"),
+                                            *args])
         assert res.exit_code != 0 and message in res.output and "Traceback" not in res.output, res.output
     res = CliRunner().invoke(run_main, ["--model", "tiny-animals", "--prompt", "a cat", "--out", str(tmp_path / "y")])
     assert res.exit_code != 0 and "class-conditional model: give --classes, not --prompt" in res.output
@@ -161,12 +166,14 @@ def test_scenes_bundle_carries_its_tokenizer(tmp_path):
     from migm.engines.bundle import BundleError, verify_bundle
 
     plan = tmp_path / "scenes.plan"
-    res = CliRunner().invoke(export_main, ["build", "--model", "tiny-scenes", "--precision", "fp32", "--out", str(plan)])
+    res = CliRunner().invoke(export_main, ["build", "--model", "tiny-scenes", "--precision", "fp32",
+                                           "--out", str(plan)])
     assert res.exit_code == 0, res.output
     doc = json.loads((plan / "manifest.json").read_text())
     assert doc["family"] == "llada" and doc["tokenizer"]["files"] == ["tokenizer.json", "tokenizer_config.json"]
     out = tmp_path / "o"
-    res = CliRunner().invoke(run_main, ["--engine", str(plan), "--backend", "ort", "--prompt", "a small cat on the left",
+    res = CliRunner().invoke(run_main, ["--engine", str(plan), "--backend", "ort",
+                                        "--prompt", "a small cat on the left",
                                         "--num", "2", "--steps", "6", "--budget", "3", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert (out / "0001_a-small-cat-on-the-left.png").exists()

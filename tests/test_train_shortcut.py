@@ -8,13 +8,22 @@ import torch
 from migm.models.checkpoint import load_checkpoint, save_checkpoint
 from migm.models.maskgit import MaskGIT, MaskGITConfig
 from migm.models.shortcut import Shortcut, ShortcutConfig
+from migm.sampling.config import SamplerConfig
 from migm.sampling.plan import full_step_plan
-from migm.training.train_shortcut import (Batch, ShortcutTrainSettings, load_batch, new_tokens, train_shortcut,
-                                          window_losses, windows)
-from migm.training.trajectories import CollectSettings, TrajectorySet, collect_trajectories
+from migm.training.train_shortcut import (
+    Batch,
+    ShortcutTrainSettings,
+    load_batch,
+    new_tokens,
+    train_shortcut,
+    window_losses,
+    windows,
+)
+from migm.training.trajectories import TrajectorySet, collect_trajectories
 
 CFG = MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=1, heads=2, mlp=64)
 SC = ShortcutConfig(width=32, codebook_size=16, vocab=CFG.vocab, num_tokens=16, heads=2)
+UNCOND = torch.tensor([CFG.no_class_id])
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +32,7 @@ def data(tmp_path_factory):
     torch.manual_seed(0)
     base = MaskGIT(CFG).eval()
     save_checkpoint(base, root / "base")
-    collect_trajectories(base, root / "traj", CollectSettings(num=24, steps=8, cfg=2.0, shard_size=8))
+    collect_trajectories(base, root / "traj", SamplerConfig(steps=8, guidance=2.0), torch.arange(3), 24, shard_size=8)
     return root, base, TrajectorySet(root / "traj")
 
 
@@ -40,7 +49,7 @@ def test_windows_follow_the_plans():
 def test_new_tokens_are_padded_with_a_key_mask():
     reveal = torch.tensor([[0, 1, 1, 2], [1, 0, 0, 0]])
     tokens = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
-    batch = Batch(torch.zeros(2, 1, 2, 4, 8), tokens, reveal, torch.tensor([1, 0]))
+    batch = Batch(torch.zeros(2, 1, 2, 4, 8), tokens, reveal, torch.tensor([1, 0]), torch.tensor([0, 1]))
     pos, tok, keys = new_tokens(batch, batch.start)
     assert keys.tolist() == [[True, True, False], [True, True, True]]
     assert pos[0, :2].tolist() == [1, 2] and tok[0, :2].tolist() == [6, 7]
@@ -53,10 +62,10 @@ def test_training_lowers_the_loss_and_saves_a_loadable_checkpoint(data, tmp_path
     batch = load_batch(ts, items, 2)
     init = Shortcut(SC)
     init.load_base_embeddings(base)
-    before, _ = window_losses(init, base.head, batch, 2, ts.steps, 2.0, 2, 0.0)
+    before, _ = window_losses(init, base.head, batch, 2, ts.sampler, 2, 0.0, UNCOND)
     s = ShortcutTrainSettings(steps=60, batch_size=8, lr=3e-3, rollout=2, kl=0.5, eval_every=30, ema_decay=0.9)
     model, val = train_shortcut(str(tmp_path / "sc"), base, ts, SC, s, meta={"base_digest": "x"})
-    after, _ = window_losses(model, base.head, batch, 2, ts.steps, 2.0, 2, 0.0)
+    after, _ = window_losses(model, base.head, batch, 2, ts.sampler, 2, 0.0, UNCOND)
     assert after < 0.8 * before
     assert set(val) >= {"rel_err_1", "rel_err_chain", "kl_1", "kl_chain", "reuse_rel_err_1"}
     loaded = load_checkpoint(tmp_path / "sc")
@@ -94,8 +103,8 @@ def test_torchrun_two_processes_collect_and_train(data, tmp_path):
     assert len(ts) == 12 and len(ts.manifest["shards"]) == 4
     # shard k holds the same images whatever the process count
     single = tmp_path / "single"
-    collect_trajectories(load_checkpoint(root / "base"), single,
-                         CollectSettings(num=12, steps=6, cfg=2.0, shard_size=3))
+    collect_trajectories(load_checkpoint(root / "base"), single, SamplerConfig(steps=6, guidance=2.0), torch.arange(3),
+                         12, shard_size=3)
     assert torch.equal(TrajectorySet(single).window(7, 0, 6), ts.window(7, 0, 6))
 
     res = _torchrun(["shortcut", "--trajectories", str(tmp_path / "t"), "--base", str(root / "base"),

@@ -1,6 +1,6 @@
 import torch
-
 from conftest import needs_data
+
 from migm.models.checkpoint import load_checkpoint
 from migm.models.maskgit import MaskGITConfig
 from migm.models.vqvae import VQConfig
@@ -9,7 +9,7 @@ from migm.models.vqvae import VQConfig
 @needs_data
 def test_vq_and_base_train_resume(tmp_path):
     from migm.training.state import _state_path
-    from migm.training.train_base import train_base
+    from migm.training.train_base import animal_tokens, train_base
     from migm.training.train_vq import train_vq
 
     seen = []
@@ -19,12 +19,13 @@ def test_vq_and_base_train_resume(tmp_path):
     assert load_checkpoint(tmp_path / "vq").meta["step"] == 4
     cfg = MaskGITConfig(codebook_size=16, num_classes=10, grid=8, width=32, depth=1, heads=2, mlp=64)
     steps = []
-    train_base(str(tmp_path / "base"), cfg, vq, steps=2, batch_size=4, eval_every=2,
+    data = animal_tokens(vq, cfg)
+    train_base(str(tmp_path / "base"), cfg, data, steps=2, batch_size=4, eval_every=2,
                progress=lambda s, n, m: steps.append(s))
     assert steps == [1, 2]
     assert _state_path(tmp_path / "base").exists()
     # resuming continues after the saved step, not from zero
-    train_base(str(tmp_path / "base"), cfg, vq, steps=3, batch_size=4, eval_every=2,
+    train_base(str(tmp_path / "base"), cfg, data, steps=3, batch_size=4, eval_every=2,
                progress=lambda s, n, m: steps.append(s))
     assert steps == [1, 2, 3]
     base = load_checkpoint(tmp_path / "base")

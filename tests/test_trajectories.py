@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from migm.errors import DataError
 from migm.models.maskgit import MaskGIT, MaskGITConfig
+from migm.sampling.config import SamplerConfig
 from migm.sampling.schedules import mask_schedule
-from migm.training.trajectories import CollectSettings, TrajectorySet, collect_trajectories
+from migm.training.trajectories import TrajectorySet, collect_trajectories
 
 CFG = MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=1, heads=2, mlp=64)
 
@@ -14,8 +16,8 @@ CFG = MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=1, 
 def _collect(path, num=5, steps=6, cfg=2.0, seed=0):
     torch.manual_seed(0)
     base = MaskGIT(CFG).eval()
-    s = CollectSettings(num=num, steps=steps, cfg=cfg, seed=seed, shard_size=2)
-    collect_trajectories(base, path, s, base_digest="abc")
+    collect_trajectories(base, path, SamplerConfig(steps=steps, guidance=cfg), torch.arange(3), num, seed=seed,
+                         shard_size=2, base_digest="abc")
     return base, TrajectorySet(path)
 
 
@@ -56,15 +58,15 @@ def test_shards_do_not_depend_on_resuming(tmp_path):
 
 def test_refuses_finished_set_and_reports_missing(tmp_path):
     _collect(tmp_path / "t", num=2)
-    with pytest.raises(FileExistsError, match="already holds"):
+    with pytest.raises(DataError, match="already holds"):
         _collect(tmp_path / "t", num=2)
-    with pytest.raises(FileNotFoundError, match="manifest.json missing"):
+    with pytest.raises(DataError, match="manifest.json missing"):
         TrajectorySet(tmp_path / "nothing")
     (tmp_path / "t" / "features-00000.npy").unlink()
-    with pytest.raises(FileNotFoundError, match="shard file missing"):
+    with pytest.raises(DataError, match="shard file missing"):
         TrajectorySet(tmp_path / "t")
     (tmp_path / "t" / "manifest.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(ValueError, match="not a migm trajectory"):
+    with pytest.raises(DataError, match="not a migm trajectory"):
         TrajectorySet(tmp_path / "t")
 
 

@@ -3,6 +3,8 @@ tiny text-to-image model (tiny-scenes, in scenes/, with its tokenizer in base.to
 
 from pathlib import Path
 
+from ..errors import ConfigError
+
 ASSETS = Path(__file__).parent
 VQ = ASSETS / "vq"
 CLASSIFIER = ASSETS / "classifier"
@@ -16,5 +18,10 @@ MODELS = {"tiny-animals": ASSETS, "tiny-scenes": SCENES}
 
 def model_dir(name: str) -> Path:
     if name not in MODELS:
-        raise ValueError(f"unknown shipped model {name!r}; choose from {', '.join(MODELS)}")
+        raise ConfigError(f"unknown shipped model {name!r}; choose from {', '.join(MODELS)}")
     return MODELS[name]
+
+
+def has_checkpoint(path: Path) -> bool:
+    """Whether a checkpoint NAME (NAME.json beside NAME.safetensors) exists."""
+    return Path(f"{path}.json").exists()

@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import platform
+import tempfile
 from pathlib import Path
 
 import click
+import torch
+from tqdm import tqdm
 
-from .common import one_line_errors
-
-
-def _ints(value: str, name: str) -> list[int]:
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint=name) from None
-    if not out:
-        raise click.BadParameter("give at least one value", param_hint=name)
-    return out
+from .. import assets
+from ..data.animals import load_animals
+from ..engines.build import BuildSettings, build_bundle
+from ..evaluation.metrics import Evaluator
+from ..evaluation.quality import Sweep, label, pareto_plot, planned_rows, row_key, run_row, summarize
+from ..evaluation.speed import SpeedSettings, markdown, measure
+from ..families.presets import preset as get_preset
+from ..families.presets import random_models
+from ..fileio import atomic_path
+from ..models.checkpoint import BASE_KINDS, load_checkpoint, load_shortcut, save_checkpoint
+from ..runtime.cache import cache_dir, default_bundle
+from ..runtime.pipeline import Pipeline
+from ..sampling.loop import STRATEGIES
+from .common import debug_option, int_list, one_line_errors
 
 
 @click.group()
+@debug_option
 def main():
     """Benchmarks: `quality` (FD vs base-model cost, tiny-animals) and `speed` (throughput on this machine)."""
 
@@ -34,7 +43,8 @@ def main():
 @click.option("--num", default=1000, show_default=True, help="Images per row.")
 @click.option("--seed", "seeds", default="0", show_default=True, help="Seed(s), comma-separated; rows per seed.")
 @click.option("--err-num", default=100, show_default=True,
-              help="Images on which the feature error is measured (an extra pass with the base on every step; 0 = off).")
+              help="Images on which the feature error is measured (an extra pass with the base on every step; "
+                   "0 = off).")
 @click.option("--batch-size", default=100, show_default=True)
 @click.option("--json", "json_path", default="benchmarks/results/quality.json", show_default=True,
               help="Rows are written here (a JSON list), rewritten after every row.")
@@ -52,16 +62,6 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
     Prints a table (mean ± sd over seeds), writes the rows as JSON and a
     quality-versus-cost Pareto plot.
     """
-    from tqdm import tqdm
-
-    from .. import assets
-    from ..models.checkpoint import load_checkpoint
-    from ..runtime.pipeline import Pipeline, load_shortcut
-    from ..sampling.loop import STRATEGIES
-    from ..training.data import load_animals
-    from ..training.metrics import Evaluator
-    from ..training.quality import Sweep, label, pareto_plot, planned_rows, row_key, run_row, summarize
-
     if num < 2:
         raise click.BadParameter("FD needs at least 2 images", param_hint="--num")
     if batch_size < 1 or err_num < 0:
@@ -71,21 +71,24 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
         if s.partition("=")[0] not in STRATEGIES:
             raise click.BadParameter(f"unknown strategy {s!r}; choose from {', '.join(STRATEGIES)}",
                                      param_hint="--strategies")
-    n_list, b_list = _ints(steps, "--steps"), _ints(budget, "--budget")
+    n_list, b_list = int_list(steps, "--steps"), int_list(budget, "--budget")
     for b in b_list:
         if b > max(n_list):
             raise click.BadParameter(f"budget B={b} exceeds every N in --steps", param_hint="--budget")
     pipe = Pipeline.from_checkpoints(base_path, vq_path, shortcut_path)
+    # other shortcuts run on the same base and decoder, each in a pipeline of its own
     extra = {}
     for s in names:
         if s.startswith("shortcut="):
             path = s.partition("=")[2]
-            extra[Path(path).stem] = load_shortcut(path, base_path or assets.BASE)
+            sc = load_shortcut(path, base_path or assets.BASE)
+            vq = load_checkpoint(vq_path or assets.VQ, kinds=("vqvae",))
+            extra[Path(path).stem] = Pipeline.from_models(pipe.backend.base_model, vq, sc)
     names = [f"shortcut={Path(s.partition('=')[2]).stem}" if s.startswith("shortcut=") else s for s in names]
     if "shortcut" in names and not pipe.has_shortcut:
         raise click.ClickException("strategy shortcut needs a shortcut checkpoint: pass --shortcut PATH")
-    sweep = Sweep(steps=n_list, budgets=b_list, strategies=names, seeds=_ints(seeds, "--seed"), num=num,
-                  err_num=min(err_num, num), batch_size=batch_size, shortcuts=extra)
+    sweep = Sweep(steps=n_list, budgets=b_list, strategies=names, seeds=int_list(seeds, "--seed"), num=num,
+                  err_num=min(err_num, num), batch_size=batch_size, pipes=extra)
 
     out = Path(json_path)
     rows = []
@@ -99,8 +102,6 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
     plot = Path(plot_path) if plot_path else out.with_suffix(".png")
 
     def write():
-        from ..fileio import atomic_path
-
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(rows, indent=1) + "\n")
 
@@ -154,16 +155,7 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
 def speed(preset, depth, backend, engine, device, batches, steps, budgets, strategies, repeats, warmup, no_plain,
           graphs, json_path):
     """Throughput of vanilla N vs hybrid (N, B) with the cost model and the plain-PyTorch baseline."""
-    import platform
-
-    import torch
-
-    from ..fileio import atomic_path
-    from ..runtime.pipeline import Pipeline
-    from ..runtime.speed import SpeedSettings, markdown, measure
-    from ..sampling.loop import STRATEGIES
-
-    batch_list, budget_list = _ints(batches, "--batch"), _ints(budgets, "--budget")
+    batch_list, budget_list = int_list(batches, "--batch"), int_list(budgets, "--budget")
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     for s in names:
         if s not in STRATEGIES or s == "vanilla":
@@ -171,11 +163,12 @@ def speed(preset, depth, backend, engine, device, batches, steps, budgets, strat
     for b in budget_list:
         if not 1 <= b <= steps:
             raise click.BadParameter(f"budget B={b} must be between 1 and N={steps}", param_hint="--budget")
-    if backend == "ort" and "mlcache" in names:
+    if backend != "torch" and "mlcache" in names:
         raise click.BadParameter("mlcache runs on the torch backend only", param_hint="--strategies")
     device = device or ("cuda" if torch.cuda.is_available() and backend != "ort" else "cpu")
-    if preset in ("tiny-scenes", "dimoo-8b") and "mlcache" in names:
-        raise click.BadParameter("mlcache is written for the maskgit family only", param_hint="--strategies")
+    unsupported = [s for s in names if not get_preset(preset).fam.supports(s)]
+    if unsupported:
+        raise click.BadParameter(f"{', '.join(unsupported)} is not available for {preset}", param_hint="--strategies")
     pipe, plain = _speed_pipeline(preset, backend, engine, device, depth)
     pipe.use_graphs = graphs
     dev_name = torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else \
@@ -209,20 +202,10 @@ def plot(json_paths):
 
 def _speed_pipeline(preset, backend, engine, device, depth=None):
     """The pipeline to time, and the torch (base, shortcut) for the plain baseline."""
-    import copy
-    import tempfile
-
-    import torch
-
-    from .. import assets
-    from ..models.checkpoint import load_checkpoint, save_checkpoint
-    from ..models.presets import random_models
-    from ..runtime.pipeline import Pipeline, load_shortcut
-
     dev = torch.device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     if preset == "tiny-animals":
-        base, vq = load_checkpoint(assets.BASE), load_checkpoint(assets.VQ)
+        base, vq = load_checkpoint(assets.BASE, kinds=BASE_KINDS), load_checkpoint(assets.VQ, kinds=("vqvae",))
         sc = load_shortcut(assets.SHORTCUT, assets.BASE)
     else:
         base, vq, sc = random_models(preset, device=dev, dtype=dtype, depth=depth)
@@ -233,9 +216,6 @@ def _speed_pipeline(preset, backend, engine, device, depth=None):
     # the plain loop gets its own copies: the backend moves and casts its modules in place
     plain = (copy.deepcopy(base).to(dev, dtype), copy.deepcopy(sc).to(dev, dtype))
     if engine is None:
-        from ..engines.build import BuildSettings, build_bundle
-        from ..runtime.cache import cache_dir, default_bundle
-
         if preset == "tiny-animals" and backend == "ort":
             engine = default_bundle(say=click.echo)
         else:
@@ -251,12 +231,10 @@ def _speed_pipeline(preset, backend, engine, device, depth=None):
 
 
 def _speed_plot(rows, path):
-    import matplotlib
+    import matplotlib  # heavy, and only plots need it
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..fileio import atomic_path
+    matplotlib.use("Agg")  # no display: draw to a file
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend on import
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for batch in sorted({r["batch"] for r in rows}):

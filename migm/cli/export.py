@@ -6,11 +6,24 @@ import json
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
-from .common import one_line_errors
+from .. import assets
+from ..engines.build import BuildSettings, build_bundle
+from ..engines.bundle import verify_bundle
+from ..engines.verify import parity, save_polygraphy_reference
+from ..export.calibration import sample_calibration, save_calibration
+from ..export.onnx import components, export_component
+from ..export.precision import PRECISIONS
+from ..families import family, family_of
+from ..fileio import atomic_path
+from ..models.checkpoint import BASE_KINDS, load_checkpoint, load_shortcut
+from ..sampling.config import SamplerConfig
+from .common import debug_option, one_line_errors
 
 
 @click.group()
+@debug_option
 def main():
     """Export the pipeline (base, shortcut, VQ decoder) and build `NAME.plan/` bundles.
 
@@ -20,15 +33,13 @@ def main():
 
 
 def _models(model, base, vq, shortcut, no_shortcut):
-    from .. import assets
-
     d = assets.model_dir(model)
     shipped = base is None
     base = base or d / "base"
     vq = vq or d / "vq"
     if no_shortcut:
         return base, vq, None
-    if shortcut is None and shipped and Path(f"{d / 'shortcut'}.json").exists():
+    if shortcut is None and shipped and assets.has_checkpoint(d / "shortcut"):
         shortcut = d / "shortcut"
     return base, vq, shortcut
 
@@ -51,13 +62,8 @@ def _model_options(fn):
 @one_line_errors
 def onnx(out, model, base_path, vq_path, shortcut_path, no_shortcut):
     """Export each component to FP32 ONNX and check it against torch in ONNX Runtime (batch 1, 3, 16)."""
-    from ..export.onnx import components, export_component, parity, save_polygraphy_reference
-    from ..fileio import atomic_path
-    from ..models.checkpoint import load_checkpoint
-    from ..runtime.pipeline import load_shortcut
-
     base_path, vq_path, shortcut_path = _models(model, base_path, vq_path, shortcut_path, no_shortcut)
-    base, vq = load_checkpoint(base_path), load_checkpoint(vq_path)
+    base, vq = load_checkpoint(base_path, kinds=BASE_KINDS), load_checkpoint(vq_path, kinds=("vqvae",))
     shortcut = load_shortcut(shortcut_path, base_path) if shortcut_path else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +73,8 @@ def onnx(out, model, base_path, vq_path, shortcut_path, no_shortcut):
         rows += parity(comp, path)
         save_polygraphy_reference(comp, out)
         click.echo(f"exported {path} (+ {comp.name}.inputs.json / .torch.json for polygraphy run)")
-    click.echo("\n| component | batch | new tokens | output | max abs error | rel L2 error |\n|---|---|---|---|---|---|")
+    click.echo("\n| component | batch | new tokens | output | max abs error | rel L2 error |")
+    click.echo("|---|---|---|---|---|---|")
     for r in rows:
         click.echo(f"| {r['component']} | {r['batch']} | {r['new_tokens'] or '-'} | {r['output']} | "
                    f"{r['max_abs']:.2e} | {r['rel_l2']:.2e} |")
@@ -76,24 +83,24 @@ def onnx(out, model, base_path, vq_path, shortcut_path, no_shortcut):
 
 
 @main.command()
-@click.option("--trajectories", "traj_path", default="runs/traj32", show_default=True,
-              type=click.Path(file_okay=False), help="A trajectory set from `migm-train trajectories`.")
+@click.option("--base", "base_path", default=None, help="Base checkpoint (default: the shipped tiny-animals base).")
 @click.option("--count", default=128, show_default=True, help="Number of calibration inputs.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--steps", default=32, show_default=True, help="Sampling steps N of the trajectories drawn from.")
+@click.option("--seed", default=1234, show_default=True)
 @click.option("--out", default="calibration.npz", show_default=True)
 @one_line_errors
-def calibrate(traj_path, count, seed, out):
-    """Draw the shortcut's INT8 calibration inputs from trajectories (all steps, both CFG branches)."""
-    from ..calibration.data import collect_calibration, save_calibration
-    from ..training.trajectories import TrajectorySet
-
-    data = collect_calibration(TrajectorySet(traj_path), count, seed)
+def calibrate(base_path, count, steps, seed, out):
+    """Draw the shortcut's INT8 calibration inputs from the base model's own sampling (all steps,
+    both CFG branches)."""
+    base = load_checkpoint(base_path or assets.BASE, kinds=BASE_KINDS)
+    sampler = SamplerConfig.from_dict(base.meta.get("sampling"), default=family_of(base).sampler)
+    data = sample_calibration(base, sampler, count, seed=seed, steps=steps)
     save_calibration(out, data)
     click.echo(f"wrote {count} calibration inputs ({len(set(data['steps'].tolist()))} distinct steps) to {out}")
 
 
 @main.command()
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "best"]), default="fp16", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp16", show_default=True,
               help="fp16: FP16 graphs (norms, softmax, reductions in FP32); int8: INT8 shortcut; "
                    "best: FP16 base and decoder + INT8 shortcut.")
 @click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
@@ -101,9 +108,9 @@ def calibrate(traj_path, count, seed, out):
 @click.option("--out", required=True, help="Bundle directory, e.g. tiny.plan")
 @_model_options
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
-              help="INT8 calibration inputs from `migm-export calibrate` (default: reuse or collect).")
-@click.option("--trajectories", "traj_path", default=None, help="Trajectories to calibrate from (default: sample).")
-@click.option("--calibration-size", default=128, show_default=True, help="Calibration inputs to collect.")
+              help="INT8 calibration inputs from `migm-export calibrate` (default: reuse the previous bundle's, "
+                   "or sample).")
+@click.option("--calibration-size", default=128, show_default=True, help="Calibration inputs to sample.")
 @click.option("--max-batch", default=64, show_default=True, help="TensorRT profile: largest batch (CFG doubles it).")
 @click.option("--opt-batch", default=16, show_default=True, help="TensorRT profile: the batch to tune for.")
 @click.option("--opt-level", default=3, show_default=True, type=click.IntRange(0, 5),
@@ -111,13 +118,9 @@ def calibrate(traj_path, count, seed, out):
 @click.option("--hardware-compat", default=None, help="TensorRT hardware compatibility level, e.g. ampere_plus.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="TensorRT timing cache file.")
 @one_line_errors
-def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_shortcut, calibration, traj_path,
+def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_shortcut, calibration,
           calibration_size, max_batch, opt_batch, opt_level, hardware_compat, timing_cache):
     """Build a bundle: export, convert precision, verify against torch, (engines), manifest."""
-    from tqdm import tqdm
-
-    from ..engines.build import BuildSettings, build_bundle
-
     base_path, vq_path, shortcut_path = _models(model, base_path, vq_path, shortcut_path, no_shortcut)
     if not out.endswith(".plan"):
         raise click.BadParameter("a bundle is a directory named NAME.plan", param_hint="--out")
@@ -126,8 +129,7 @@ def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_
                       opt_level=opt_level, hardware_compat=hardware_compat,
                       timing_cache=Path(timing_cache) if timing_cache else None)
     bar = tqdm(desc="build", bar_format="{desc}: {elapsed} {postfix}")
-    path = build_bundle(out, s, base_path, vq_path, shortcut_path, trajectories=traj_path,
-                        progress=lambda msg: bar.set_postfix_str(msg))
+    path = build_bundle(out, s, base_path, vq_path, shortcut_path, progress=lambda msg: bar.set_postfix_str(msg))
     bar.close()
     click.echo(f"built {path} ({precision}, {backend})")
     _print_manifest(path)
@@ -142,14 +144,10 @@ def inspect(bundle):
 
 
 def _print_manifest(path: Path):
-    from ..engines.bundle import verify_bundle
-
     doc = verify_bundle(path)
     c = doc["config"]["base"]
-    cond = (f"prompts of {c['max_text']} tokens ({c['text_vocab']} text ids), {c['depth']} x {c['width']}"
-            if doc["family"] == "llada" else f"{c['num_classes']} classes")
     click.echo(f"{path}: {doc['family']} {c['grid']}x{c['grid']} tokens, {c['codebook_size']} codes, "
-               f"{cond}; precision {doc['precision']}, backend {doc['backend']}")
+               f"{family(doc['family']).describe(c)}; precision {doc['precision']}, backend {doc['backend']}")
     for name, e in doc["components"].items():
         io = lambda specs: ", ".join(f"{s['name']} {s['dtype']}{s['shape']}" for s in specs)
         extra = f", TensorRT {e['tensorrt']} {e['gpu_arch']}" if "tensorrt" in e else ""

@@ -6,8 +6,13 @@ import time
 from pathlib import Path
 
 import click
+import torch
 
-from .common import Bar, one_line_errors
+from ..runtime.cache import default_bundle
+from ..runtime.images import make_grid, save_png, slug
+from ..runtime.pipeline import Pipeline
+from ..sampling.loop import STRATEGIES
+from .common import Bar, debug_option, one_line_errors
 
 
 @click.command()
@@ -28,21 +33,24 @@ from .common import Bar, one_line_errors
 @click.option("--steps", type=int, default=None, help="Sampling steps N (default: the model's, 16 for tiny-animals).")
 @click.option("--budget", type=int, default=None,
               help="B: steps that run the base model (of N); the shortcut predicts the others. Default: N.")
-@click.option("--strategy", default=None,
-              type=click.Choice(["vanilla", "fewer", "reuse", "extrapolate", "mlcache", "shortcut"]),
+@click.option("--strategy", default=None, type=click.Choice(STRATEGIES),
               help="How steps without the base model get their features. Default: shortcut when B < N.")
-@click.option("--cfg", type=float, default=None, help="Classifier-free guidance weight w (default: the model's).")
-@click.option("--tau", type=float, default=None, help="Gumbel temperature of the confidence noise (default: the model's).")
+@click.option("--guidance", "--cfg", "guidance", type=float, default=None,
+              help="Classifier-free guidance weight w (default: the model's; --cfg is the old name).")
+@click.option("--tau", type=float, default=None,
+              help="Gumbel temperature of the confidence noise (default: the model's).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--out", default="migm-out", show_default=True, type=click.Path(file_okay=False),
               help="Output directory: grid.png plus one PNG per image.")
-@click.option("--base", "base_path", default=None, help="Run these checkpoints on the torch backend instead of a bundle.")
+@click.option("--base", "base_path", default=None,
+              help="Run these checkpoints on the torch backend instead of a bundle.")
 @click.option("--vq", "vq_path", default=None, help="VQ-VAE checkpoint (with --base; default: shipped).")
 @click.option("--shortcut", "shortcut_path", default=None,
               help="Shortcut checkpoint (with checkpoints; default: the shipped one, with the shipped base).")
+@debug_option
 @one_line_errors
-def main(engine, backend, classes, prompts, model, num, steps, budget, strategy, cfg, tau, seed, batch_size, out,
+def main(engine, backend, classes, prompts, model, num, steps, budget, strategy, guidance, tau, seed, batch_size, out,
          base_path, vq_path, shortcut_path):
     """Generate images for classes (tiny-animals) or text prompts (tiny-scenes).
 
@@ -52,9 +60,6 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
     text-to-image bundle. Checkpoint options (--model or --base/--vq/--shortcut) run the
     torch backend on them.
     """
-    from ..runtime.images import make_grid, save_png
-    from ..runtime.pipeline import Pipeline
-
     if num is not None and num < 1:
         raise click.BadParameter("must be >= 1", param_hint="--num")
     if prompts and classes:
@@ -83,51 +88,43 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
                                      f"{backend} with `migm-export build`", param_hint="--backend")
         pipe = Pipeline.from_checkpoints(base_path, vq_path, shortcut_path, model=model or "tiny-animals")
     else:
-        if engine is None:
-            from ..runtime.cache import default_bundle
-
-            engine = default_bundle(say=click.echo)
+        engine = engine or default_bundle(say=click.echo)
         pipe = Pipeline.from_bundle(engine, backend=backend)
     source = engine or base_path or model
-    text = pipe.spec.family == "llada"
+    text = pipe.family.text
     if text and not prompts:
-        raise click.UsageError(f"{source} is a text-to-image model: give --prompt \"...\"{' instead of --classes' if classes else ''}"
+        instead = " instead of --classes" if classes else ""
+        raise click.UsageError(f"{source} is a text-to-image model: give --prompt \"...\"{instead}"
                                " (e.g. --prompt \"a small cat on the left\")")
     if prompts and not text:
         raise click.UsageError(f"{source} is a class-conditional model: give --classes, not --prompt")
     if text and pipe.tokenizer is None:
         raise click.ClickException(f"{source} carries no tokenizer, so text prompts cannot be read: rebuild the "
                                    "bundle from a base checkpoint with BASE.tokenizer/ beside it")
-    n_steps = pipe.defaults.steps if steps is None else steps
-    if budget is not None and budget > n_steps:
-        raise click.BadParameter(f"budget B={budget} must be between 1 and the number of steps N={n_steps}",
+    sampler = pipe.sampler(steps=steps, guidance=guidance, tau=tau)
+    if budget is not None and budget > sampler.steps:
+        raise click.BadParameter(f"budget B={budget} must be between 1 and the number of steps N={sampler.steps}",
                                  param_hint="--budget")
     if text:
-        num = num or len(prompts)
         chosen = list(prompts)
-        cond = {"prompts": [chosen[i % len(chosen)] for i in range(num)]}
-        pipe.conditions(prompts=chosen)  # validate (unknown words, length) before any work
-        names = [_slug(p) for p in cond["prompts"]]
+        num = num or len(chosen)
+        cond = pipe.conditions(prompts=chosen)  # read (unknown words, length) before any work
+        names = [slug(chosen[i % len(chosen)]) for i in range(num)]
     else:
+        chosen = list(range(pipe.num_classes)) if classes is None else [c for c in classes.split(",") if c.strip()]
+        if not chosen:
+            raise click.BadParameter("no class given", param_hint="--classes")
         num = num or 16
-        if classes is None:
-            chosen = list(range(pipe.num_classes))
-        else:
-            chosen = [c for c in classes.split(",") if c.strip()]
-            if not chosen:
-                raise click.BadParameter("no class given", param_hint="--classes")
-            for c in chosen:  # validate before any work
-                pipe.class_index(c)
-        labels = [pipe.class_index(chosen[i % len(chosen)]) for i in range(num)]
-        cond = {"classes": labels}
+        cond = pipe.conditions(classes=chosen)  # checked before any work
         class_names = pipe.class_names or [str(i) for i in range(pipe.num_classes)]
-        names = [class_names[lab] for lab in labels]
-    strategy = pipe.resolve_strategy(strategy, n_steps, budget)
+        names = [class_names[int(cond[i % len(chosen)])] for i in range(num)]
+    cond = cond[torch.arange(num) % len(chosen)]
+    strategy = pipe.resolve_strategy(strategy, sampler.steps, budget)
 
     bar = Bar(f"sampling ({pipe.backend.name}, {pipe.device}, {strategy})")
     t0 = time.perf_counter()
-    images = pipe.generate(**cond, steps=steps, cfg=cfg, tau=tau, seed=seed, batch_size=batch_size,
-                           strategy=strategy, budget=budget, progress=lambda i, n: bar(i, n))
+    images = pipe.generate(cond=cond, sampler=sampler, seed=seed, batch_size=batch_size, strategy=strategy,
+                           budget=budget, progress=lambda i, n: bar(i, n))
     elapsed = time.perf_counter() - t0
     bar.close()
     for i, (img, name) in enumerate(zip(images, names)):
@@ -135,12 +132,7 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
     ncol = min(len(chosen), num, 10) if len(chosen) > 1 else None
     save_png(make_grid(images, ncol=ncol), out_dir / "grid.png", scale=4)
     click.echo(f"wrote {num} images and grid.png to {out_dir}: {num / elapsed:.1f} images/s "
-               f"({pipe.backend.name} backend, N={n_steps}, B={budget or n_steps})")
-
-
-def _slug(text: str) -> str:
-    """A prompt as a file-name part: "a small cat on the left" -> a-small-cat-on-the-left."""
-    return "-".join("".join(ch for ch in w if ch.isalnum()) for w in text.lower().split())[:60] or "prompt"
+               f"({pipe.backend.name} backend, N={sampler.steps}, B={budget or sampler.steps})")
 
 
 if __name__ == "__main__":

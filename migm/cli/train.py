@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
-import click
+import shutil
+from pathlib import Path
 
-from .common import Bar, one_line_errors
+import click
+import torch
+
+from .. import assets
+from ..data.animals import CLASS_NAMES, load_animals
+from ..data.scenes import CANVAS, all_captions, caption_words, make_scenes
+from ..evaluation.judge import crop_splits
+from ..families import family_of
+from ..families.presets import preset
+from ..fileio import atomic_dir
+from ..models.checkpoint import BASE_KINDS, checkpoint_digest, load_checkpoint, load_shortcut, save_checkpoint
+from ..models.classifier import ClassifierConfig
+from ..models.text import build_tokenizer, encode_prompts, load_tokenizer, save_tokenizer, tokenizer_path
+from ..models.vqvae import VQConfig
+from ..sampling.config import SamplerConfig
+from ..training.dist import close_distributed, init_distributed
+from ..training.train_base import TOKEN_DATA, train_base
+from ..training.train_classifier import accuracy, train_classifier
+from ..training.train_shortcut import ShortcutTrainSettings, train_shortcut
+from ..training.train_vq import codebook_usage, train_vq
+from ..training.trajectories import TrajectorySet, collect_trajectories
+from .common import Bar, debug_option, int_list, one_line_errors
 
 
 @click.group()
+@debug_option
 def main():
     """Train the models of the tiny pipelines (CPU is fine; resumable).
 
@@ -21,6 +44,10 @@ def main():
 DATA = click.option("--data", type=click.Choice(["animals", "scenes"]), default="animals", show_default=True,
                     help="animals: 32x32 silhouettes; scenes: 64x64 captioned scenes (text-to-image).")
 DEVICE = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+MODEL = click.option("--model", type=click.Choice(["tiny-animals", "tiny-scenes"]), default="tiny-animals",
+                     show_default=True, help="Which shipped model the checkpoints become.")
+# the sampling steps each shipped model defaults to
+SHIP_STEPS = {"tiny-animals": 16, "tiny-scenes": 32}
 
 
 @main.command()
@@ -36,15 +63,10 @@ DEVICE = click.option("--device", default="cpu", show_default=True, help="cpu or
 @one_line_errors
 def vq(out, steps, batch_size, codebook_size, downsample, data, seed, device):
     """Train the VQ-VAE tokenizer and report codebook usage."""
-    from ..models.vqvae import VQConfig
-    from ..training.data import load_animals
-    from ..training.scenes import CANVAS, make_scenes
-    from ..training.train_vq import codebook_usage, train_vq
-
     if not 2 <= codebook_size <= 512:
         raise click.BadParameter("must be between 2 and 512", param_hint="--codebook-size")
-    downsample = downsample or ("4" if data == "scenes" else "2")
     scenes = data == "scenes"
+    downsample = downsample or ("4" if scenes else "2")
     cfg = VQConfig(image_size=CANVAS if scenes else 32, codebook_size=codebook_size,
                    n_down={"2": 1, "4": 2}[downsample])
     images = make_scenes("train", 4, seed=0).images if scenes else None
@@ -69,11 +91,6 @@ def classifier(out, steps, batch_size, data, seed, device):
 
     With --data scenes it learns the animal from the object's crop, as the GenEval-like
     benchmark reads generated scenes."""
-    from ..models.classifier import ClassifierConfig
-    from ..training.data import load_animals
-    from ..training.scenes import crop_splits
-    from ..training.train_classifier import accuracy, train_classifier
-
     splits = crop_splits() if data == "scenes" else (load_animals("train"), load_animals("val"))
     bar = Bar("classifier")
     model = train_classifier(out, ClassifierConfig(), steps=steps, batch_size=batch_size, seed=seed, data=splits,
@@ -85,7 +102,7 @@ def classifier(out, steps, batch_size, data, seed, device):
 
 @main.command()
 @click.option("--vq", "vq_path", default="runs/vq", show_default=True, help="The trained VQ-VAE checkpoint.")
-@click.option("--preset", type=click.Choice(["tiny-animals", "tiny-scenes"]), default="tiny-animals",
+@click.option("--preset", "preset_name", type=click.Choice(["tiny-animals", "tiny-scenes"]), default="tiny-animals",
               show_default=True, help="tiny-scenes: the text-to-image (llada) model on the tiny scenes.")
 @click.option("--out", default="runs/base", show_default=True)
 @click.option("--steps", default=3000, show_default=True)
@@ -94,38 +111,29 @@ def classifier(out, steps, batch_size, data, seed, device):
 @click.option("--seed", default=0, show_default=True)
 @DEVICE
 @one_line_errors
-def base(vq_path, preset, out, steps, batch_size, lr, seed, device):
+def base(vq_path, preset_name, out, steps, batch_size, lr, seed, device):
     """Train the base model on VQ tokens (EMA weights are saved).
 
-    tiny-scenes also writes its prompt tokenizer beside the checkpoint (OUT.tokenizer/)."""
-    from ..models.checkpoint import load_checkpoint
-    from ..models.presets import LLADA_PRESETS, base_config
-    from ..models.text import save_tokenizer, tokenizer_path
-    from ..training.scenes import CANVAS, scenes_tokenizer
-    from ..training.train_base import train_base
-
-    vq_model = load_checkpoint(vq_path)
-    cfg = LLADA_PRESETS[preset] if preset in LLADA_PRESETS else base_config(preset)
+    A text-to-image preset also writes its prompt tokenizer beside the checkpoint (OUT.tokenizer/)."""
+    p = preset(preset_name)
+    vq_model = load_checkpoint(vq_path, kinds=("vqvae",))
+    cfg = p.base
     if cfg.codebook_size != vq_model.cfg.codebook_size or cfg.grid != vq_model.cfg.grid:
-        raise click.ClickException(f"preset {preset} does not match the VQ-VAE at {vq_path} (codebook or grid)")
-    size = CANVAS if preset in LLADA_PRESETS else 32
+        raise click.ClickException(f"preset {preset_name} does not match the VQ-VAE at {vq_path} (codebook or grid)")
+    size = p.vq.image_size
     if vq_model.cfg.image_size != size:
-        raise click.ClickException(f"preset {preset} trains on {size}x{size} images, but the VQ-VAE at {vq_path} "
-                                   f"takes {vq_model.cfg.image_size}x{vq_model.cfg.image_size} (train one with "
-                                   f"`migm-train vq --data {'scenes' if size == CANVAS else 'animals'}`)")
+        raise click.ClickException(f"preset {preset_name} trains on {size}x{size} images, but the VQ-VAE at "
+                                   f"{vq_path} takes {vq_model.cfg.image_size}x{vq_model.cfg.image_size} (train one "
+                                   f"with `migm-train vq --data {p.data}`)")
     tokenizer = None
-    if preset in LLADA_PRESETS:
-        tokenizer = scenes_tokenizer(cfg)
+    if p.fam.text:
+        tokenizer = build_tokenizer(caption_words(), cfg.text_vocab, cfg.max_text)
         save_tokenizer(tokenizer, tokenizer_path(out))
+    data = TOKEN_DATA[p.data](vq_model.to(device), cfg, tokenizer)
     bar = Bar("base")
-    train_base(out, cfg, vq_model, steps=steps, batch_size=batch_size, lr=lr, seed=seed, tokenizer=tokenizer,
-               device=device, progress=bar)
+    train_base(out, cfg, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=bar)
     bar.close()
     click.echo(f"saved {out}")
-
-
-MODEL = click.option("--model", type=click.Choice(["tiny-animals", "tiny-scenes"]), default="tiny-animals",
-                     show_default=True, help="Which shipped model the checkpoints become.")
 
 
 @main.command()
@@ -134,39 +142,26 @@ MODEL = click.option("--model", type=click.Choice(["tiny-animals", "tiny-scenes"
 @click.option("--base", "base_path", default="runs/base", show_default=True)
 @MODEL
 @click.option("--steps", default=None, type=int, help="Default sampling steps stored with the model [16; scenes 32].")
-@click.option("--cfg", default=0.0, show_default=True, help="Default guidance weight stored with the model.")
+@click.option("--guidance", "--cfg", "guidance", default=0.0, show_default=True,
+              help="Default guidance weight stored with the model (--cfg is the old name).")
 @click.option("--tau", default=None, type=float, help="Default confidence-noise temperature [4.5; scenes 1].")
 @click.option("--out", "out_dir", default=None, help="Asset directory (default: the package's, for --model).")
 @one_line_errors
-def ship(vq_path, classifier_path, base_path, model, steps, cfg, tau, out_dir):
+def ship(vq_path, classifier_path, base_path, model, steps, guidance, tau, out_dir):
     """Copy trained checkpoints into the package as fp16 assets, with sampling defaults.
 
-    tiny-scenes samples as Lumina-DiMOO does (constant CFG, tau 1, cosine schedule) and
-    ships its tokenizer with the base."""
-    import shutil
-    from pathlib import Path
-
-    import torch
-
-    from .. import assets
-    from ..fileio import atomic_dir
-    from ..models.checkpoint import load_checkpoint, save_checkpoint
-    from ..models.text import tokenizer_path
-    from ..training.data import CLASS_NAMES
-
+    A text-to-image model samples as Lumina-DiMOO does (constant guidance, tau 1, cosine schedule)
+    and ships its tokenizer with the base."""
     out = Path(out_dir) if out_dir else assets.model_dir(model)
-    scenes = model == "tiny-scenes"
-    sampling = {"steps": steps or (32 if scenes else 16), "cfg": cfg, "tau": (1.0 if scenes else 4.5) if tau is None
-                else tau, "temperature": 1.0, "schedule": "dimoo" if scenes else "arccos",
-                "sampler": "dimoo" if scenes else "halton"}
-    base_extra = {"sampling": sampling} if scenes else {"class_names": CLASS_NAMES, "sampling": sampling}
+    fam = preset(model).fam
+    sampler = fam.sampler.replace(steps=steps or SHIP_STEPS[model], guidance=guidance, tau=tau).validate()
+    base_extra = {"sampling": sampler.to_dict(), **({} if fam.text else {"class_names": CLASS_NAMES})}
     for src, name, extra in [(vq_path, "vq", {}), (classifier_path, "classifier", {"class_names": CLASS_NAMES}),
                              (base_path, "base", base_extra)]:
         m = load_checkpoint(src)
-        meta = {**getattr(m, "meta", {}), **extra}
-        save_checkpoint(m, out / name, meta=meta, dtype=torch.float16)
+        save_checkpoint(m, out / name, meta={**m.meta, **extra}, dtype=torch.float16)
         click.echo(f"{name}: {src} -> {out / name}.safetensors")
-    if scenes:
+    if fam.text:
         src = tokenizer_path(base_path)
         if not (src / "tokenizer.json").exists():
             raise click.ClickException(f"no tokenizer beside the base model (expected {src}/)")
@@ -177,72 +172,54 @@ def ship(vq_path, classifier_path, base_path, model, steps, cfg, tau, out_dir):
 
 
 @main.command()
-@click.option("--base", "base_path", default=None, help="Base model checkpoint (default: the shipped tiny-animals base).")
+@click.option("--base", "base_path", default=None,
+              help="Base model checkpoint (default: the shipped tiny-animals base).")
 @click.option("--out", default="runs/trajectories", show_default=True, type=click.Path(file_okay=False),
               help="Output directory (shards + manifest.json); an unfinished one is resumed.")
 @click.option("--images", "--num", "num", default=1000, show_default=True,
               help="Number of sampled images (trajectories per branch). Under torchrun write --images: "
                    "torchrun's own parser takes --num for its --numa-binding.")
 @click.option("--steps", default=32, show_default=True, help="Sampling steps N.")
-@click.option("--cfg", type=float, default=None, help="Guidance weight (default: the base model's); 0 = one branch.")
+@click.option("--guidance", "--cfg", "guidance", type=float, default=None,
+              help="Guidance weight (default: the base model's); 0 = one branch. --cfg is the old name.")
 @click.option("--tau", type=float, default=None, help="Confidence-noise temperature (default: the base model's).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--shard-size", default=50, show_default=True, help="Images per shard (one sampling batch).")
 @DEVICE
 @one_line_errors
-def trajectories(base_path, out, num, steps, cfg, tau, seed, shard_size, device):
+def trajectories(base_path, out, num, steps, guidance, tau, seed, shard_size, device):
     """Record the base model's sampling trajectories: the shortcut's training data.
 
-    A text-to-image (llada) base samples every caption of the tiny scenes in turn, with
-    Lumina-DiMOO's sampler. Runs under torchrun too (shards are split across processes).
+    A class-conditional base samples every class in turn; a text-to-image base every caption of
+    the tiny scenes, with its own (Lumina-DiMOO) sampler. Runs under torchrun too (shards are
+    split across processes).
     """
-    from .. import assets
-    from ..models.checkpoint import checkpoint_digest, load_checkpoint
-    from ..models.llada import LLaDA
-    from ..models.maskgit import MaskGIT
-    from ..training.dist import close_distributed, init_distributed
-    from ..training.trajectories import CollectSettings, collect_trajectories
-
     if shard_size < 1:
         raise click.BadParameter("must be >= 1", param_hint="--shard-size")
     path = base_path or assets.BASE
-    model = load_checkpoint(path)
-    if not isinstance(model, (MaskGIT, LLaDA)):
-        raise click.ClickException(f"{path} is not a base model checkpoint (maskgit or llada)")
-    sampling = getattr(model, "meta", {}).get("sampling", {})
-    llada = isinstance(model, LLaDA)
-    s = CollectSettings(num=num, steps=steps, cfg=sampling.get("cfg", 0.0) if cfg is None else cfg,
-                        tau=sampling.get("tau", 1.0 if llada else 4.5) if tau is None else tau, seed=seed,
-                        shard_size=shard_size, schedule=sampling.get("schedule", "dimoo" if llada else "arccos"),
-                        sampler=sampling.get("sampler", "dimoo" if llada else "halton"))
-    prompts = scene_prompts(path, model.cfg) if llada else None
+    model = load_checkpoint(path, kinds=BASE_KINDS)
+    fam = family_of(model)
+    spec = fam.spec(model.cfg)
+    sampler = SamplerConfig.from_dict(model.meta.get("sampling"), default=fam.sampler).replace(
+        steps=steps, guidance=guidance, tau=tau)
+    if fam.text:  # every caption of the tiny scenes, read by the model's own tokenizer
+        conditions = encode_prompts(load_tokenizer(tokenizer_path(path)), [c for c, *_ in all_captions()],
+                                    spec.max_text, spec.text_vocab)
+    else:
+        conditions = torch.arange(spec.num_classes)
     info = init_distributed(device)
-    torch_threads_note = f" (process {info.rank + 1}/{info.world})" if info.world > 1 else ""
-    bar = Bar("trajectories" + torch_threads_note)
+    note = f" (process {info.rank + 1}/{info.world})" if info.world > 1 else ""
+    bar = Bar("trajectories" + note)
     try:
-        manifest = collect_trajectories(model.to(device), out, s, base_digest=checkpoint_digest(path), info=info,
-                                        prompts=prompts, progress=lambda i, n: bar(i, n))
+        manifest = collect_trajectories(model.to(device), out, sampler, conditions, num, seed=seed,
+                                        shard_size=shard_size, base_digest=checkpoint_digest(path), info=info,
+                                        progress=lambda i, n: bar(i, n))
     finally:
         bar.close()
         close_distributed(info)
     if info.main:
-        click.echo(f"wrote {num} trajectories x {2 if s.cfg else 1} branches, N={steps}, to {manifest.parent}")
-
-
-def scene_prompts(base_path, cfg):
-    """Every caption of the tiny scenes as prompt ids, with the base model's own tokenizer."""
-    from ..models.text import encode_prompts, load_tokenizer, tokenizer_path
-    from ..training.scenes import all_captions
-
-    tokenizer = load_tokenizer(tokenizer_path(base_path))
-    return encode_prompts(tokenizer, [c for c, *_ in all_captions()], cfg.max_text, cfg.text_vocab)
-
-
-def _int_list(value: str, name: str) -> list[int]:
-    try:
-        return [int(v) for v in value.split(",") if v.strip()] if value else []
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint=name) from None
+        click.echo(f"wrote {num} trajectories x {2 if sampler.guidance else 1} branches, N={steps}, "
+                   f"to {manifest.parent}")
 
 
 @main.command()
@@ -256,13 +233,16 @@ def _int_list(value: str, name: str) -> list[int]:
 @click.option("--weight-decay", default=1e-2, show_default=True)
 @click.option("--decay-at", default=1000, show_default=True, help="Multiply the lr by 0.1 after this many iterations.")
 @click.option("--ema", "ema_decay", default=0.999, show_default=True, help="EMA decay of the saved weights.")
-@click.option("--rollout", default=1, show_default=True, help="Most shortcut steps chained per window (1 = teacher forcing).")
-@click.option("--plan-budgets", default="", help="Draw windows along these hybrid plans, e.g. 6,8,12 (start at full steps).")
-@click.option("--kl", default=0.0, show_default=True, help="Weight of the (CFG-guided) logit KL term; 0 = MSE only.")
+@click.option("--rollout", default=1, show_default=True,
+              help="Most shortcut steps chained per window (1 = teacher forcing).")
+@click.option("--plan-budgets", default="",
+              help="Draw windows along these hybrid plans, e.g. 6,8,12 (start at full steps).")
+@click.option("--kl", default=0.0, show_default=True, help="Weight of the (guided) logit KL term; 0 = MSE only.")
 @click.option("--ratio", default=2, show_default=True, help="Bottleneck ratio r (inner width d/r).")
 @click.option("--blocks", "n_block", default=1, show_default=True, help="Number of shortcut blocks.")
 @click.option("--heads", default=4, show_default=True)
-@click.option("--no-cross-attention", is_flag=True, help="Ablation: self-attention instead of attending to sampled tokens.")
+@click.option("--no-cross-attention", is_flag=True,
+              help="Ablation: self-attention instead of attending to sampled tokens.")
 @click.option("--max-trajectories", default=0, show_default=True,
               help="Train on only the first n trajectories (0 = all; the held-out 5% stay the same).")
 @click.option("--eval-every", default=500, show_default=True)
@@ -277,20 +257,8 @@ def shortcut(traj_path, base_path, out, steps, batch_size, lr, weight_decay, dec
     Reports, on held-out trajectories, one-step and 3-step chained feature error and
     guided logit KL, next to the same numbers for plain feature reuse.
     """
-    from .. import assets
-    from ..models.checkpoint import checkpoint_digest, load_checkpoint
-    from ..models.llada import LLaDA
-    from ..models.maskgit import MaskGIT
-    from ..models.shortcut import ShortcutConfig
-    from ..models.shortcut_llada import LLaDAShortcutConfig
-    from ..training.dist import close_distributed, init_distributed
-    from ..training.train_shortcut import ShortcutTrainSettings, train_shortcut
-    from ..training.trajectories import TrajectorySet
-
     path = base_path or assets.BASE
-    base_model = load_checkpoint(path)
-    if not isinstance(base_model, (MaskGIT, LLaDA)):
-        raise click.ClickException(f"{path} is not a base model checkpoint (maskgit or llada)")
+    base_model = load_checkpoint(path, kinds=BASE_KINDS)
     ts = TrajectorySet(traj_path)
     digest = checkpoint_digest(path)
     recorded = ts.manifest.get("base", {}).get("digest")
@@ -300,16 +268,11 @@ def shortcut(traj_path, base_path, out, steps, batch_size, lr, weight_decay, dec
     c = base_model.cfg
     if c.width % ratio or (c.width // ratio) % heads:
         raise click.BadParameter(f"width {c.width} / ratio {ratio} must split into {heads} heads", param_hint="--ratio")
-    if isinstance(base_model, LLaDA):  # the DiMOO variant (RMSNorm, SwiGLU, RoPE, prompt keys)
-        if no_cross_attention:
-            raise click.BadParameter("the DiMOO shortcut has no self-attention-only ablation", param_hint="--no-cross-attention")
-        cfg = LLaDAShortcutConfig(base=c.to_dict(), ratio=ratio, n_block=n_block, heads=heads)
-    else:
-        cfg = ShortcutConfig(width=c.width, codebook_size=c.codebook_size, vocab=c.vocab, num_tokens=c.num_tokens,
-                             ratio=ratio, n_block=n_block, heads=heads, cross_attention=not no_cross_attention)
+    cfg = family_of(base_model).shortcut_config(c, ratio=ratio, n_block=n_block, heads=heads,
+                                                cross_attention=not no_cross_attention)
     settings = ShortcutTrainSettings(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                      decay_at=decay_at, ema_decay=ema_decay, rollout=rollout,
-                                     plan_budgets=_int_list(plan_budgets, "--plan-budgets"), kl=kl,
+                                     plan_budgets=int_list(plan_budgets, "--plan-budgets", required=False), kl=kl,
                                      max_trajectories=max_trajectories, eval_every=eval_every, seed=seed,
                                      device=device)
     info = init_distributed(device)
@@ -335,17 +298,9 @@ def shortcut(traj_path, base_path, out, steps, batch_size, lr, weight_decay, dec
 @one_line_errors
 def ship_shortcut(path, model, out_dir):
     """Copy a trained shortcut into the package (fp16), after checking it belongs to the shipped base."""
-    from pathlib import Path
-
-    import torch
-
-    from .. import assets
-    from ..models.checkpoint import save_checkpoint
-    from ..runtime.pipeline import load_shortcut
-
     out = Path(out_dir) if out_dir else assets.model_dir(model)
     sc = load_shortcut(path, out / "base")
-    save_checkpoint(sc, out / "shortcut", meta=getattr(sc, "meta", {}), dtype=torch.float16)
+    save_checkpoint(sc, out / "shortcut", meta=sc.meta, dtype=torch.float16)
     click.echo(f"shortcut: {path} -> {out / 'shortcut'}.safetensors")
 
 

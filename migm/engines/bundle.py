@@ -22,17 +22,12 @@ import json
 import shutil
 from pathlib import Path
 
-from ..fileio import atomic_dir, sha256_file
+from ..errors import BundleError
+from ..fileio import atomic_dir
+from ..fileio import sha256_file as sha256
 
 FORMAT = "migm-bundle"
 VERSION = 1
-
-
-class BundleError(RuntimeError):
-    pass
-
-
-sha256 = sha256_file
 
 
 def write_bundle(out: str | Path, manifest: dict, files: dict[str, Path]) -> Path:

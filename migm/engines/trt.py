@@ -3,7 +3,7 @@
 Networks are strongly typed (required in 11, where the flag is accepted and ignored;
 opt-in on 10): precision comes from the ONNX graph (FP16 casts, INT8 Q/DQ), never from
 builder flags. No TensorRT object is created without a CUDA GPU: a runtime created
-without one crashes on deserialisation (DESIGN §3).
+without one crashes on deserialisation (docs/design.md).
 """
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from ..errors import BackendUnavailable, BundleError, ConfigError
 from ..fileio import atomic_path
 
-
-class TensorRTUnavailable(RuntimeError):
-    pass
+TensorRTUnavailable = BackendUnavailable
 
 
 def import_tensorrt():
     try:
-        import tensorrt as trt  # noqa: F401
+        import tensorrt as trt  # optional and heavy: only where engines are built or run
     except ImportError:
         raise TensorRTUnavailable("TensorRT is not installed: on an NVIDIA GPU machine run "
                                   "`pip install 'migm[trt]'`; elsewhere build with --backend ort") from None
@@ -29,8 +30,6 @@ def import_tensorrt():
 
 def gpu_arch() -> str:
     """Compute capability of the current CUDA device, e.g. 'sm_90'; raises when there is no GPU."""
-    import torch
-
     if not torch.cuda.is_available():
         raise TensorRTUnavailable("no CUDA GPU is available: TensorRT engines need one (build with --backend ort)")
     major, minor = torch.cuda.get_device_capability()
@@ -60,14 +59,14 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: BuildOpti
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise BundleError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_gb * (1 << 30)))
     config.builder_optimization_level = opts.opt_level
     if opts.hardware_compat:
         level = getattr(trt.HardwareCompatibilityLevel, opts.hardware_compat.upper(), None)
         if level is None:
-            raise ValueError(f"unknown hardware compatibility level {opts.hardware_compat!r}")
+            raise ConfigError(f"unknown hardware compatibility level {opts.hardware_compat!r}")
         config.hardware_compatibility_level = level
     cache_bytes = opts.timing_cache.read_bytes() if opts.timing_cache and opts.timing_cache.exists() else b""
     cache = config.create_timing_cache(cache_bytes)
@@ -79,7 +78,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: BuildOpti
         config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}")
+        raise BundleError(f"TensorRT failed to build an engine from {onnx_path}")
     with atomic_path(Path(engine_path)) as tmp:
         tmp.write_bytes(bytes(serialized))
     if opts.timing_cache:
@@ -94,11 +93,12 @@ def check_engine_compatible(entry: dict, path: str | Path) -> None:
     trt = import_tensorrt()
     built = entry.get("tensorrt")
     if built and built.split(".")[:2] != trt.__version__.split(".")[:2]:
-        raise RuntimeError(f"{path} was built with TensorRT {built}; this machine has {trt.__version__}: "
+        raise BundleError(f"{path} was built with TensorRT {built}; this machine has {trt.__version__}: "
                            "rebuild the bundle here")
     arch = gpu_arch()
     if entry.get("gpu_arch") and entry["gpu_arch"] != arch and not entry.get("hardware_compat"):
-        raise RuntimeError(f"{path} was built for a {entry['gpu_arch']} GPU; this one is {arch}: rebuild the bundle here")
+        raise BundleError(f"{path} was built for a {entry['gpu_arch']} GPU; this one is {arch}: "
+                          "rebuild the bundle here")
 
 
 def load_engine(path: str | Path, entry: dict):
@@ -108,5 +108,19 @@ def load_engine(path: str | Path, entry: dict):
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
     if engine is None:
-        raise RuntimeError(f"{path} is not a valid TensorRT engine (corrupt or truncated)")
+        raise BundleError(f"{path} is not a valid TensorRT engine (corrupt or truncated)")
     return engine
+
+
+def version() -> str | None:
+    """The installed TensorRT's version, or None."""
+    try:
+        import tensorrt as trt  # optional: only its version is read here
+    except ImportError:
+        return None
+    return trt.__version__
+
+
+def usable() -> bool:
+    """TensorRT importable and a CUDA GPU present (never touch TensorRT without one)."""
+    return torch.cuda.is_available() and version() is not None

@@ -1,1 +1,2 @@
-"""torch -> ONNX, per component (base, shortcut, decoder), and precision conversion."""
+"""torch -> ONNX per component, graph clean-up, and precision in the graph: FP16 conversion, INT8 Q/DQ
+with calibration drawn from the sampler."""

@@ -1,4 +1,4 @@
-"""Export the pipeline's components to ONNX, each on its own (DESIGN §2).
+"""Export the pipeline's components to ONNX, each on its own.
 
     base       tokens int64 [batch, L], labels int64 [batch]
                -> features f32 [batch, L, d], logits f32 [batch, L, K]
@@ -21,45 +21,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import onnx
 import torch
 import torch.nn as nn
+from polygraphy.backend.onnx import fold_constants as fold
 
-from ..models.llada import LLaDA
-from ..models.maskgit import MaskGIT
-from ..models.shortcut import Shortcut
-from ..models.shortcut_llada import LLaDAShortcut
+from ..families import Family, family_of
 from ..models.vqvae import Decoder
 
 OPSET = 20
 EXTERNAL_DATA_BYTES = 2 * 1024**3
-
-
-class LLaDAShortcutStep(nn.Module):
-    """The DiMOO shortcut plus the image-code rows of the base LM head, in one graph."""
-
-    def __init__(self, shortcut: LLaDAShortcut, base: LLaDA):
-        super().__init__()
-        self.shortcut = shortcut
-        self.register_buffer("code_rows", base.lm_head.weight[base.cfg.text_vocab:].detach().clone())
-
-    def forward(self, features, new_pos, new_tok, key_mask, mask_ratio, prompt):
-        nxt = self.shortcut(features, new_pos, new_tok, key_mask, mask_ratio, prompt)
-        return nxt, nxt @ self.code_rows.T
-
-
-class ShortcutStep(nn.Module):
-    """The shortcut plus the base head: next features and their logits in one graph."""
-
-    def __init__(self, shortcut: Shortcut, base: MaskGIT):
-        super().__init__()
-        self.shortcut = shortcut
-        self.register_buffer("code_emb", base.tok_emb.weight[: base.cfg.codebook_size].detach().clone())
-        self.register_buffer("bias", base.bias.detach().clone())
-
-    def forward(self, features, new_pos, new_tok, key_mask, mask_ratio):
-        nxt = self.shortcut(features, new_pos, new_tok, key_mask, mask_ratio)
-        return nxt, nxt @ self.code_emb.T + self.bias
 
 
 @dataclass
@@ -71,48 +42,41 @@ class Component:
     dynamic: dict[str, dict[int, str]]  # input name -> {axis: axis name}
 
 
-def components(base: MaskGIT | LLaDA, decoder: Decoder, shortcut: Shortcut | LLaDAShortcut | None = None,
+def components(base: nn.Module, decoder: Decoder, shortcut: nn.Module | None = None,
                batch: int = 2) -> list[Component]:
-    """The exportable components with example inputs (fp32, eval mode); llada bases take `prompt`
-    ids [batch, max_text] where maskgit takes `labels`, and so does their shortcut."""
-    c = base.cfg
+    """The exportable components with example inputs (fp32, eval mode). The base's condition input
+    is the family's (`labels` ids [batch], or `prompt` ids [batch, max_text]); a shortcut that reads
+    the condition (the DiMOO variant) takes it too."""
+    fam: Family = family_of(base)
+    spec = fam.spec(base.cfg)
     g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, c.codebook_size + 1, (batch, c.num_tokens), generator=g)
-    llada = isinstance(base, LLaDA)
-    if llada:  # the llada family is conditioned on prompt ids (left-padded)
-        cond_name = "prompt"
-        cond = torch.randint(0, max(c.pad_id - 16, 1), (batch, c.max_text), generator=g)
-        cond[:, : c.max_text // 2] = c.pad_id
-    else:
-        cond_name, cond = "labels", torch.arange(batch) % (c.num_classes + 1)
-    out = [Component("base", base.float().eval(), {"tokens": tokens, cond_name: cond}, ["features", "logits"],
-                     {"tokens": {0: "batch"}, cond_name: {0: "batch"}})]
+    tokens = torch.randint(0, spec.codebook_size + 1, (batch, spec.num_tokens), generator=g)
+    cond = fam.example_conditions(spec, batch, g)
+    out = [Component("base", base.float().eval(), {"tokens": tokens, fam.condition: cond}, ["features", "logits"],
+                     {"tokens": {0: "batch"}, fam.condition: {0: "batch"}})]
     if shortcut is not None:
         m = 5
         inputs = {
-            "features": torch.randn(batch, c.num_tokens, c.width, generator=g),
-            "new_pos": torch.randint(0, c.num_tokens, (batch, m), generator=g),
-            "new_tok": torch.randint(0, c.codebook_size, (batch, m), generator=g),
+            "features": torch.randn(batch, spec.num_tokens, spec.width, generator=g),
+            "new_pos": torch.randint(0, spec.num_tokens, (batch, m), generator=g),
+            "new_tok": torch.randint(0, spec.codebook_size, (batch, m), generator=g),
             "key_mask": torch.ones(batch, m, dtype=torch.bool),
             "mask_ratio": torch.rand(batch, generator=g),
         }
         dyn = {"features": {0: "batch"}, "mask_ratio": {0: "batch"},
                **{k: {0: "batch", 1: "new_tokens"} for k in ("new_pos", "new_tok", "key_mask")}}
-        if llada:  # the DiMOO shortcut also reads the prompt
-            inputs["prompt"], dyn["prompt"] = cond, {0: "batch"}
-        step = (LLaDAShortcutStep if llada else ShortcutStep)(shortcut.float().eval(), base).eval()
+        if fam.shortcut_takes_condition():
+            inputs[fam.condition], dyn[fam.condition] = cond, {0: "batch"}
+        step = fam.shortcut_step(shortcut.float().eval(), base).eval()
         out.append(Component("shortcut", step, inputs, ["next_features", "logits"], dyn))
-    grid = decoder.cfg.grid if hasattr(decoder.cfg, "grid") else int(c.num_tokens**0.5)
     out.append(Component("decoder", decoder.float().eval(),
-                         {"tokens": torch.randint(0, c.codebook_size, (batch, grid, grid), generator=g)},
+                         {"tokens": torch.randint(0, spec.codebook_size, (batch, spec.grid, spec.grid), generator=g)},
                          ["images"], {"tokens": {0: "batch"}}))
     return out
 
 
 def export_component(comp: Component, path: str | Path) -> Path:
     """Export one component to `path` (.onnx), checked with onnx.checker; written atomically."""
-    import onnx
-
     path = Path(path)
     dims: dict[str, torch.export.Dim] = {}
 
@@ -147,8 +111,6 @@ def data_file(path: str | Path) -> Path | None:
 
 def save_onnx(model, path: str | Path) -> Path:
     """Write an in-memory ONNX model atomically; over 2 GB of weights go to NAME.onnx.data beside it."""
-    import onnx
-
     path = Path(path)
     big = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,73 +144,33 @@ def name_batch_axes(model) -> bool:
     return renamed
 
 
-def ort_session(path: str | Path, threads: int = 0):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to torch between runs
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def parity(comp: Component, path: str | Path, batches=(1, 3, 16), new_tokens=(1, 7, 26)) -> list[dict]:
-    """ONNX Runtime against torch at several batch sizes (and, for the shortcut, several
-    new-token counts M, one per batch size): max abs and relative L2 error per output."""
-    session = ort_session(path)
-    rows = []
-    for b, m in zip(batches, new_tokens):
-        inputs = {k: _resize(v, b) for k, v in comp.inputs.items()}
-        if "new_pos" in inputs:
-            m = min(m, comp.module.shortcut.cfg.num_tokens)
-            inputs.update(_new_tokens(inputs, m, comp.module))
-        got = session.run(comp.outputs, {k: v.numpy() for k, v in inputs.items()})
-        with torch.no_grad():
-            ref = comp.module(*inputs.values())
-        ref = ref if isinstance(ref, tuple) else (ref,)
-        for name, g, r in zip(comp.outputs, got, ref):
-            r = r.float().numpy()
-            rows.append({"component": comp.name, "batch": b, "new_tokens": m if "new_pos" in inputs else None,
-                         "output": name,
-                         "max_abs": float(np.abs(g - r).max()),
-                         "rel_l2": float(np.linalg.norm(g - r) / max(np.linalg.norm(r), 1e-12))})
-    return rows
+def fold_constants(path: Path) -> None:
+    """Polygraphy's constant folding (what `polygraphy surgeon sanitize --fold-constants` does)."""
+    if data_file(path) is not None:
+        return  # weights held as external data (> 2 GB): loading them all to fold is not worth it
+    model = fold(onnx.load(str(path)), error_ok=True)
+    name_batch_axes(model)  # folding re-infers shapes and may rename the batch axis again
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
-def _resize(t: torch.Tensor, b: int) -> torch.Tensor:
-    """The example input repeated/cut to batch b (with fresh values so rows differ)."""
-    reps = -(-b // t.shape[0])
-    out = t.repeat(reps, *([1] * (t.dim() - 1)))[:b].clone()
-    if out.is_floating_point():
-        out = out + 0.01 * torch.randn_like(out)
-    return out
+def name_batch_axes_file(path: Path) -> None:
+    """`name_batch_axes` on a saved graph (precision passes re-infer shapes and may rename the axis)."""
+    model = onnx.load(str(path), load_external_data=False)  # saved back beside its data: references hold
+    if name_batch_axes(model):
+        onnx.save(model, str(path))
 
 
-def _new_tokens(inputs: dict, m: int, module) -> dict:
-    """m distinct new positions per row, the last one padding (key mask False) when m > 1."""
-    b = inputs["features"].shape[0]
-    n, k = module.shortcut.cfg.num_tokens, module.shortcut.cfg.codebook_size
-    pos = torch.stack([torch.randperm(n)[:m] for _ in range(b)])
-    keys = torch.ones(b, m, dtype=torch.bool)
-    if m > 1:
-        keys[:, -1] = False
-    return {"new_pos": pos, "new_tok": torch.randint(0, k, (b, m)), "key_mask": keys}
+def io_spec(path: Path) -> tuple[list[dict], list[dict]]:
+    """Inputs and outputs of an ONNX graph: name, element type, shape (symbolic axes by name)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
 
+    def spec(values):
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                        "shape": [d.dim_param or d.dim_value for d in t.shape.dim]})
+        return out
 
-def save_polygraphy_reference(comp: Component, out_dir: str | Path, batch: int = 3) -> tuple[Path, Path]:
-    """Inputs and torch outputs as Polygraphy JSON, so the export can be checked with
-    `polygraphy run NAME.onnx --onnxrt --load-inputs NAME.inputs.json --load-outputs NAME.torch.json`."""
-    from polygraphy.comparator import RunResults
-    from polygraphy.json import save_json
-
-    out_dir = Path(out_dir)
-    inputs = {k: _resize(v, batch) for k, v in comp.inputs.items()}
-    with torch.no_grad():
-        ref = comp.module(*inputs.values())
-    ref = ref if isinstance(ref, tuple) else (ref,)
-    results = RunResults()
-    results.add([{n: r.float().numpy() for n, r in zip(comp.outputs, ref)}], runner_name="torch")
-    feeds, outs = out_dir / f"{comp.name}.inputs.json", out_dir / f"{comp.name}.torch.json"
-    save_json([{k: v.numpy() for k, v in inputs.items()}], feeds, description="inputs")
-    save_json(results, outs, description="torch outputs")
-    return feeds, outs
+    return spec(graph.input), spec(graph.output)

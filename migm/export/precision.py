@@ -1,15 +1,21 @@
-"""Precision decided in the ONNX graph (TensorRT 11 networks are strongly typed, DESIGN §3).
+"""Precision decided in the ONNX graph: TensorRT 11 (and TensorRT for RTX) networks are strongly
+typed, so there are no builder precision flags; the graph's own types are what runs.
 
-fp16: the graph is converted to FP16 except the ops where FP16 overflows or loses too
-much in transformers (LayerNorm, Softmax, reductions, the sinusoidal embedding's
-Exp/Sin/Cos); inputs and outputs stay FP32 so every precision has the same interface.
-int8: explicit, symmetric Q/DQ pairs on MatMul/Gemm only (see migm.calibration).
+fp16: the graph is converted to FP16 except the ops where FP16 overflows or loses too much in
+transformers (LayerNorm, Softmax, reductions, the sinusoidal embedding's Exp/Sin/Cos): FP16
+overflow there is the classic TensorRT transformer bug. Inputs and outputs stay FP32, so every
+precision has the same interface.
+int8: explicit, symmetric Q/DQ pairs on MatMul/Gemm only (export/int8.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import onnx_graphsurgeon as gs
+from onnxruntime.transformers.float16 import convert_float_to_float16
+
+from ..errors import ConfigError
 from .onnx import save_onnx
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
@@ -19,9 +25,6 @@ FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceM
 
 def to_fp16(src: str | Path, dst: str | Path) -> Path:
     """Convert an FP32 ONNX graph to FP16, keeping FP32_OPS and the I/O types in FP32."""
-    import onnx_graphsurgeon as gs
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
     # from the path: the converter's shape inference then works on models over 2 GB too
     model = convert_float_to_float16(str(src), keep_io_types=True, op_block_list=FP32_OPS)
     graph = gs.import_onnx(model)  # the converter appends its Cast nodes out of order
@@ -30,10 +33,13 @@ def to_fp16(src: str | Path, dst: str | Path) -> Path:
     return save_onnx(model, dst)  # checked with onnx.checker from the file (models over 2 GB too)
 
 
-def component_precisions(precision: str) -> dict[str, str]:
+def component_precisions(precision: str, supported: tuple[str, ...] = PRECISIONS) -> dict[str, str]:
     """What each component is built in for a bundle precision (`best` = FP16 base, INT8 shortcut)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        raise ConfigError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision not in supported:
+        raise ConfigError(f"precision {precision} is not available for this model family; "
+                          f"choose from {', '.join(supported)}")
     if precision == "best":
         return {"base": "fp16", "shortcut": "int8", "decoder": "fp16"}
     if precision == "int8":  # only the shortcut is quantized; the base and decoder stay FP32

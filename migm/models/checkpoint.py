@@ -13,39 +13,37 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path, sha256_file
+from .classifier import Classifier, ClassifierConfig
+from .llada import LLaDA, LLaDAConfig
+from .maskgit import MaskGIT, MaskGITConfig
+from .shortcut import Shortcut, ShortcutConfig
+from .shortcut_llada import LLaDAShortcut, LLaDAShortcutConfig
+from .vqvae import VQVAE, VQConfig
 
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-def _kinds():
-    from .classifier import Classifier, ClassifierConfig
-    from .llada import LLaDA, LLaDAConfig
-    from .maskgit import MaskGIT, MaskGITConfig
-    from .shortcut import Shortcut, ShortcutConfig
-    from .shortcut_llada import LLaDAShortcut, LLaDAShortcutConfig
-    from .vqvae import VQVAE, VQConfig
-
-    return {
-        "vqvae": (VQConfig, VQVAE),
-        "classifier": (ClassifierConfig, Classifier),
-        "maskgit": (MaskGITConfig, MaskGIT),
-        "shortcut": (ShortcutConfig, Shortcut),
-        "llada": (LLaDAConfig, LLaDA),
-        "llada-shortcut": (LLaDAShortcutConfig, LLaDAShortcut),
-    }
+# checkpoint kind -> (config class, model class)
+KINDS = {
+    "vqvae": (VQConfig, VQVAE),
+    "classifier": (ClassifierConfig, Classifier),
+    "maskgit": (MaskGITConfig, MaskGIT),
+    "shortcut": (ShortcutConfig, Shortcut),
+    "llada": (LLaDAConfig, LLaDA),
+    "llada-shortcut": (LLaDAShortcutConfig, LLaDAShortcut),
+}
+_KIND_OF = {model_cls: kind for kind, (_, model_cls) in KINDS.items()}
+BASE_KINDS = ("maskgit", "llada")
+SHORTCUT_KINDS = ("shortcut", "llada-shortcut")
 
 
 def kind_of(model: torch.nn.Module) -> str:
-    for kind, (_, cls) in _kinds().items():
-        if isinstance(model, cls):
-            return kind
-    raise CheckpointError(f"no checkpoint kind for {type(model).__name__}")
+    if type(model) not in _KIND_OF:
+        raise CheckpointError(f"no checkpoint kind for {type(model).__name__}")
+    return _KIND_OF[type(model)]
 
 
-def _paths(path: str | Path) -> tuple[Path, Path]:
+def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """(NAME.safetensors, NAME.json) for a checkpoint named with or without a suffix."""
     p = Path(path)
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
@@ -58,7 +56,7 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, meta: dict | None 
 
     `dtype` casts floating tensors (fp16 for the shipped assets).
     """
-    weights, config = _paths(path)
+    weights, config = checkpoint_files(path)
     state = state if state is not None else model.state_dict()
     tensors = {}
     for k, v in state.items():
@@ -75,29 +73,39 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, meta: dict | None 
 
 def checkpoint_digest(path: str | Path) -> str:
     """A short content hash of a checkpoint's weights: ties trained shortcuts and bundles to their base."""
-    weights, _ = _paths(path)
+    weights, _ = checkpoint_files(path)
     return sha256_file(weights)[:16]
 
 
 def read_config(path: str | Path) -> dict:
-    _, config = _paths(path)
+    _, config = checkpoint_files(path)
     if not config.exists():
         raise CheckpointError(f"checkpoint config not found: {config}")
     try:
         doc = json.loads(config.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"checkpoint config {config} is not valid JSON: {e}") from e
-    if doc.get("kind") not in _kinds():
-        raise CheckpointError(f"checkpoint {config} has unknown kind {doc.get('kind')!r}")
+    if not isinstance(doc, dict) or doc.get("kind") not in KINDS:
+        kind = doc.get("kind") if isinstance(doc, dict) else None
+        raise CheckpointError(f"checkpoint {config} has unknown kind {kind!r}; known: {', '.join(KINDS)}")
     return doc
 
 
-def load_checkpoint(path: str | Path, map_location: str = "cpu") -> torch.nn.Module:
-    """Build the model from its JSON config and load its weights (cast to fp32)."""
-    weights, _ = _paths(path)
+def load_checkpoint(path: str | Path, map_location: str = "cpu",
+                    kinds: tuple[str, ...] | None = None) -> torch.nn.Module:
+    """Build the model from its JSON config and load its weights (cast to fp32).
+
+    `kinds`: the checkpoint kinds the caller can use; any other is a CheckpointError naming it."""
+    weights, _ = checkpoint_files(path)
     doc = read_config(path)
-    cfg_cls, model_cls = _kinds()[doc["kind"]]
-    model = model_cls(cfg_cls(**doc["config"]))
+    if kinds is not None and doc["kind"] not in kinds:
+        raise CheckpointError(f"{weights.with_suffix('')} is a {doc['kind']} checkpoint; expected {' or '.join(kinds)}")
+    cfg_cls, model_cls = KINDS[doc["kind"]]
+    try:
+        model = model_cls(cfg_cls(**doc["config"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint config {weights.with_suffix('.json')} does not describe a "
+                              f"{doc['kind']}: {e}") from None
     if not weights.exists():
         raise CheckpointError(f"checkpoint weights not found: {weights}")
     try:
@@ -114,3 +122,15 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> torch.nn.Mod
     model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()})
     model.meta = doc["meta"]
     return model.eval()
+
+
+def load_shortcut(path: str | Path, base_path: str | Path) -> torch.nn.Module:
+    """A shortcut checkpoint, checked against the base model it will run with (a shortcut learns
+    one base model's features: it records that base's weight digest when it is trained)."""
+    sc = load_checkpoint(path, kinds=SHORTCUT_KINDS)
+    trained_for = sc.meta.get("base_digest")
+    actual = checkpoint_digest(base_path)
+    if trained_for and trained_for != actual:
+        raise ConfigError(f"the shortcut {path} was trained for another base model "
+                              f"(digest {trained_for}; {base_path} has {actual})")
+    return sc

@@ -1,4 +1,4 @@
-"""Loaders for the real checkpoints users have, onto our presets.
+"""Loaders for the real checkpoints users have, onto our model families.
 
 Halton-MaskGIT v1.0 (`MaskGIT_ImageNet_512.pth`: a dict whose `model_state_dict` is the
 `MaskTransformer` state, no `module.` prefix) onto the maskgit family:
@@ -42,10 +42,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
-from .checkpoint import CheckpointError
+from ..errors import CheckpointError
 from .llada import LLaDA, LLaDAConfig
 from .maskgit import MaskGIT, MaskGITConfig
+
+# the published models' configurations
+HALTON_IMAGENET512 = MaskGITConfig(codebook_size=1024, num_classes=1000, grid=32, width=768, depth=24, heads=16,
+                                   mlp=3072)
+DIMOO_8B = LLaDAConfig(text_vocab=126356, codebook_size=8192, grid=64, width=4096, depth=32, heads=32, mlp=12288,
+                       max_text=64, rope_theta=500000.0, pad_id=126081, mask_token=126336, boi_id=126349,
+                       eoi_id=126350, boa_id=126354, eoa_id=126355, eol_id=126084)
 
 
 def _check(mapped: dict, model: torch.nn.Module, source: str, unexpected: list[str]) -> None:
@@ -107,8 +115,6 @@ def halton_to_maskgit(state: dict, cfg: MaskGITConfig, source: str = "checkpoint
 
 def load_halton_maskgit(path: str | Path, cfg: MaskGITConfig | None = None) -> MaskGIT:
     """`MaskGIT_ImageNet_512.pth` (or any v1.0 checkpoint of that layout) onto maskgit-imagenet512."""
-    from .presets import base_config
-
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -120,7 +126,7 @@ def load_halton_maskgit(path: str | Path, cfg: MaskGITConfig | None = None) -> M
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds no state dict (expected a dict with 'model_state_dict')")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    return halton_to_maskgit(state, cfg or base_config("maskgit-imagenet512"), str(path))
+    return halton_to_maskgit(state, cfg or HALTON_IMAGENET512, str(path))
 
 
 # ---- Lumina-DiMOO ----
@@ -147,11 +153,7 @@ def load_dimoo(directory: str | Path, cfg: LLaDAConfig | None = None, device: st
 
     The model is built on the meta device and each tensor assigned as it is read, so only
     the weights themselves are ever in memory (16 GB in bf16 for the 8B)."""
-    from safetensors import safe_open
-
-    from .presets import LLADA_PRESETS
-
-    cfg = cfg or LLADA_PRESETS["dimoo-8b"]
+    cfg = cfg or DIMOO_8B
     directory = Path(directory)
     index = directory / "model.safetensors.index.json"
     if index.exists():

@@ -16,7 +16,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordLevel
+from transformers import PreTrainedTokenizerFast
 
+from ..errors import CheckpointError, ConfigError, PromptError
 from ..fileio import atomic_dir
 
 UNK = "<unk>"
@@ -24,20 +28,12 @@ UNK = "<unk>"
 SPECIALS = ("<|pad|>", "<|mask|>", "<|boi|>", "<|eoi|>", "<|boa|>", "<|eoa|>", "<|eol|>")
 
 
-class PromptError(ValueError):
-    pass
-
-
 def build_tokenizer(words: Sequence[str], text_vocab: int, max_text: int):
     """A `PreTrainedTokenizerFast` for these words, with ids laid out for a `text_vocab` model."""
-    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
     words = sorted(set(w.lower() for w in words))
     n_unused = text_vocab - 1 - len(words) - len(SPECIALS)
     if n_unused < 0:
-        raise ValueError(f"{len(words)} words and {len(SPECIALS) + 1} special tokens do not fit {text_vocab} text ids")
+        raise ConfigError(f"{len(words)} words and {len(SPECIALS) + 1} special tokens do not fit {text_vocab} text ids")
     names = [UNK, *words, *(f"<unused_{i}>" for i in range(n_unused)), *reversed(SPECIALS)]
     tok = Tokenizer(WordLevel({w: i for i, w in enumerate(names)}, unk_token=UNK))
     # punctuation is dropped: "a cat, on the left." is "a cat on the left"
@@ -64,9 +60,7 @@ def save_tokenizer(tokenizer, path: str | Path) -> Path:
 def load_tokenizer(path: str | Path):
     path = Path(path)
     if not (path / "tokenizer.json").exists():
-        raise FileNotFoundError(f"no tokenizer at {path} (tokenizer.json missing)")
-    from transformers import PreTrainedTokenizerFast
-
+        raise CheckpointError(f"no tokenizer at {path} (tokenizer.json missing)")
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 

@@ -1,4 +1,5 @@
-"""The runtime products embed: load models, run the generation loop, return images."""
+"""The runtime products embed: load a bundle or checkpoints, run the generation loop on a
+backend, return images. It carries no training or benchmark code."""
 
 from .pipeline import Pipeline
 

@@ -1,30 +1,35 @@
 """Execution backends: the model calls the step loop makes, on torch, ONNX Runtime or TensorRT.
 
-Every backend offers the same five things:
+Every backend has the same methods (the loop's `StepModels`) and says what it can do:
 
-    base(tokens [b, L] int64, labels [b] int64)          -> features [b, L, d], logits [b, L, K]
-    shortcut(features, new_pos, new_tok, key_mask, ratio) -> next features, logits
-    head(features)                                        -> logits  (reuse / extrapolate steps)
-    decode(tokens [b, L])                                  -> images [b, C, H, W] in [0, 1]
-    device                                                 where the loop's tensors live
+    base(tokens [b, L] int64, cond [b, ...] int64)              -> features [b, L, d], logits [b, L, K]
+    shortcut(features, new_pos, new_tok, key_mask, ratio, cond) -> next features, logits
+    head(features)                                              -> logits  (reuse / extrapolate steps)
+    decode(tokens [b, L])                                       -> images [b, C, H, W] in [0, 1]
+    caps                                                        `Capabilities` (below)
 
-`ort` and `trt` write their outputs into buffers allocated once per input shape and then
-reused (ORT IOBinding, TensorRT tensor addresses). Two buffer sets alternate per shape,
-because the loop reads the previous step's features while the next step writes: a result
-stays valid until the same component has been called twice more with the same shape.
+`cond` is every row's condition (class ids, or prompt ids); a shortcut that does not read it
+ignores it. `ort` and `trt` write their outputs into buffers allocated once per input shape and
+then reused (ORT IOBinding, TensorRT tensor addresses). Two buffer sets alternate per shape,
+because the loop reads the previous step's features while the next step writes: a result stays
+valid until the same component has been called twice more with the same shape.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
+from ..engines import trt
 from ..engines.bundle import BundleError
-from ..models.maskgit import MaskGIT
-from ..models.shortcut import Shortcut
+from ..engines.ort import ort_session
+from ..errors import BackendUnavailable, ConfigError
+from ..families import Family, ModelSpec, family_of
 from ..models.vqvae import Decoder
 from ..sampling.loop import CachedBase
 
@@ -34,6 +39,30 @@ _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int
        torch.int32: np.int32}
 _TORCH = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "bool": torch.bool,
           "int32": torch.int32}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    shortcut: bool  # a shortcut model is loaded
+    mlcache: bool = False  # the base model's cached/partial forward (ML-Cache)
+    probes: bool = False  # outputs are fresh tensors, so the base can run beside the loop (feature-error probes)
+    whole_loop_graphs: bool = False  # the whole loop can be captured as one CUDA graph
+    max_rows: int | None = None  # the largest batch the engines accept (CFG rows count)
+
+
+class Backend(Protocol):
+    name: str
+    device: torch.device
+    caps: Capabilities
+    cached: CachedBase | None
+
+    def base(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def head(self, features: torch.Tensor) -> torch.Tensor: ...
+
+    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio, cond) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
 
 class TorchBackend:
@@ -46,10 +75,11 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, base: MaskGIT, decoder: Decoder, shortcut: Shortcut | None = None, device="cpu",
-                 precision: str = "bf16"):
+    def __init__(self, base: torch.nn.Module, decoder: Decoder, shortcut: torch.nn.Module | None = None,
+                 device="cpu", precision: str = "bf16"):
         if precision not in ("fp32", "bf16"):
-            raise ValueError(f"the torch backend runs fp32 or bf16, not {precision!r}")
+            raise ConfigError(f"the torch backend runs fp32 or bf16, not {precision!r}")
+        self.family: Family = family_of(base)
         self.device = torch.device(device)
         self.precision = precision
         gpu = self.device.type == "cuda"
@@ -58,27 +88,26 @@ class TorchBackend:
         self.decoder = decoder.to(self.device).eval()
         self.shortcut_model = shortcut.to(self.device, self.dtype).eval() if shortcut is not None else None
         self._autocast = precision == "bf16" and not gpu
-        # ML-Cache's cached/partial forward exists for the maskgit family only
-        self.cached = CachedBase(self.base_model, autocast=self._autocast) if isinstance(base, MaskGIT) else None
-        self.has_shortcut = shortcut is not None
+        self.cached = self.family.cached_forward(self.base_model, self._autocast)
+        self.caps = Capabilities(shortcut=shortcut is not None, mlcache=self.cached is not None, probes=True,
+                                 whole_loop_graphs=gpu)
 
     def _ctx(self):
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._autocast)
 
-    def base(self, tokens, labels):
+    def base(self, tokens, cond):
         with self._ctx():
-            features, logits = self.base_model(tokens, labels)
+            features, logits = self.base_model(tokens, cond)
         # on CPU features stay fp32 between steps: shortcut steps chain from them
         return (features.float(), logits.float()) if self._autocast else (features, logits)
 
     def head(self, features):
         return self.base_model.head(features.to(self.dtype))
 
-    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio, prompt=None):
-        """`prompt` (both CFG branches' prompt ids) for the llada family's shortcut."""
-        extra = () if prompt is None else (prompt,)
+    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio, cond):
         with self._ctx():
-            nxt = self.shortcut_model(features, new_pos, new_tok, key_mask, mask_ratio.to(features.dtype), *extra)
+            nxt = self.family.run_shortcut(self.shortcut_model, features, new_pos, new_tok, key_mask,
+                                           mask_ratio.to(features.dtype), cond)
         nxt = nxt.float() if self._autocast else nxt
         return nxt, self.head(nxt)
 
@@ -102,81 +131,84 @@ class _Buffers:
         return entry[entry[2]]
 
 
-def _head_from_bundle(bundle: Path, doc: dict, device):
-    """The base model's head (code embeddings and per-position bias) from the bundle's torch checkpoint."""
-    from safetensors import safe_open
+class _GraphBackend:
+    """What the ort and trt backends share: the bundle's spec, the base head read from its torch
+    checkpoint (reuse/extrapolate steps), and the feeds by the graphs' input order."""
 
+    def _setup(self, bundle: Path, doc: dict, spec: ModelSpec, family: Family, names: list[str]):
+        self.family, self.spec = family, spec
+        self.buffers = _Buffers(self.device)
+        self.cached = None
+        self.head = _head_from_bundle(bundle, doc, family, spec, self.device)
+        self.has_shortcut = "shortcut" in names
+
+    def _feeds(self, name: str, *values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Inputs by the graph's order; a trailing condition the graph does not take is dropped."""
+        return {s["name"]: v for s, v in zip(self.spec_io[name]["inputs"], values)}
+
+    def base(self, tokens, cond):
+        return tuple(self._run("base", self._feeds("base", tokens, cond)))
+
+    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio, cond):
+        return tuple(self._run("shortcut", self._feeds("shortcut", features, new_pos, new_tok, key_mask, mask_ratio,
+                                                       cond)))
+
+    def decode(self, tokens):
+        g = self.spec.grid
+        # decoded images are handed to the caller: a fresh tensor, not a reused buffer
+        return self._run("decoder", {"tokens": tokens.view(-1, g, g)})[0].float().clone()
+
+
+def _head_from_bundle(bundle: Path, doc: dict, family: Family, spec: ModelSpec, device):
+    """The base model's head from the bundle's torch checkpoint, reading only its rows (the whole
+    checkpoint can be many GB)."""
     entry = doc.get("checkpoints", {}).get("base")
     if entry is None:
         raise BundleError(f"bundle {bundle} holds no base checkpoint (built by an older migm): rebuild it")
-    k = doc["codebook_size"]
-    # read only the head's rows (the whole checkpoint can be many GB)
     with safe_open(str(bundle / f"{entry['file']}.safetensors"), framework="pt") as fh:
-        if doc.get("family") == "llada":  # the LM head's image-code rows
-            v = doc["config"]["base"]["text_vocab"]
-            w = fh.get_slice("lm_head.weight")[v:v + k].float().T.contiguous().to(device)
-            return lambda f: f.float() @ w
-        w = fh.get_slice("tok_emb.weight")[:k].float().T.contiguous().to(device)
-        bias = fh.get_tensor("bias").float().to(device)
-    return lambda f: f.float() @ w + bias
+        return family.read_head(fh, spec, device)
 
 
-class OrtBackend:
+class OrtBackend(_GraphBackend):
     """ONNX Runtime sessions over the bundle's .onnx files, with IOBinding: inputs are bound
     by address from the loop's tensors, outputs into preallocated buffers (CPU here; with
     onnxruntime-gpu the TensorRT and CUDA providers bind CUDA tensors the same way)."""
 
     name = "ort"
 
-    def __init__(self, bundle: str | Path, doc: dict, device="cpu", threads: int = 0):
-        import onnxruntime as ort
-
+    def __init__(self, bundle: str | Path, doc: dict, spec: ModelSpec, family: Family, device="cpu",
+                 threads: int = 0):
         bundle = Path(bundle)
         self.device = torch.device(device)
-        providers = ["CPUExecutionProvider"]
-        if self.device.type == "cuda":
-            available = ort.get_available_providers()
-            if "CUDAExecutionProvider" not in available:
-                raise RuntimeError("the ort backend on a GPU needs onnxruntime-gpu (pip install 'migm[gpu]')")
-            providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0})] + providers
-            if "TensorrtExecutionProvider" in available:  # ORT's TensorRT provider first, where it is built in
-                providers.insert(0, ("TensorrtExecutionProvider", {"device_id": self.device.index or 0}))
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        # ORT's pool spins after each run by default, starving the torch ops (sampling kernel,
-        # head) that run between calls on the same cores: 50x slower kernels seen on 2 cores
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.sessions, self.spec = {}, {}
+        self.sessions, self.spec_io = {}, {}
         for name, entry in doc["components"].items():
             if not entry["file"].endswith(".onnx"):
                 raise BundleError(f"bundle {bundle}: {entry['file']} is not ONNX; the ort backend needs an "
                                   "`--backend ort` bundle")
-            try:
-                self.sessions[name] = ort.InferenceSession(str(bundle / entry["file"]), opts, providers=providers)
-            except Exception as e:  # ORT raises its own exception types for bad graphs
-                raise BundleError(f"bundle {bundle}: ONNX Runtime cannot load {entry['file']}: "
-                                  f"{str(e).splitlines()[0]}") from None
-            self.spec[name] = entry
-        self.has_shortcut = "shortcut" in self.sessions
-        self.buffers = _Buffers(self.device)
-        self.head = _head_from_bundle(bundle, doc, self.device)
-        self.cached = None
+            self.sessions[name] = ort_session(bundle / entry["file"], self.device.type, self.device.index or 0,
+                                              threads)
+            self.spec_io[name] = entry
+        self._setup(bundle, doc, spec, family, list(self.sessions))
+        self.caps = Capabilities(shortcut=self.has_shortcut)
 
-    def _run(self, name: str, feeds: dict[str, torch.Tensor], out_shapes: list[tuple]) -> list[torch.Tensor]:
-        session, entry = self.sessions[name], self.spec[name]
+    def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        session, entry = self.sessions[name], self.spec_io[name]
         binding = session.io_binding()
         dev = "cuda" if self.device.type == "cuda" else "cpu"
+        shapes = {}
         for spec in entry["inputs"]:
             t = feeds[spec["name"]]
             want = _TORCH[spec["dtype"]]
             t = t.to(want).contiguous() if t.dtype != want or not t.is_contiguous() else t
             feeds[spec["name"]] = t  # keep the tensor alive until the run is over
             binding.bind_input(spec["name"], dev, self.device.index or 0, _NP[want], tuple(t.shape), t.data_ptr())
+            for axis, dim in zip(t.shape, spec["shape"]):
+                if isinstance(dim, str):
+                    shapes[dim] = axis
         key = (name,) + tuple(tuple(t.shape) for t in feeds.values())
         outs = self.buffers.get(key, lambda: [
-            torch.empty(shape, dtype=_TORCH[spec["dtype"]], device=self.device)
-            for spec, shape in zip(entry["outputs"], out_shapes)])
+            torch.empty([shapes[d] if isinstance(d, str) else d for d in spec["shape"]], dtype=_TORCH[spec["dtype"]],
+                        device=self.device) for spec in entry["outputs"]])
         for spec, t in zip(entry["outputs"], outs):
             binding.bind_output(spec["name"], dev, self.device.index or 0, _NP[t.dtype], tuple(t.shape), t.data_ptr())
         if dev == "cuda":  # ORT runs on its own stream: torch's writes to the inputs must be done first
@@ -184,76 +216,45 @@ class OrtBackend:
         session.run_with_iobinding(binding)
         return outs
 
-    def base(self, tokens, labels):
-        """`labels`: class ids, or prompt ids for a llada bundle (the graph's second input)."""
-        b, n = tokens.shape
-        d, k = _widths(self.spec["base"])
-        cond = self.spec["base"]["inputs"][1]["name"]
-        return tuple(self._run("base", {"tokens": tokens, cond: labels}, [(b, n, d), (b, n, k)]))
 
-    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio, prompt=None):
-        b, n, d = features.shape
-        k = _widths(self.spec["shortcut"])[1]
-        feeds = {"features": features, "new_pos": new_pos, "new_tok": new_tok, "key_mask": key_mask,
-                 "mask_ratio": mask_ratio}
-        if prompt is not None:
-            feeds["prompt"] = prompt
-        return tuple(self._run("shortcut", feeds, [(b, n, d), (b, n, k)]))
-
-    def decode(self, tokens):
-        spec = self.spec["decoder"]["outputs"][0]["shape"]
-        g = int(round(tokens.shape[1] ** 0.5))
-        # decoded images are handed to the caller: a fresh tensor, not a reused buffer
-        return self._run("decoder", {"tokens": tokens.view(-1, g, g)}, [(tokens.shape[0], *spec[1:])])[0].float().clone()
-
-
-def _widths(entry: dict) -> tuple[int, int]:
-    """Feature width d and codebook size K from a component's output shapes."""
-    shapes = [o["shape"] for o in entry["outputs"]]
-    return int(shapes[0][-1]), int(shapes[1][-1])
-
-
-class TrtBackend:
+class TrtBackend(_GraphBackend):
     """TensorRT engines run with `execute_async_v3` on the current torch CUDA stream, every
     tensor bound by address (`set_tensor_address`) to preallocated torch CUDA buffers. The
     loop is not captured into one CUDA graph here: the shortcut's new-token count changes
-    from step to step, and TensorRT wants a graph per input shape (a later step)."""
+    from step to step, and TensorRT wants a graph per input shape."""
 
     name = "trt"
 
-    def __init__(self, bundle: str | Path, doc: dict, device="cuda"):
-        from ..engines.trt import import_tensorrt, load_engine
-
-        import_tensorrt()
+    def __init__(self, bundle: str | Path, doc: dict, spec: ModelSpec, family: Family, device="cuda"):
+        trt.import_tensorrt()
         bundle = Path(bundle)
         self.device = torch.device(device)
         if self.device.type != "cuda":
-            raise RuntimeError("the trt backend runs on a CUDA GPU only")
-        self.engines, self.contexts, self.spec = {}, {}, {}
+            raise BackendUnavailable("the trt backend runs on a CUDA GPU only")
+        self.engines, self.contexts, self.spec_io = {}, {}, {}
         for name, entry in doc["components"].items():
             if not entry["file"].endswith(".engine"):
                 raise BundleError(f"bundle {bundle}: {entry['file']} is not a TensorRT engine; the trt backend "
                                   "needs a `--backend trt` bundle")
-            engine = load_engine(bundle / entry["file"], entry)
-            self.engines[name], self.contexts[name], self.spec[name] = engine, engine.create_execution_context(), entry
-        self.has_shortcut = "shortcut" in self.engines
+            engine = trt.load_engine(bundle / entry["file"], entry)
+            self.engines[name], self.spec_io[name] = engine, entry
+            self.contexts[name] = engine.create_execution_context()
+        self._setup(bundle, doc, spec, family, list(self.engines))
         # the largest batch every engine's optimization profile accepts (CFG rows count)
-        self.max_rows = min((max(hi[0] for _, _, hi in e.get("profile", {}).values()) for e in self.spec.values()
-                             if e.get("profile")), default=None)
-        self.buffers = _Buffers(self.device)
-        self.head = _head_from_bundle(bundle, doc, self.device)
-        self.cached = None
+        max_rows = min((max(hi[0] for _, _, hi in e.get("profile", {}).values()) for e in self.spec_io.values()
+                        if e.get("profile")), default=None)
+        self.caps = Capabilities(shortcut=self.has_shortcut, max_rows=max_rows)
 
     def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        ctx, entry = self.contexts[name], self.spec[name]
+        ctx, entry = self.contexts[name], self.spec_io[name]
         for spec in entry["inputs"]:
             t = feeds[spec["name"]]
             want = _TORCH[spec["dtype"]]
             t = t.to(want).contiguous() if t.dtype != want or not t.is_contiguous() else t
             feeds[spec["name"]] = t
             if not ctx.set_input_shape(spec["name"], tuple(t.shape)):
-                raise ValueError(f"the {name} engine does not accept {spec['name']} of shape {list(t.shape)} "
-                                 "(outside its optimization profile): rebuild with a larger --max-batch")
+                raise ConfigError(f"the {name} engine does not accept {spec['name']} of shape {list(t.shape)} "
+                                  "(outside its optimization profile): rebuild with a larger --max-batch")
             ctx.set_tensor_address(spec["name"], t.data_ptr())
         key = (name,) + tuple(tuple(t.shape) for t in feeds.values())
         outs = self.buffers.get(key, lambda: [
@@ -262,31 +263,5 @@ class TrtBackend:
         for spec, t in zip(entry["outputs"], outs):
             ctx.set_tensor_address(spec["name"], t.data_ptr())
         if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
-            raise RuntimeError(f"TensorRT failed to run the {name} engine")
+            raise BundleError(f"TensorRT failed to run the {name} engine")
         return outs
-
-    def base(self, tokens, labels):
-        cond = self.spec["base"]["inputs"][1]["name"]
-        return tuple(self._run("base", {"tokens": tokens, cond: labels}))
-
-    def shortcut(self, features, new_pos, new_tok, key_mask, mask_ratio, prompt=None):
-        feeds = {"features": features, "new_pos": new_pos, "new_tok": new_tok, "key_mask": key_mask,
-                 "mask_ratio": mask_ratio}
-        if prompt is not None:
-            feeds["prompt"] = prompt
-        return tuple(self._run("shortcut", feeds))
-
-    def decode(self, tokens):
-        g = int(round(tokens.shape[1] ** 0.5))
-        return self._run("decoder", {"tokens": tokens.view(-1, g, g)})[0].float().clone()
-
-
-def trt_usable() -> bool:
-    """TensorRT importable and a CUDA GPU present (never touch TensorRT without one)."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import assets
+from ..engines.build import BuildSettings, build_bundle
 from ..models.checkpoint import checkpoint_digest
 
 DEFAULT_PRECISION = "fp32"
@@ -24,8 +25,6 @@ def cache_dir() -> Path:
 
 def default_bundle(say: Callable[[str], None] | None = None) -> Path:
     """Path of the default bundle (tiny-animals, fp32, ONNX Runtime), building it if missing."""
-    from ..engines.build import BuildSettings, build_bundle
-
     digest = checkpoint_digest(assets.BASE)[:8] + checkpoint_digest(assets.SHORTCUT)[:8]
     path = cache_dir() / "bundles" / f"tiny-animals-{digest}-{DEFAULT_PRECISION}.plan"
     if (path / "manifest.json").exists():

@@ -27,10 +27,16 @@ def make_grid(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> to
     grid = torch.full((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), 0.5)
     for i in range(n):
         r, col = divmod(i, ncol)
-        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = images[i]
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, y:y + h, x:x + w] = images[i]
     return grid
 
 
 def save_png(image: torch.Tensor, path: str | Path, scale: int = 1) -> None:
     with atomic_path(path) as tmp:
         to_pil(image, scale).save(tmp, format="PNG")
+
+
+def slug(text: str) -> str:
+    """Text as a file-name part: "a small cat on the left" -> a-small-cat-on-the-left."""
+    return "-".join("".join(ch for ch in w if ch.isalnum()) for w in text.lower().split())[:60] or "prompt"

@@ -1,14 +1,14 @@
-"""The MaskGIT token-sampling kernel (Halton-MaskGIT v1.0 sampler), pure tensors.
+"""The token-sampling kernel (Halton-MaskGIT v1.0 sampler), pure tensors.
 
-One step, given the logits at every position:
-  1. CFG: (1 + w_i) * cond - w_i * uncond, with w_i = w * i / (N - 1)   (a linear ramp)
-  2. categorical sample at temperature T (Gumbel-max: argmax(logits / T + Gumbel))
-  3. confidence = log p(sample) + tau * Gumbel * (1 - i / (N - 1))
-  4. already-known positions get -inf; the top-k masked positions (k from the
+One step, given the (already guided) logits at every position:
+  1. categorical sample at temperature T (Gumbel-max: argmax(logits / T + Gumbel))
+  2. confidence = log p(sample) + tau * Gumbel * (1 - i / (N - 1))
+  3. already-known positions get -inf; the top-k masked positions (k from the
      schedule) take their sampled token, the rest stay masked.
 
 Lumina-DiMOO's sampler is the same kernel with `anneal=False` (confidence noise tau * Gumbel
-at every step, tau = temperature = 1), a constant CFG weight and the "dimoo" schedule.
+at every step, tau = temperature = 1), a constant guidance weight and the "dimoo" schedule.
+Guidance is `guide()`: (1 + w) * cond - w * uncond, with w from `SamplerConfig.guidance_at`.
 
 All randomness comes from an explicit `torch.Generator`, so a seed fixes the tokens.
 """
@@ -16,11 +16,6 @@ All randomness comes from an explicit `torch.Generator`, so a seed fixes the tok
 from __future__ import annotations
 
 import torch
-
-
-def step_ratio(step: int, steps: int) -> float:
-    """i / (N - 1): 0 at the first step, 1 at the last (1 for a single step)."""
-    return step / (steps - 1) if steps > 1 else 1.0
 
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
@@ -40,9 +35,9 @@ def sample_step(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, reveal
                 anneal: bool = True):
     """Reveal `reveal` masked positions per row.
 
-    logits [B, L, K] (already guided), tokens [B, L] with `mask_id` at unknown positions.
-    Returns (new tokens [B, L], positions [B, reveal]: the positions unmasked by this step).
-    The count per step is fixed by the schedule, so the shapes are static.
+    logits [B, L, K] (already guided), tokens [B, L] with `mask_id` at unknown positions,
+    `ratio` = i / (N - 1). Returns (new tokens [B, L], positions [B, reveal]: the positions
+    unmasked by this step). The count per step is fixed by the schedule, so the shapes are static.
     """
     b, n, k = logits.shape
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)

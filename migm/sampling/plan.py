@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 
 def full_step_plan(steps: int, budget: int) -> list[int]:
     """The B full steps out of N, sorted: step 0, then max(prev + 1, round(N * k / B)) for k = 1..B-1.
@@ -9,9 +11,9 @@ def full_step_plan(steps: int, budget: int) -> list[int]:
     B = N gives every step (vanilla sampling).
     """
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise ConfigError(f"steps must be >= 1, got {steps}")
     if not 1 <= budget <= steps:
-        raise ValueError(f"budget B must be between 1 and the number of steps N={steps}, got {budget}")
+        raise ConfigError(f"budget B must be between 1 and the number of steps N={steps}, got {budget}")
     plan = [0]
     for k in range(1, budget):
         plan.append(max(plan[-1] + 1, round(steps * k / budget)))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from ..errors import ConfigError
+
 SCHEDULES = ("arccos", "cosine", "linear", "square", "root", "dimoo")
 
 
@@ -23,15 +25,15 @@ def _curve(name: str, r: float) -> float:
         return 1 - r**2
     if name == "root":
         return 1 - r**0.5
-    raise ValueError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
+    raise ConfigError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
 
 
 def mask_schedule(name: str, steps: int, num_tokens: int) -> list[int]:
     """Tokens revealed at each step: `steps` ints, each >= 1, summing to `num_tokens`."""
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise ConfigError(f"steps must be >= 1, got {steps}")
     if steps > num_tokens:
-        raise ValueError(f"steps ({steps}) cannot exceed the number of tokens ({num_tokens})")
+        raise ConfigError(f"steps ({steps}) cannot exceed the number of tokens ({num_tokens})")
     if name == "dimoo":
         return dimoo_schedule(steps, num_tokens)
     rs = [1.0 - i / (steps - 1) for i in range(steps)] if steps > 1 else [0.0]

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Callable
 
@@ -51,8 +52,6 @@ class EMA:
     """Exponential moving average of a model's weights (`module` holds the averages)."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
-        import copy
-
         self.decay = decay
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():

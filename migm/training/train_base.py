@@ -15,10 +15,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..models.llada import LLaDA, LLaDAConfig
-from ..models.maskgit import MaskGIT, MaskGITConfig
+from ..data.animals import load_animals
+from ..data.scenes import make_scenes
+from ..errors import ConfigError
+from ..families import family_of
+from ..models.text import encode_prompts
 from ..models.vqvae import VQVAE
-from .data import load_animals
 from .state import EMA, Progress, load_train_state, save_train_state
 
 
@@ -55,7 +57,8 @@ def masked_ce(model, tokens, labels, generator=None):
 def validation_loss(model, tokens, labels, batches: int = 8, batch_size: int = 125) -> float:
     g = torch.Generator().manual_seed(1234)  # the same masks every time
     losses = [
-        masked_ce(model, tokens[i * batch_size:(i + 1) * batch_size], labels[i * batch_size:(i + 1) * batch_size], g).item()
+        masked_ce(model, tokens[i * batch_size:(i + 1) * batch_size], labels[i * batch_size:(i + 1) * batch_size],
+                  g).item()
         for i in range(min(batches, len(tokens) // batch_size))
     ]
     return sum(losses) / len(losses)
@@ -71,16 +74,17 @@ class TokenData:
     uncond: torch.Tensor  # the condition a dropped sample gets: no_class_id, or an all-padding prompt
 
 
-def animal_tokens(vq: VQVAE, cfg: MaskGITConfig) -> TokenData:
+def animal_tokens(vq: VQVAE, cfg, tokenizer=None) -> TokenData:
+    """The animal-mnist silhouettes (and their mirror images) with their classes."""
     train, val = load_animals("train"), load_animals("val")
     return TokenData(tokenize(vq, train.images, flips=True), torch.cat([train.labels, train.labels]),
                      tokenize(vq, val.images), val.labels, torch.tensor(cfg.no_class_id))
 
 
-def scene_tokens(vq: VQVAE, cfg: LLaDAConfig, tokenizer, repeats: int = 4) -> TokenData:
+def scene_tokens(vq: VQVAE, cfg, tokenizer, repeats: int = 4) -> TokenData:
     """Scenes (each training silhouette `repeats` times at random sizes and places) and their captions."""
-    from ..models.text import encode_prompts
-    from .scenes import make_scenes
+    if tokenizer is None:
+        raise ConfigError("a text-to-image base model trains on captions: give the prompt tokenizer")
 
     def split(name, reps, seed):
         s = make_scenes(name, reps, seed)
@@ -95,23 +99,17 @@ def scene_tokens(vq: VQVAE, cfg: LLaDAConfig, tokenizer, repeats: int = 4) -> To
     return TokenData(x, y, xv, yv, torch.full((cfg.max_text,), cfg.pad_id))
 
 
-def train_base(out: str, cfg: MaskGITConfig | LLaDAConfig, vq: VQVAE, steps: int = 3000, batch_size: int = 128,
-               lr: float = 5e-4, weight_decay: float = 0.05, warmup: int = 200, label_drop: float = 0.1,
-               ema_decay: float = 0.999, eval_every: int = 250, seed: int = 0, tokenizer=None,
-               scene_repeats: int = 4, device: str = "cpu", progress: Progress | None = None):
-    """Train (or resume) a base model of `cfg`'s family; returns the EMA model (on the CPU).
+# what a preset trains on (families/presets.py names it): data name -> (vq, base config, tokenizer) -> TokenData
+TOKEN_DATA = {"animals": animal_tokens, "scenes": scene_tokens}
 
-    The llada family needs the prompt `tokenizer`."""
+
+def train_base(out: str, cfg, data: TokenData, steps: int = 3000, batch_size: int = 128,
+               lr: float = 5e-4, weight_decay: float = 0.05, warmup: int = 200, label_drop: float = 0.1,
+               ema_decay: float = 0.999, eval_every: int = 250, seed: int = 0, device: str = "cpu",
+               progress: Progress | None = None):
+    """Train (or resume) a base model of config `cfg` on token data; returns the EMA model (on the CPU)."""
     torch.manual_seed(seed)
-    vq = vq.to(device)
-    if isinstance(cfg, LLaDAConfig):
-        if tokenizer is None:
-            raise ValueError("a llada base model trains on captions: give the prompt tokenizer")
-        data = scene_tokens(vq, cfg, tokenizer, scene_repeats)
-        model = LLaDA(cfg)
-    else:
-        data = animal_tokens(vq, cfg)
-        model = MaskGIT(cfg)
+    model = family_of(cfg).base_cls(cfg)
     x, y, xv, yv = data.x, data.y, data.xv, data.yv
     model.to(device)
     decay, no_decay = [], []

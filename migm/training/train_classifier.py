@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..data.animals import load_animals
 from ..models.classifier import Classifier, ClassifierConfig
-from .data import load_animals
 from .state import Progress, load_train_state, save_train_state
 
 

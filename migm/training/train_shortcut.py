@@ -1,4 +1,4 @@
-"""Train the MIGM-Shortcut model on recorded trajectories (DESIGN §1).
+"""Train the MIGM-Shortcut model on recorded trajectories (docs/design.md).
 
 One training sample is a window of a trajectory: the true features f[s] at a start
 step s, then k shortcut steps chained from them (k = 1 is teacher forcing, the
@@ -21,11 +21,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..models.llada import LLaDA
-from ..models.maskgit import MaskGIT
-from ..models.shortcut import Shortcut, ShortcutConfig
-from ..models.shortcut_llada import LLaDAShortcut, LLaDAShortcutConfig
-from ..sampling.kernel import step_ratio
+from ..errors import ConfigError, DataError
+from ..families import Family, family_of
+from ..sampling.config import SamplerConfig
 from ..sampling.plan import full_step_plan
 from .dist import DistInfo, barrier
 from .state import EMA, Progress, load_train_state, save_train_state
@@ -56,7 +54,7 @@ class ShortcutTrainSettings:
 def windows(steps: int, rollout: int, plan_budgets: list[int]) -> list[tuple[int, int]]:
     """(start step s, chained steps k) pairs training draws from."""
     if rollout < 1:
-        raise ValueError(f"rollout must be >= 1, got {rollout}")
+        raise ConfigError(f"rollout must be >= 1, got {rollout}")
     if not plan_budgets:
         return [(s, rollout) for s in range(steps - rollout)] or [(0, steps - 1)]
     out = []
@@ -67,7 +65,7 @@ def windows(steps: int, rollout: int, plan_budgets: list[int]) -> list[tuple[int
             if k >= 1:
                 out.append((s, k))
     if not out:
-        raise ValueError(f"plans with budgets {plan_budgets} at N={steps} have no shortcut steps")
+        raise ConfigError(f"plans with budgets {plan_budgets} at N={steps} have no shortcut steps")
     return out
 
 
@@ -77,17 +75,16 @@ class Batch:
     tokens: torch.Tensor  # [b, L] final tokens
     reveal: torch.Tensor  # [b, L] step that unmasked each position
     start: torch.Tensor  # [b] start step s
-    prompt: torch.Tensor | None = None  # [b, max_text] prompt ids (llada family)
+    cond: torch.Tensor  # [b, ...] the conditions (class ids, or prompt ids)
 
 
 def load_batch(ts: TrajectorySet, items: list[tuple[int, int]], k: int, device: str = "cpu") -> Batch:
     """Windows of k chained steps starting at the given (trajectory, step)."""
     feats = torch.stack([ts.window(i, s, s + k + 1) for i, s in items])
     recs = [ts.record(i) for i, _ in items]
-    prompt = torch.stack([r[2] for r in recs]).to(device) if recs[0][2].dim() == 1 else None
     return Batch(feats.to(device), torch.stack([r[0] for r in recs]).to(device),
                  torch.stack([r[1] for r in recs]).to(device), torch.tensor([s for _, s in items], device=device),
-                 prompt)
+                 torch.stack([r[2] for r in recs]).to(device))
 
 
 def new_tokens(batch: Batch, step: torch.Tensor):
@@ -100,23 +97,21 @@ def new_tokens(batch: Batch, step: torch.Tensor):
     return order, batch.tokens.gather(1, order), keys
 
 
-def chain(model, batch: Batch, k: int, branches: int):
-    """Run k shortcut steps from f[s]; yields (j, predicted f[s+j+1] [b, br, L, d], still-masked [b, L])."""
+def chain(model, batch: Batch, k: int, branches: int, family: Family, uncond: torch.Tensor):
+    """Run k shortcut steps from f[s]; yields (j, predicted f[s+j+1] [b, br, L, d], still-masked [b, L]).
+    Rows are interleaved by branch (the conditional row, then its unconditional one)."""
     b, _, _, n, d = batch.feats.shape
     x = batch.feats[:, :, 0].reshape(b * branches, n, d)
-    extra = ()
-    if batch.prompt is not None:  # the DiMOO shortcut sees the prompt; the unconditional branch an empty one
-        p = batch.prompt
-        if branches == 2:
-            p = torch.stack([p, torch.full_like(p, model.cfg.base_cfg.pad_id)], 1).reshape(b * 2, -1)
-        extra = (p,)
+    cond = batch.cond
+    if branches == 2:
+        cond = torch.stack([cond, uncond.to(cond.device).expand_as(cond)], 1).flatten(0, 1)
     for j in range(k):
         step = batch.start + j
         pos, tok, keys = new_tokens(batch, step)
         masked = batch.reveal > step[:, None]  # still masked after this step
         ratio = masked.float().mean(1)
         rep = lambda t: t.repeat_interleave(branches, 0)
-        x = model(x, rep(pos), rep(tok), rep(keys), rep(ratio), *extra)
+        x = family.run_shortcut(model, x, rep(pos), rep(tok), rep(keys), rep(ratio), cond)
         yield j, x.view(b, branches, n, d), masked
 
 
@@ -130,23 +125,20 @@ def _guided_logp(head, f: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, -1)
 
 
-def guidance_weight(cfg: float, step: int, steps: int, sampler: str) -> float:
-    """The CFG weight the sampler uses at `step`: a linear ramp (halton) or constant (dimoo)."""
-    return cfg if sampler == "dimoo" else cfg * step_ratio(step, steps)
-
-
-def window_losses(model, head, batch: Batch, k: int, steps: int, cfg: float, branches: int, kl_weight: float,
-                  sampler: str = "halton"):
-    """Mean MSE and KL over the k chained steps of a batch (masked positions only)."""
+def window_losses(model, head, batch: Batch, k: int, sampler: SamplerConfig, branches: int, kl_weight: float,
+                  uncond: torch.Tensor):
+    """Mean MSE and KL over the k chained steps of a batch (masked positions only); the KL is on
+    the logits guided as the sampler guides them at each step. `uncond`: the unconditional input."""
+    family = family_of(model)
     mse_total, kl_total = 0.0, 0.0
-    for j, pred, masked in chain(model, batch, k, branches):
+    for j, pred, masked in chain(model, batch, k, branches, family, uncond):
         target = batch.feats[:, :, j + 1]
         m = masked[:, None, :, None].expand_as(pred)
         mse = F.mse_loss(pred.float()[m], target[m])
         mse_total = mse_total + mse
         if kl_weight:
             step = batch.start + j + 1
-            w = torch.tensor([guidance_weight(cfg, int(i), steps, sampler) for i in step])
+            w = torch.tensor([sampler.guidance_at(int(i)) for i in step])
             lp_true = _guided_logp(head, target, w)
             lp_pred = _guided_logp(head, pred, w)
             kl = (lp_true.exp() * (lp_true - lp_pred)).sum(-1)[masked].mean()
@@ -158,37 +150,38 @@ class WindowLoss(torch.nn.Module):
     """A batch's whole chained loss in one forward call, so DistributedDataParallel sees
     exactly one forward per backward however many shortcut steps a window chains."""
 
-    def __init__(self, shortcut: Shortcut | LLaDAShortcut, head, steps: int, cfg: float, branches: int,
-                 kl_weight: float, sampler: str = "halton"):
+    def __init__(self, shortcut: torch.nn.Module, head, sampler: SamplerConfig, branches: int, kl_weight: float,
+                 uncond: torch.Tensor):
         super().__init__()
         self.shortcut = shortcut
         self.head = head  # the frozen base head: a plain attribute, not a submodule DDP would sync
-        self.steps, self.cfg, self.branches, self.kl_weight, self.sampler = steps, cfg, branches, kl_weight, sampler
+        self.sampler, self.branches, self.kl_weight, self.uncond = sampler, branches, kl_weight, uncond
 
-    def forward(self, feats, tokens, reveal, start, k: int, prompt=None):
-        return window_losses(self.shortcut, self.head, Batch(feats, tokens, reveal, start, prompt), k, self.steps,
-                             self.cfg, self.branches, self.kl_weight, self.sampler)
+    def forward(self, feats, tokens, reveal, start, cond, k: int):
+        return window_losses(self.shortcut, self.head, Batch(feats, tokens, reveal, start, cond), k, self.sampler,
+                             self.branches, self.kl_weight, self.uncond)
 
 
 @torch.no_grad()
-def validate(model, head, ts: TrajectorySet, items: list[int], steps: int, cfg: float, chained: int = 3,
-             starts: list[int] | None = None, sampler: str = "halton") -> dict:
+def validate(model, head, ts: TrajectorySet, items: list[int], uncond: torch.Tensor, chained: int = 3,
+             starts: list[int] | None = None) -> dict:
     """One-step and chained feature error and guided logit KL, against feature reuse.
 
     Relative error = ||f_hat - f|| / ||f|| over the still-masked positions of each sample.
     """
-    branches = ts.branches
+    branches, steps, sampler = ts.branches, ts.steps, ts.sampler
+    family = family_of(model)
     starts = starts or list(range(0, steps - chained, max(1, (steps - chained) // 8)))
     acc = {key: [] for key in ("rel_err_1", "rel_err_chain", "kl_1", "kl_chain",
                                "reuse_rel_err_1", "reuse_rel_err_chain", "reuse_kl_1", "reuse_kl_chain")}
     for s in starts:
         batch = load_batch(ts, [(i, s) for i in items], chained, device=next(model.parameters()).device.type)
-        for j, pred, masked in chain(model, batch, chained, branches):
+        for j, pred, masked in chain(model, batch, chained, branches, family, uncond):
             if j not in (0, chained - 1):
                 continue
             suffix = "1" if j == 0 else "chain"
             target = batch.feats[:, :, j + 1]
-            w = torch.full((len(items),), guidance_weight(cfg, s + j + 1, steps, sampler))
+            w = torch.full((len(items),), sampler.guidance_at(s + j + 1))
             lp_true = _guided_logp(head, target, w)
             for name, f in (("", pred.float()), ("reuse_", batch.feats[:, :, 0])):
                 m = masked[:, None, :, None]
@@ -200,31 +193,32 @@ def validate(model, head, ts: TrajectorySet, items: list[int], steps: int, cfg: 
     return {key: sum(v) / len(v) for key, v in acc.items()}
 
 
-def train_shortcut(out: str, base: MaskGIT | LLaDA, ts: TrajectorySet, cfg: ShortcutConfig | LLaDAShortcutConfig,
-                   s: ShortcutTrainSettings, meta: dict | None = None, info: DistInfo | None = None,
-                   progress: Progress | None = None) -> tuple[Shortcut | LLaDAShortcut, dict]:
-    """Train (or resume) a shortcut for `base` on trajectory set `ts`; returns (EMA model, last validation).
-
-    A llada base takes the DiMOO variant (`LLaDAShortcutConfig`)."""
+def train_shortcut(out: str, base: torch.nn.Module, ts: TrajectorySet, cfg, s: ShortcutTrainSettings,
+                   meta: dict | None = None, info: DistInfo | None = None,
+                   progress: Progress | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train (or resume) a shortcut of config `cfg` (the base family's variant) for `base` on
+    trajectory set `ts`; returns (EMA model, last validation)."""
     info = info or DistInfo()
-    steps, gcfg = ts.steps, float(ts.manifest["cfg"])
-    sampler = ts.manifest.get("sampler", "halton")
-    if ts.manifest["width"] != base.cfg.width or ts.num_tokens != base.cfg.num_tokens:
-        raise ValueError("the trajectories were recorded with a base model of another width or grid")
-    if isinstance(base, LLaDA) != isinstance(cfg, LLaDAShortcutConfig):
-        raise ValueError("a llada base takes the DiMOO shortcut (LLaDAShortcutConfig), a maskgit base the MaskGIT one")
+    fam = family_of(base)
+    spec = fam.spec(base.cfg)
+    sampler = ts.sampler
+    if ts.manifest["width"] != spec.width or ts.num_tokens != spec.num_tokens:
+        raise ConfigError("the trajectories were recorded with a base model of another width or grid")
+    if family_of(cfg) is not fam:
+        raise ConfigError(f"a {fam.name} base takes its own shortcut variant ({fam.shortcut_config_cls.__name__}), "
+                          f"not {type(cfg).__name__}")
     torch.manual_seed(s.seed)
-    model = LLaDAShortcut(cfg) if isinstance(cfg, LLaDAShortcutConfig) else Shortcut(cfg)
-    model.load_base_embeddings(base)
+    model = fam.new_shortcut(base, cfg)
     model.to(s.device)
     base.to(s.device).eval()
     for p in base.parameters():
         p.requires_grad_(False)
     head = base.head
+    uncond = fam.uncond(spec)
     ema = EMA(model, s.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     start = load_train_state(out, model, opt, ema)
-    loss_fn = WindowLoss(model, head, steps, gcfg, ts.branches, s.kl, sampler)
+    loss_fn = WindowLoss(model, head, sampler, ts.branches, s.kl, uncond)
     if info.world > 1:
         loss_fn = torch.nn.parallel.DistributedDataParallel(
             loss_fn, device_ids=[info.local_rank] if s.device.startswith("cuda") else None)
@@ -232,19 +226,20 @@ def train_shortcut(out: str, base: MaskGIT | LLaDA, ts: TrajectorySet, cfg: Shor
     n_val = max(1, int(round(len(ts) * s.val_fraction)))
     train_ids = len(ts) - n_val
     if train_ids < 1:
-        raise ValueError(f"{len(ts)} trajectories are too few to hold out {n_val} for validation")
+        raise DataError(f"{len(ts)} trajectories are too few to hold out {n_val} for validation")
     val_items = list(range(train_ids, len(ts)))[:48]
     if s.max_trajectories:
         train_ids = min(train_ids, s.max_trajectories)
-    wins = windows(steps, s.rollout, s.plan_budgets)
+    wins = windows(ts.steps, s.rollout, s.plan_budgets)
     g = torch.Generator().manual_seed(s.seed * 7919 + info.rank * 104729 + start)
-    meta = {**(meta or {}), "train": s.to_dict(), "trajectories": {k: ts.manifest.get(k) for k in ("num", "steps", "cfg", "tau", "seed", "sampler")}}
+    meta = {**(meta or {}), "train": s.to_dict(),
+            "trajectories": {"num": ts.manifest.get("num"), "seed": ts.manifest.get("seed"), **sampler.to_dict()}}
     last_val: dict = {}
 
     def evaluate_and_save(step):
         nonlocal last_val
         if info.main:
-            last_val = validate(ema.module, head, ts, val_items, steps, gcfg, sampler=sampler)
+            last_val = validate(ema.module, head, ts, val_items, uncond)
             save_train_state(out, model, opt, step, ema, meta={**meta, "validation": last_val})
         barrier(info)
 
@@ -260,7 +255,7 @@ def train_shortcut(out: str, base: MaskGIT | LLaDA, ts: TrajectorySet, cfg: Shor
         ids = torch.randint(train_ids, (s.batch_size,), generator=g)
         batch = load_batch(ts, [(int(i), same_k[int(p)][0]) for i, p in zip(ids, picks)], k, s.device)
         with torch.autocast(torch.device(s.device).type, dtype=torch.bfloat16):
-            mse, kl = loss_fn(batch.feats, batch.tokens, batch.reveal, batch.start, k, batch.prompt)
+            mse, kl = loss_fn(batch.feats, batch.tokens, batch.reveal, batch.start, batch.cond, k)
         loss = mse + s.kl * kl if s.kl else mse
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -273,5 +268,5 @@ def train_shortcut(out: str, base: MaskGIT | LLaDA, ts: TrajectorySet, cfg: Shor
         if done % s.eval_every == 0 or done == s.steps:
             evaluate_and_save(done)
     if start >= s.steps and info.main:  # nothing left to do: still report validation
-        last_val = validate(ema.module, head, ts, val_items, steps, gcfg, sampler=sampler)
+        last_val = validate(ema.module, head, ts, val_items, uncond)
     return ema.module, last_val

@@ -13,46 +13,46 @@ import math
 
 import torch
 
+from ..families import family_of
+from ..sampling.config import SamplerConfig
 from ..sampling.plan import full_step_plan
 from ..sampling.schedules import mask_schedule
 
 
 @torch.no_grad()
-def plain_generate(base, labels, *, steps: int, budget: int | None = None, shortcut=None, cfg: float = 3.0,
-                   tau: float = 4.5, mask_id: int, no_class_id: int, generator=None, sampler: str = "halton",
-                   uncond: torch.Tensor | None = None) -> torch.Tensor:
-    """`labels`: class ids, or prompt ids for the llada family (then `uncond`, the empty prompt);
-    `sampler` "dimoo": constant CFG and confidence noise, the cosine schedule."""
-    b, n = labels.shape[0], base.cfg.num_tokens
-    dev = labels.device
+def plain_generate(base, cond: torch.Tensor, sampler: SamplerConfig, *, budget: int | None = None, shortcut=None,
+                   generator=None) -> torch.Tensor:
+    """`cond`: class ids, or prompt ids; the unconditional branch gets the family's empty condition."""
+    fam = family_of(base)
+    spec = fam.spec(base.cfg)
+    b, n, steps = cond.shape[0], spec.num_tokens, sampler.steps
+    dev = cond.device
     plan = set(full_step_plan(steps, budget or steps))
-    code = torch.full((b, n), mask_id, dtype=torch.long, device=dev)
+    code = torch.full((b, n), spec.mask_id, dtype=torch.long, device=dev)
     mask = torch.ones(b, n, dtype=torch.bool, device=dev)
-    drop = uncond.expand_as(labels) if uncond is not None else torch.full_like(labels, no_class_id)
-    cond = torch.cat([labels, drop])
-    extra = (cond,) if uncond is not None else ()  # the llada shortcut also reads the prompts
-    dimoo = sampler == "dimoo"
+    both = torch.cat([cond, fam.uncond(spec, dev).expand_as(cond)])
     feats, new_code = None, None
     auto = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dev.type == "cpu")
-    for i, t in enumerate(mask_schedule("dimoo" if dimoo else "arccos", steps, n)):
+    for i, t in enumerate(mask_schedule(sampler.schedule, steps, n)):
         with auto:
             if i in plan or shortcut is None:
-                feats, logit = base(torch.cat([code, code]), cond)
+                feats, logit = base(torch.cat([code, code]), both)
             else:
                 pos = new_code.nonzero()[:, 1].view(b, -1)  # host sync: the positions revealed last step
                 tok = code.gather(1, pos)
                 ratio = torch.full((2 * b,), mask.float().mean().item(), device=dev)  # host sync
-                feats = shortcut(feats, torch.cat([pos, pos]), torch.cat([tok, tok]),
-                                 torch.ones(2 * b, pos.shape[1], dtype=torch.bool, device=dev), ratio.to(feats.dtype),
-                                 *extra)
+                feats = fam.run_shortcut(shortcut, feats, torch.cat([pos, pos]), torch.cat([tok, tok]),
+                                         torch.ones(2 * b, pos.shape[1], dtype=torch.bool, device=dev),
+                                         ratio.to(feats.dtype), both)
                 logit = base.head(feats)
-        w = cfg if dimoo else cfg * i / max(steps - 1, 1)
+        w = sampler.guidance_at(i)
         logit = ((1 + w) * logit[:b] - w * logit[b:]).float()
         prob = torch.softmax(logit, -1)
         pred = torch.multinomial(prob.view(-1, prob.shape[-1]), 1, generator=generator).view(b, n)
         conf = torch.gather(prob, 2, pred.unsqueeze(-1)).squeeze(-1).log()
         u = torch.rand(conf.shape, generator=generator, device=dev).clamp(1e-20, 1 - 1e-7)
-        conf = conf + tau * (1 if dimoo else 1 - i / max(steps - 1, 1)) * -torch.log(-torch.log(u))
+        noise = 1 if not sampler.anneal else 1 - i / max(steps - 1, 1)
+        conf = conf + sampler.tau * noise * -torch.log(-torch.log(u))
         conf[~mask] = -math.inf
         top = torch.topk(conf, k=t, dim=-1).indices
         new_code = torch.zeros_like(mask).scatter_(1, top, True)

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from ..runtime.backends import TorchBackend
+from ..fileio import atomic_path
 from ..runtime.pipeline import Pipeline
 from ..sampling.loop import HybridStats
 from .metrics import Evaluator
@@ -27,12 +27,12 @@ from .metrics import Evaluator
 class Sweep:
     steps: list[int]
     budgets: list[int]
-    strategies: list[str]  # "shortcut" = the pipeline's; "shortcut=NAME" = one of `shortcuts`
+    strategies: list[str]  # "shortcut" = the main pipeline's; "shortcut=NAME" = the pipeline `pipes[NAME]`
     seeds: list[int]
     num: int = 1000
     err_num: int = 100
     batch_size: int = 100
-    shortcuts: dict = field(default_factory=dict)  # NAME -> Shortcut model
+    pipes: dict = field(default_factory=dict)  # NAME -> Pipeline with another shortcut (same base)
 
 
 def row_key(row: dict) -> tuple:
@@ -68,17 +68,11 @@ class _FeatureError:
         self.errors.extend((num / den).tolist())
 
 
-def _with_shortcut(pipe: Pipeline, model):
-    b = pipe.backend
-    backend = TorchBackend(b.base_model, b.decoder, model, device=b.device, precision=b.precision)
-    return Pipeline(backend=backend, spec=pipe.spec, class_names=pipe.class_names, defaults=pipe.defaults)
-
-
 def run_row(pipe: Pipeline, evaluate: Evaluator, row: dict, sweep: Sweep,
             progress: Callable[[int, int], None] | None = None) -> dict:
     """Sample and score one row in place (fills fd, class_acc, feature_rel_err, base_calls, cost, seconds)."""
     if row["strategy"] == "shortcut" and row["shortcut"] != "shipped":
-        pipe = _with_shortcut(pipe, sweep.shortcuts[row["shortcut"]])
+        pipe = sweep.pipes[row["shortcut"]]
     labels = [i % pipe.num_classes for i in range(row["num"])]
     opts = dict(steps=row["steps"], strategy=row["strategy"], budget=row["budget"], seed=row["seed"],
                 batch_size=sweep.batch_size)
@@ -124,13 +118,11 @@ def label(s: dict) -> str:
 
 def pareto_plot(summary: list[dict], path: str | Path, title: str = "") -> None:
     """FD against base-model cost and against measured time; the Pareto front drawn through both."""
-    import matplotlib
+    import matplotlib  # heavy, and only plots need it
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    from ..fileio import atomic_path
+    matplotlib.use("Agg")  # no display: draw to a file
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend on import
+    import matplotlib.ticker  # its formatters, for the log axes
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     names = list(dict.fromkeys(label(s) for s in summary))

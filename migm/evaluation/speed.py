@@ -15,6 +15,7 @@ cost model's ideal N / (B + (N - B) c), and the ratio against the plain loop at 
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ from typing import Callable
 
 import torch
 
+from ..runtime.pipeline import Pipeline
 from ..sampling.kernel import guide, sample_step
-from .pipeline import Pipeline
 from .plain_loop import plain_generate
 
 
@@ -36,7 +37,7 @@ class SpeedSettings:
     plain: bool = True  # also time the plain-PyTorch loop (torch models needed)
     repeats: int = 3
     warmup: int = 1
-    cfg: float | None = None  # default: the model's
+    guidance: float | None = None  # default: the model's
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], object], int, int], float]:
@@ -65,7 +66,7 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object], int, int], f
 
 def _graphed(fn: Callable[[], object], pipe: Pipeline, generator: torch.Generator | None = None):
     """On a GPU with graphs on, fn captured into a CUDA graph (as the loop runs it); else fn."""
-    if pipe.device.type != "cuda" or not pipe.use_graphs or pipe.backend.name != "torch":
+    if not pipe.backend.caps.whole_loop_graphs or not pipe.use_graphs:
         return fn
     side = torch.cuda.Stream(pipe.device)
     side.wait_stream(torch.cuda.current_stream(pipe.device))
@@ -84,40 +85,37 @@ def _graphed(fn: Callable[[], object], pipe: Pipeline, generator: torch.Generato
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak RSS (Linux: KiB)
 
 
 @torch.no_grad()
-def components(pipe: Pipeline, batch: int, steps: int, repeats: int, warmup: int, cfg: float | None = None) -> dict:
+def components(pipe: Pipeline, batch: int, steps: int, repeats: int, warmup: int,
+               guidance: float | None = None) -> dict:
     """ms per call of each component at `batch` images (the base and shortcut see 2x with CFG)."""
     s, be, dev = pipe.spec, pipe.backend, pipe.device
     timed = _timer(dev)
-    guided = (pipe.defaults.cfg if cfg is None else cfg) != 0
+    guided = (pipe.defaults.guidance if guidance is None else guidance) != 0
     rows = 2 * batch if guided else batch
     g = torch.Generator(device=dev).manual_seed(0)
     tokens = torch.randint(0, s.codebook_size, (rows, s.num_tokens), device=dev, generator=g)
     tokens[:, ::2] = s.mask_id
-    cond = pipe.example_conditions(rows)
-    labels = (cond["prompts"] if "prompts" in cond else torch.tensor(cond["classes"])).to(dev)
+    labels = pipe.example_conditions(rows).to(dev)
     feats, logits = be.base(tokens, labels)
     feats, logits = feats.clone(), logits.clone()
     out = {"base": timed(_graphed(lambda: be.base(tokens, labels), pipe), repeats, warmup)}
     m = max(1, s.num_tokens // steps)  # the mean number of tokens a step reveals
-    if be.has_shortcut:
+    if be.caps.shortcut:
         pos = torch.stack([torch.randperm(s.num_tokens, device=dev)[:m] for _ in range(rows)])
         tok = torch.randint(0, s.codebook_size, pos.shape, device=dev)
         keys = torch.ones(pos.shape, dtype=torch.bool, device=dev)
         ratio = torch.full((rows,), 0.5, device=dev)
-        extra = {"prompt": labels} if s.family == "llada" else {}
-        out["shortcut"] = timed(_graphed(lambda: be.shortcut(feats, pos, tok, keys, ratio, **extra), pipe),
+        out["shortcut"] = timed(_graphed(lambda: be.shortcut(feats, pos, tok, keys, ratio, labels), pipe),
                                 repeats, warmup)
     mask_tokens = tokens[:batch]
 
     def kernel():
         lg = guide(logits[:batch], logits[batch:], 1.0) if guided else logits
-        sample_step(lg, mask_tokens, s.mask_id, m, 0.5, generator=g, anneal=pipe.defaults.sampler == "halton")
+        sample_step(lg, mask_tokens, s.mask_id, m, 0.5, generator=g, anneal=pipe.defaults.anneal)
 
     out["kernel"] = timed(_graphed(kernel, pipe, g), repeats, warmup)
     grid_tokens = tokens[:batch].clamp(max=s.codebook_size - 1)
@@ -134,18 +132,19 @@ def measure(pipe: Pipeline, settings: SpeedSettings, info: dict, say: Callable[[
     st, dev = settings, pipe.device
     timed = _timer(dev)
     n = st.steps
-    cfg = pipe.defaults.cfg if st.cfg is None else st.cfg
+    guidance = pipe.defaults.guidance if st.guidance is None else st.guidance
+    sampler = pipe.sampler(steps=n, guidance=guidance)
     rows = []
     for batch in st.batches:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        comp = components(pipe, batch, n, st.repeats, st.warmup, cfg)
+        comp = components(pipe, batch, n, st.repeats, st.warmup, guidance)
         say(f"batch {batch}: " + ", ".join(f"{k} {v:.3g}" + ("" if k == "c" else " ms")
                                            for k, v in comp.items() if v is not None))
         cond = pipe.example_conditions(batch)
 
         def ours(strategy, budget):
-            return lambda: pipe.generate_tokens(**cond, steps=n, budget=budget, strategy=strategy, cfg=cfg, seed=0,
+            return lambda: pipe.generate_tokens(cond=cond, sampler=sampler, budget=budget, strategy=strategy, seed=0,
                                                 batch_size=batch)
 
         loops = [("vanilla", n, ours("vanilla", None))]
@@ -153,17 +152,13 @@ def measure(pipe: Pipeline, settings: SpeedSettings, info: dict, say: Callable[[
             loops += [(s, b, ours(s, b)) for s in st.strategies]
         if st.plain and plain_models is not None:
             base_m, sc_m = plain_models
-            lab = (cond["prompts"] if "prompts" in cond else torch.tensor(cond["classes"])).to(dev)
+            lab = cond.to(dev)
             gen = torch.Generator(device=dev).manual_seed(0)
-            kw = dict(cfg=cfg, tau=pipe.defaults.tau, mask_id=pipe.spec.mask_id, no_class_id=pipe.spec.no_class_id,
-                      generator=gen, sampler=pipe.defaults.sampler)
-            if pipe.spec.family == "llada":
-                kw["uncond"] = torch.full((1, pipe.spec.max_text), pipe.spec.pad_id, device=dev)
-            loops.append(("plain-vanilla", n, lambda: plain_generate(base_m, lab, steps=n, **kw)))
+            loops.append(("plain-vanilla", n, lambda: plain_generate(base_m, lab, sampler, generator=gen)))
             for b in st.budgets:
                 if sc_m is not None:
-                    loops.append(("plain-shortcut", b, lambda b=b: plain_generate(base_m, lab, steps=n, budget=b,
-                                                                                  shortcut=sc_m, **kw)))
+                    loops.append(("plain-shortcut", b, lambda b=b: plain_generate(base_m, lab, sampler, budget=b,
+                                                                                  shortcut=sc_m, generator=gen)))
         times = {}
         for name, b, fn in loops:
             times[(name, b)] = timed(fn, st.repeats, st.warmup)
@@ -182,7 +177,7 @@ def measure(pipe: Pipeline, settings: SpeedSettings, info: dict, say: Callable[[
                          times.get(("plain-shortcut", b)) if name == "shortcut" else None)
             total = ms + comp["decode"]
             rows.append({**info, "device": info.get("device", str(dev)), "batch": batch, "strategy": name,
-                         "steps": n, "budget": b, "cfg": cfg, "loop_ms": ms, "decode_ms": comp["decode"],
+                         "steps": n, "budget": b, "guidance": guidance, "loop_ms": ms, "decode_ms": comp["decode"],
                          "images_per_s": 1000 * batch / total, "ms_per_image": total / batch,
                          "peak_mem_mb": peak,
                          "speedup": (times[("plain-vanilla", n)] if name.startswith("plain") else

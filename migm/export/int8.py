@@ -1,7 +1,7 @@
 """INT8 for the shortcut: explicit Q/DQ nodes from calibration, MatMul/Gemm only, symmetric.
 
 Quantizing every op type of a small transformer gave a relative error of 0.56; MatMul/Gemm
-only gave 0.046 with top-1 agreement 1.000 (DESIGN §3). Symmetric scales (zero point 0)
+only gave 0.046 with top-1 agreement 1.000 (docs/design.md). Symmetric scales (zero point 0)
 because TensorRT accepts only those.
 """
 
@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from ..fileio import atomic_path
-from .data import shortcut_feeds
+from .calibration import shortcut_feeds
 
 
 def head_matmuls(model, output: str = "logits") -> list[str]:
@@ -33,9 +35,6 @@ def head_matmuls(model, output: str = "logits") -> list[str]:
 
 def quantize_int8(src: str | Path, dst: str | Path, calibration: dict[str, np.ndarray],
                   per_channel: bool = True) -> Path:
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.feeds = iter(shortcut_feeds(calibration))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data import CLASS_NAMES, load_animals
+from .animals import CLASS_NAMES, load_animals
 
 CANVAS = 64
 SIZES = {"small": 20, "large": 36}
@@ -30,9 +30,6 @@ PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", 
 JITTER = 2
 # offset of the object's centre from the canvas centre, per size: as far out as the box fits
 OFFSET = {name: (CANVAS - side) // 2 - JITTER - 1 for name, side in SIZES.items()}
-# a box whose longer side reaches this is "large" (small boxes are at most 20, large ones ~24..36)
-LARGE_FROM = 24
-INK = 0.5  # a pixel belongs to the object from this intensity
 
 
 def caption(animal: int, size: str, position: str) -> str:
@@ -94,64 +91,6 @@ def make_scenes(split: str, repeats: int = 1, seed: int = 0) -> Scenes:
     return Scenes(compose(sil, sizes, positions, g), animals, sizes, positions)
 
 
-@dataclass
-class Judgement:
-    found: torch.Tensor  # [n] bool: any ink at all
-    sizes: list[str]
-    positions: list[str]
-    crops: torch.Tensor  # [n, 1, 32, 32]: the object, framed as the classifier's training images
-
-
-@torch.no_grad()
-def judge(images: torch.Tensor) -> Judgement:
-    """Read size, position and the object's crop back from scenes [n, 1, 64, 64].
-
-    Position: the side of the canvas centre the ink's bounding box is furthest towards.
-    Size: the ink's bounding box. Crop: the box's square around its centre, scaled so the
-    object fills 28 of 32 pixels, as a silhouette does in the classifier's data.
-    """
-    n = len(images)
-    ink = images[:, 0] >= INK
-    found = ink.flatten(1).any(1)
-    sizes, positions, crops = [], [], torch.zeros(n, 1, 32, 32)
-    for i in range(n):
-        if not found[i]:
-            sizes.append("none")
-            positions.append("none")
-            continue
-        rows, cols = ink[i].any(1).nonzero().flatten(), ink[i].any(0).nonzero().flatten()
-        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        cy, cx = (y0 + y1 - CANVAS) / 2, (x0 + x1 - CANVAS) / 2
-        positions.append(("right" if cx > 0 else "left") if abs(cx) >= abs(cy) else ("bottom" if cy > 0 else "top"))
-        side = max(y1 - y0, x1 - x0)
-        sizes.append("large" if side >= LARGE_FROM else "small")
-        # square box of the object's longer side, centred, in a zero-padded canvas
-        half = side / 2
-        my, mx = (y0 + y1) / 2, (x0 + x1) / 2
-        pad = CANVAS
-        big = F.pad(images[i:i + 1], (pad, pad, pad, pad))
-        a, b = int(round(my - half)) + pad, int(round(mx - half)) + pad
-        box = big[:, :, a:a + side, b:b + side]
-        obj = F.interpolate(box, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
-        crops[i, :, 2:30, 2:30] = obj[0].clamp(0, 1)
-    return Judgement(found, sizes, positions, crops)
-
-
-def scenes_tokenizer(cfg):
-    """The prompt tokenizer over the captions' words, laid out for the base config `cfg`."""
-    from ..models.text import build_tokenizer
-
-    words = sorted({w for c, *_ in all_captions() for w in c.split()})
-    return build_tokenizer(words, cfg.text_vocab, cfg.max_text)
-
-
-def crop_splits(repeats: int = 2):
-    """(train, val) Splits of object crops [n, 1, 32, 32] with their animals: the data of the
-    classifier that names the animal in a generated scene (trained on crops as `judge` makes them)."""
-    from .data import Split
-
-    out = []
-    for split, reps, seed in (("train", repeats, 2), ("val", 1, 1)):
-        s = make_scenes(split, reps, seed)
-        out.append(Split(images=judge(s.images).crops, labels=s.animals))
-    return tuple(out)
+def caption_words() -> list[str]:
+    """Every word of every caption, sorted: the vocabulary of the tiny text-to-image model."""
+    return sorted({w for c, *_ in all_captions() for w in c.split()})

@@ -1,1 +1,0 @@
-"""Calibration data from shortcut trajectories and INT8 Q/DQ quantization."""

@@ -1,0 +1,96 @@
+"""Calibration inputs for the INT8 shortcut, drawn from the sampler's own trajectories.
+
+Each record is one shortcut call as the sampler makes it: the features at the start of a step
+s (one CFG branch), the tokens unmasked at s, and the mask ratio after s, with s drawn across all
+steps (early, nearly-all-masked states and late ones have very different activation ranges, and
+INT8 scales must cover both). Stored as one .npz so a rebuild does not resample; new tokens are
+padded to the largest count, and `counts` says how many are real.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from ..families import family_of
+from ..fileio import atomic_path
+from ..sampling.config import SamplerConfig
+from ..sampling.record import Recording, autocast_bf16, record_sampling
+
+KEYS = ("features", "new_pos", "new_tok", "counts", "mask_ratio")
+
+
+def collect_calibration(rec: Recording, count: int = 256, seed: int = 0) -> dict[str, np.ndarray]:
+    """`count` shortcut inputs drawn at random (trajectory, step, branch) from a recording."""
+    if count < 1:
+        raise ConfigError(f"calibration size must be >= 1, got {count}")
+    n, branches, steps = rec.features.shape[:3]
+    g = torch.Generator().manual_seed(seed)
+    width = int(torch.bincount(rec.reveal[0], minlength=steps).max())  # the most tokens one step reveals
+    out = {"features": [], "new_pos": [], "new_tok": [], "counts": [], "mask_ratio": [], "steps": []}
+    for _ in range(count):
+        i = int(torch.randint(n, (1,), generator=g))
+        s = int(torch.randint(steps - 1, (1,), generator=g))
+        branch = int(torch.randint(branches, (1,), generator=g))
+        tokens, reveal = rec.tokens[i], rec.reveal[i]
+        pos = (reveal == s).nonzero().flatten()
+        padded = torch.zeros(width, dtype=torch.long)
+        padded[: len(pos)] = pos
+        out["features"].append(rec.features[i, branch, s].numpy().astype(np.float16))
+        out["new_pos"].append(padded.numpy())
+        out["new_tok"].append(tokens[padded].numpy())
+        out["counts"].append(len(pos))
+        out["mask_ratio"].append(float((reveal > s).float().mean()))
+        out["steps"].append(s)
+    return {k: np.stack(v) if k == "features" else np.asarray(v) for k, v in out.items()}
+
+
+def sample_calibration(base: torch.nn.Module, sampler: SamplerConfig, count: int = 128, seed: int = 1234,
+                       steps: int = 32) -> dict[str, np.ndarray]:
+    """Calibration inputs from trajectories the base model samples here and now (its own sampler
+    at N = `steps`, at most one token a step; every class or example prompt in turn)."""
+    fam = family_of(base)
+    spec = fam.spec(base.cfg)
+    n = max(8, min(64, count // 8))
+    device = next(base.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed * 1_000_003)
+    sampler = sampler.replace(steps=min(steps, spec.num_tokens))
+    rec = record_sampling(autocast_bf16(base), fam.example_conditions(spec, n).to(device), fam.uncond(spec, device),
+                          sampler, num_tokens=spec.num_tokens, mask_id=spec.mask_id, generator=g)
+    return collect_calibration(rec, count)
+
+
+def save_calibration(path: str | Path, data: dict[str, np.ndarray]) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **data)
+    return path
+
+
+def load_calibration(path: str | Path) -> dict[str, np.ndarray]:
+    """An .npz of calibration inputs (arrays only: `allow_pickle` stays off)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"calibration data not found: {path} (run `migm-export calibrate` first)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (ValueError, OSError) as e:
+        raise DataError(f"calibration data {path} is corrupt: {e}") from None
+    missing = set(KEYS) - set(data)
+    if missing:
+        raise DataError(f"calibration data {path} lacks {sorted(missing)}")
+    return data
+
+
+def shortcut_feeds(data: dict[str, np.ndarray]):
+    """One ONNX Runtime feed per record, with exactly its real new tokens (M = count)."""
+    for f, pos, tok, m, r in zip(*(data[k] for k in KEYS)):
+        m = int(m)
+        yield {"features": f[None].astype(np.float32), "new_pos": pos[None, :m].astype(np.int64),
+               "new_tok": tok[None, :m].astype(np.int64), "key_mask": np.ones((1, m), dtype=bool),
+               "mask_ratio": np.asarray([r], dtype=np.float32)}

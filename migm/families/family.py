@@ -1,0 +1,130 @@
+"""What the rest of migm needs to know about a model family, in one object per family (in the
+spirit of TensorRT's diffusion demo, which has one class per model): export, engines, runtime,
+training and the CLIs ask the family instead of testing which model they hold.
+
+A family says
+  - what the base model is conditioned on (the condition input's name, how user input is
+    encoded into it, and the unconditional input for classifier-free guidance);
+  - the `ModelSpec` the loop and the runtime need (grid, codebook, condition shape);
+  - its shortcut variant (config and model classes, how to call it);
+  - its exportable modules (the shortcut with the base head folded in) and example inputs;
+  - how to read the base head from a checkpoint without loading all of it;
+  - its default sampler, and which strategies and precisions it supports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..sampling.config import SamplerConfig
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the loop and the runtime need to know of a model, whatever runs it."""
+    family: str
+    num_tokens: int
+    grid: int
+    codebook_size: int
+    width: int
+    num_classes: int = 0  # class-conditional families
+    max_text: int = 0  # text-to-image families: prompt length (left-padded)
+    pad_id: int = -1  # text: the padding id (an all-padding prompt is the unconditional input)
+    text_vocab: int = 0  # text: prompt ids are 0..text_vocab-1
+
+    @property
+    def mask_id(self) -> int:
+        """[MASK] in the loop's token convention: codes 0..K-1, K = mask."""
+        return self.codebook_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "ModelSpec":
+        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
+
+
+class Family:
+    """The interface; `families/maskgit.py` and `families/llada.py` fill it in."""
+
+    name: str
+    base_kind: str  # checkpoint kinds (models/checkpoint.py)
+    shortcut_kind: str
+    base_config_cls: type
+    base_cls: type
+    shortcut_config_cls: type
+    shortcut_cls: type
+    condition: str  # the base graph's condition input: "labels" or "prompt"
+    text: bool  # conditioned on text prompts (True) or class labels (False)
+    strategies: tuple[str, ...]
+    precisions: tuple[str, ...]
+    sampler: SamplerConfig  # default sampling
+
+    # ---- the model ----
+
+    def spec(self, cfg) -> ModelSpec:
+        raise NotImplementedError
+
+    def spec_from_config(self, doc: dict) -> ModelSpec:
+        """The spec from a base config as stored in a manifest or checkpoint (a dict)."""
+        return self.spec(self.base_config_cls(**doc))
+
+    def uncond(self, spec: ModelSpec, device=None) -> torch.Tensor:
+        """The unconditional input, one row ([1] or [1, max_text]): broadcast over a batch."""
+        raise NotImplementedError
+
+    def encode(self, spec: ModelSpec, conditions: Sequence | torch.Tensor, *, class_names: Sequence[str] = (),
+               tokenizer: Any = None) -> torch.Tensor:
+        """User conditions (class names/indices, or prompts as text or ids) -> the base model's
+        condition tensor; ConfigError/PromptError naming what is wrong."""
+        raise NotImplementedError
+
+    def example_conditions(self, spec: ModelSpec, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n valid conditions (benchmarks, export examples)."""
+        raise NotImplementedError
+
+    def describe(self, cfg_doc: dict) -> str:
+        """One line for `migm-export inspect`."""
+        raise NotImplementedError
+
+    # ---- the shortcut ----
+
+    def shortcut_config(self, base_cfg, *, ratio: int = 2, n_block: int = 1, heads: int = 4,
+                        cross_attention: bool = True, mlp_ratio: float | None = None):
+        raise NotImplementedError
+
+    def new_shortcut(self, base, cfg) -> nn.Module:
+        """A fresh shortcut for `base` (frozen copies of its embeddings loaded)."""
+        model = self.shortcut_cls(cfg)
+        model.load_base_embeddings(base)
+        return model
+
+    def run_shortcut(self, model, features, new_pos, new_tok, key_mask, mask_ratio, cond) -> torch.Tensor:
+        """Next features; `cond` holds every row's condition (both CFG branches)."""
+        raise NotImplementedError
+
+    # ---- export and runtime ----
+
+    def shortcut_step(self, shortcut: nn.Module, base: nn.Module) -> nn.Module:
+        """The exported shortcut: next features and their logits (the base head folded in)."""
+        raise NotImplementedError
+
+    def shortcut_takes_condition(self) -> bool:
+        """Whether the exported shortcut has the condition as an input."""
+        raise NotImplementedError
+
+    def read_head(self, handle, spec: ModelSpec, device) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The base head from an open safetensors checkpoint (`safe_open` handle), reading only its rows."""
+        raise NotImplementedError
+
+    def cached_forward(self, base: nn.Module, autocast: bool):
+        """The base model's cached/partial forward for mlcache, or None where the family has none."""
+        return None
+
+    def supports(self, strategy: str) -> bool:
+        return strategy in self.strategies
