@@ -1,4 +1,4 @@
-"""The MIGM-Shortcut model, MaskGIT variant (DESIGN §1).
+"""The MIGM-Shortcut model, MaskGIT variant (docs/design.md).
 
 Predicts the base model's next-step features from the current ones and the tokens
 sampled at this step:
