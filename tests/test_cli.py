@@ -51,3 +51,19 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
+
+
+def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path, monkeypatch):
+    from migm.cli import common
+
+    monkeypatch.setitem(common._debug, "on", False)
+    proc = subprocess.run([sys.executable, "-m", "migm.cli.run", "--debug", "--classes", "unicorn", "--out",
+                           str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError: unknown class" in proc.stderr
+
+    @common.one_line_errors
+    def buggy():
+        return {}["dir"]  # a real bug: not a MigmError, so it is not turned into one line
+
+    with pytest.raises(KeyError):
+        buggy()
