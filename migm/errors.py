@@ -36,3 +36,9 @@ class DataError(MigmError, RuntimeError):
 
 class BackendUnavailable(MigmError, RuntimeError):
     """A backend this machine cannot run (TensorRT or a GPU missing, onnxruntime-gpu not installed)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (a library's can span pages), or its type's name."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from migm.cli.bench import main as bench_main
 from migm.cli.run import main as run_main
 from migm.engines.build import BuildSettings, build_bundle
-from migm.engines.bundle import BundleError
+from migm.engines.bundle import BundleError, manifest_digest
 from migm.evaluation.plain_loop import plain_generate
 from migm.families.presets import random_models
 from migm.runtime import Pipeline
@@ -109,6 +109,7 @@ def test_pipeline_errors(bundle, tmp_path):
         shutil.copy(bundle / f, tmp_path / "noshort.plan" / f)
     shutil.copytree(bundle / "torch", tmp_path / "noshort.plan" / "torch")
     del doc["components"]["shortcut"]
+    doc["digest"] = manifest_digest(doc)  # an edit the digest would catch: made as a build would
     (tmp_path / "noshort.plan" / "manifest.json").write_text(json.dumps(doc))
     plain = Pipeline.from_bundle(tmp_path / "noshort.plan", backend="ort")
     with pytest.raises(ValueError, match="needs a shortcut model"):
@@ -127,7 +128,7 @@ def test_migm_run_engine(bundle, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--budget", "7", "--steps", "6"], "budget B=7 must be between 1"),
-    (["--budget", "0"], "must be at least 1"),
+    (["--budget", "0"], "0 is not in the range 1<=x<=4096"),
     (["--classes", "9"], "out of range"),
     (["--backend", "trt"], "not TensorRT engines"),
 ])

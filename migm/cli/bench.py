@@ -40,12 +40,12 @@ def main():
 @click.option("--strategies", default="vanilla,fewer,reuse,extrapolate,mlcache,shortcut", show_default=True,
               help="Comma-separated: vanilla, fewer (vanilla with N=B), reuse, extrapolate, mlcache, shortcut; "
                    "`shortcut=PATH` adds another shortcut checkpoint (e.g. an ablation), named by its file stem.")
-@click.option("--num", default=1000, show_default=True, help="Images per row.")
+@click.option("--num", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, help="Images per row.")
 @click.option("--seed", "seeds", default="0", show_default=True, help="Seed(s), comma-separated; rows per seed.")
-@click.option("--err-num", default=100, show_default=True,
+@click.option("--err-num", type=click.IntRange(0, 100_000), default=100, show_default=True,
               help="Images on which the feature error is measured (an extra pass with the base on every step; "
                    "0 = off).")
-@click.option("--batch-size", default=100, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=100, show_default=True)
 @click.option("--json", "json_path", default="benchmarks/results/quality.json", show_default=True,
               help="Rows are written here (a JSON list), rewritten after every row.")
 @click.option("--plot", "plot_path", default=None, help="Pareto plot PNG (default: the JSON path with .png).")
@@ -141,12 +141,14 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
               help="Bundle for ort/trt (default: built into the cache for the preset).")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available for torch/trt).")
 @click.option("--batch", "batches", default="1,32", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--steps", default=32, show_default=True, help="Sampling steps N.")
+@click.option("--steps", type=click.IntRange(1, 4096), default=32, show_default=True, help="Sampling steps N.")
 @click.option("--budget", "budgets", default="12", show_default=True, help="Base-model steps B (comma-separated).")
 @click.option("--strategies", default="shortcut,reuse,extrapolate,fewer", show_default=True,
               help="Hybrid strategies timed at each B (vanilla N is always timed).")
-@click.option("--repeats", default=3, show_default=True, help="Timed runs per measurement (the median is kept).")
-@click.option("--warmup", default=1, show_default=True, help="Untimed runs first (they also capture CUDA graphs).")
+@click.option("--repeats", type=click.IntRange(1, 1000), default=3, show_default=True,
+              help="Timed runs per measurement (the median is kept).")
+@click.option("--warmup", type=click.IntRange(0, 1000), default=1, show_default=True,
+              help="Untimed runs first (they also capture CUDA graphs).")
 @click.option("--no-plain", is_flag=True, help="Skip the plain-PyTorch baseline loop.")
 @click.option("--graphs/--no-graphs", default=True, show_default=True, help="CUDA graphs on a GPU (torch, trt).")
 @click.option("--json", "json_path", default="benchmarks/results/speed.json", show_default=True,

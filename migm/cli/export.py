@@ -84,9 +84,11 @@ def onnx(out, model, base_path, vq_path, shortcut_path, no_shortcut):
 
 @main.command()
 @click.option("--base", "base_path", default=None, help="Base checkpoint (default: the shipped tiny-animals base).")
-@click.option("--count", default=128, show_default=True, help="Number of calibration inputs.")
-@click.option("--steps", default=32, show_default=True, help="Sampling steps N of the trajectories drawn from.")
-@click.option("--seed", default=1234, show_default=True)
+@click.option("--count", type=click.IntRange(1, 100_000), default=128, show_default=True,
+              help="Number of calibration inputs.")
+@click.option("--steps", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Sampling steps N of the trajectories drawn from.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=1234, show_default=True)
 @click.option("--out", default="calibration.npz", show_default=True)
 @one_line_errors
 def calibrate(base_path, count, steps, seed, out):
@@ -110,9 +112,12 @@ def calibrate(base_path, count, steps, seed, out):
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
               help="INT8 calibration inputs from `migm-export calibrate` (default: reuse the previous bundle's, "
                    "or sample).")
-@click.option("--calibration-size", default=128, show_default=True, help="Calibration inputs to sample.")
-@click.option("--max-batch", default=64, show_default=True, help="TensorRT profile: largest batch (CFG doubles it).")
-@click.option("--opt-batch", default=16, show_default=True, help="TensorRT profile: the batch to tune for.")
+@click.option("--calibration-size", type=click.IntRange(1, 100_000), default=128, show_default=True,
+              help="Calibration inputs to sample.")
+@click.option("--max-batch", type=click.IntRange(1, 65536), default=64, show_default=True,
+              help="TensorRT profile: largest batch (CFG doubles it).")
+@click.option("--opt-batch", type=click.IntRange(1, 65536), default=16, show_default=True,
+              help="TensorRT profile: the batch to tune for.")
 @click.option("--opt-level", default=3, show_default=True, type=click.IntRange(0, 5),
               help="TensorRT builder optimization level.")
 @click.option("--hardware-compat", default=None, help="TensorRT hardware compatibility level, e.g. ampere_plus.")
@@ -128,9 +133,18 @@ def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_
                       calibration_size=calibration_size, max_batch=max_batch, opt_batch=opt_batch,
                       opt_level=opt_level, hardware_compat=hardware_compat,
                       timing_cache=Path(timing_cache) if timing_cache else None)
-    bar = tqdm(desc="build", bar_format="{desc}: {elapsed} {postfix}")
-    path = build_bundle(out, s, base_path, vq_path, shortcut_path, progress=lambda msg: bar.set_postfix_str(msg))
-    bar.close()
+    bar = []  # made on the first progress message: an error before any work prints alone
+
+    def say(msg):
+        if not bar:
+            bar.append(tqdm(desc="build", bar_format="{desc}: {elapsed} {postfix}"))
+        bar[0].set_postfix_str(msg)
+
+    try:
+        path = build_bundle(out, s, base_path, vq_path, shortcut_path, progress=say)
+    finally:
+        if bar:
+            bar[0].close()
     click.echo(f"built {path} ({precision}, {backend})")
     _print_manifest(path)
 

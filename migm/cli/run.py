@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 import torch
 
 from ..runtime.cache import default_bundle
-from ..runtime.images import make_grid, save_png, slug
+from ..runtime.images import ImageFolder, make_grid, slug
 from ..runtime.pipeline import Pipeline
 from ..sampling.loop import STRATEGIES
 from .common import Bar, debug_option, one_line_errors
+
+MAX_IMAGES = 100_000  # a sane bound: more is a typo, or a job for migm-generate
+GRID_MAX = 100  # the grid shows at most this many images
 
 
 @click.command()
@@ -29,9 +31,11 @@ from .common import Bar, debug_option, one_line_errors
                    "e.g. --prompt \"a small cat on the left\".")
 @click.option("--model", type=click.Choice(["tiny-animals", "tiny-scenes"]), default=None,
               help="A shipped model on the torch backend, instead of a bundle (tiny-scenes: text-to-image).")
-@click.option("--num", default=None, type=int, help="Number of images [16; with prompts: one per prompt].")
-@click.option("--steps", type=int, default=None, help="Sampling steps N (default: the model's, 16 for tiny-animals).")
-@click.option("--budget", type=int, default=None,
+@click.option("--num", default=None, type=click.IntRange(1, MAX_IMAGES),
+              help=f"Number of images (at most {MAX_IMAGES:,}) [16; with prompts: one per prompt].")
+@click.option("--steps", type=click.IntRange(1, 4096), default=None,
+              help="Sampling steps N (default: the model's, 16 for tiny-animals).")
+@click.option("--budget", type=click.IntRange(1, 4096), default=None,
               help="B: steps that run the base model (of N); the shortcut predicts the others. Default: N.")
 @click.option("--strategy", default=None, type=click.Choice(STRATEGIES),
               help="How steps without the base model get their features. Default: shortcut when B < N.")
@@ -39,8 +43,8 @@ from .common import Bar, debug_option, one_line_errors
               help="Classifier-free guidance weight w (default: the model's; --cfg is the old name).")
 @click.option("--tau", type=float, default=None,
               help="Gumbel temperature of the confidence noise (default: the model's).")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--out", default="migm-out", show_default=True, type=click.Path(file_okay=False),
               help="Output directory: grid.png plus one PNG per image.")
 @click.option("--base", "base_path", default=None,
@@ -60,24 +64,9 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
     text-to-image bundle. Checkpoint options (--model or --base/--vq/--shortcut) run the
     torch backend on them.
     """
-    if num is not None and num < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--num")
     if prompts and classes:
         raise click.UsageError("give --classes (class-conditional model) or --prompt (text-to-image), not both")
-    if steps is not None and steps < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--steps")
-    if batch_size < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--batch-size")
-    if budget is not None and budget < 1:
-        raise click.BadParameter(f"budget B={budget} must be at least 1", param_hint="--budget")
-    out_dir = Path(out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".migm-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise click.ClickException(f"cannot write to output directory {out_dir}: {e.strerror or e}") from None
+    folder = ImageFolder(out)  # refused now, before any work, if it holds files migm-run did not write
 
     checkpoints = base_path or vq_path or shortcut_path or model
     if checkpoints and engine:
@@ -117,21 +106,30 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
         num = num or 16
         cond = pipe.conditions(classes=chosen)  # checked before any work
         class_names = pipe.class_names or [str(i) for i in range(pipe.num_classes)]
-        names = [class_names[int(cond[i % len(chosen)])] for i in range(num)]
+        names = [slug(class_names[int(cond[i % len(chosen)])]) for i in range(num)]
     cond = cond[torch.arange(num) % len(chosen)]
     strategy = pipe.resolve_strategy(strategy, sampler.steps, budget)
+    batches = pipe.iter_tokens(cond=cond, sampler=sampler, seed=seed, batch_size=batch_size, strategy=strategy,
+                               budget=budget, progress=lambda i, n: bar(i, n))  # checked here, before any write
 
+    folder.open()
     bar = Bar(f"sampling ({pipe.backend.name}, {pipe.device}, {strategy})")
     t0 = time.perf_counter()
-    images = pipe.generate(cond=cond, sampler=sampler, seed=seed, batch_size=batch_size, strategy=strategy,
-                           budget=budget, progress=lambda i, n: bar(i, n))
+    shown, done = [], 0
+    for tokens in batches:  # written batch by batch: memory does not grow with --num
+        images = pipe.decode(tokens, batch_size=batch_size)
+        for img in images:
+            folder.save(img, f"{done:04d}_{names[done]}.png", scale=4)
+            if len(shown) < GRID_MAX:
+                shown.append(img)
+            done += 1
     elapsed = time.perf_counter() - t0
     bar.close()
-    for i, (img, name) in enumerate(zip(images, names)):
-        save_png(img, out_dir / f"{i:04d}_{name}.png", scale=4)
     ncol = min(len(chosen), num, 10) if len(chosen) > 1 else None
-    save_png(make_grid(images, ncol=ncol), out_dir / "grid.png", scale=4)
-    click.echo(f"wrote {num} images and grid.png to {out_dir}: {num / elapsed:.1f} images/s "
+    folder.save(make_grid(torch.stack(shown), ncol=ncol), "grid.png", scale=4)
+    folder.close()
+    more = f" (the grid shows the first {GRID_MAX})" if num > GRID_MAX else ""
+    click.echo(f"wrote {num} images and grid.png to {folder.path}{more}: {num / elapsed:.1f} images/s "
                f"({pipe.backend.name} backend, N={sampler.steps}, B={budget or sampler.steps})")
 
 

@@ -14,7 +14,7 @@ from ..data.scenes import CANVAS, all_captions, caption_words, make_scenes
 from ..evaluation.judge import crop_splits
 from ..families import family_of
 from ..families.presets import preset
-from ..fileio import atomic_dir
+from ..fileio import staged_files
 from ..models.checkpoint import BASE_KINDS, checkpoint_digest, load_checkpoint, load_shortcut, save_checkpoint
 from ..models.classifier import ClassifierConfig
 from ..models.text import build_tokenizer, encode_prompts, load_tokenizer, save_tokenizer, tokenizer_path
@@ -52,13 +52,14 @@ SHIP_STEPS = {"tiny-animals": 16, "tiny-scenes": 32}
 
 @main.command()
 @click.option("--out", default="runs/vq", show_default=True, help="Checkpoint path (without suffix).")
-@click.option("--steps", default=1500, show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--codebook-size", default=64, show_default=True, help="Number of codes (at most 512).")
+@click.option("--steps", type=click.IntRange(1, 10_000_000), default=1500, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=128, show_default=True)
+@click.option("--codebook-size", type=click.IntRange(2, 512), default=64, show_default=True,
+              help="Number of codes (at most 512).")
 @click.option("--downsample", type=click.Choice(["2", "4"]), default=None,
               help="x2 or x4 per side: 16x16 tokens for 32x32 animals (default x2) or 64x64 scenes (default x4).")
 @DATA
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @DEVICE
 @one_line_errors
 def vq(out, steps, batch_size, codebook_size, downsample, data, seed, device):
@@ -80,10 +81,10 @@ def vq(out, steps, batch_size, codebook_size, downsample, data, seed, device):
 
 @main.command()
 @click.option("--out", default="runs/classifier", show_default=True)
-@click.option("--steps", default=2000, show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 10_000_000), default=2000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=128, show_default=True)
 @DATA
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @DEVICE
 @one_line_errors
 def classifier(out, steps, batch_size, data, seed, device):
@@ -105,10 +106,10 @@ def classifier(out, steps, batch_size, data, seed, device):
 @click.option("--preset", "preset_name", type=click.Choice(["tiny-animals", "tiny-scenes"]), default="tiny-animals",
               show_default=True, help="tiny-scenes: the text-to-image (llada) model on the tiny scenes.")
 @click.option("--out", default="runs/base", show_default=True)
-@click.option("--steps", default=3000, show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 10_000_000), default=3000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=128, show_default=True)
 @click.option("--lr", default=5e-4, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @DEVICE
 @one_line_errors
 def base(vq_path, preset_name, out, steps, batch_size, lr, seed, device):
@@ -156,19 +157,24 @@ def ship(vq_path, classifier_path, base_path, model, steps, guidance, tau, out_d
     fam = preset(model).fam
     sampler = fam.sampler.replace(steps=steps or SHIP_STEPS[model], guidance=guidance, tau=tau).validate()
     base_extra = {"sampling": sampler.to_dict(), **({} if fam.text else {"class_names": CLASS_NAMES})}
-    for src, name, extra in [(vq_path, "vq", {}), (classifier_path, "classifier", {"class_names": CLASS_NAMES}),
-                             (base_path, "base", base_extra)]:
-        m = load_checkpoint(src)
-        save_checkpoint(m, out / name, meta={**m.meta, **extra}, dtype=torch.float16)
+    # everything is read and checked before anything is written, and written as one: a failure
+    # leaves the shipped model as it was
+    models = [(vq_path, "vq", load_checkpoint(vq_path, kinds=("vqvae",)), {}),
+              (classifier_path, "classifier", load_checkpoint(classifier_path, kinds=("classifier",)),
+               {"class_names": CLASS_NAMES}),
+              (base_path, "base", load_checkpoint(base_path, kinds=(fam.base_kind,)), base_extra)]
+    tok = tokenizer_path(base_path)
+    if fam.text and not (tok / "tokenizer.json").is_file():
+        raise click.ClickException(f"no tokenizer beside the base model (expected {tok}/)")
+    with staged_files(out) as stage:
+        for src, name, m, extra in models:
+            save_checkpoint(m, stage / name, meta={**m.meta, **extra}, dtype=torch.float16)
+        if fam.text:
+            shutil.copytree(tok, tokenizer_path(stage / "base"))
+    for src, name, _, _ in models:
         click.echo(f"{name}: {src} -> {out / name}.safetensors")
     if fam.text:
-        src = tokenizer_path(base_path)
-        if not (src / "tokenizer.json").exists():
-            raise click.ClickException(f"no tokenizer beside the base model (expected {src}/)")
-        with atomic_dir(tokenizer_path(out / "base")) as tmp:
-            for f in src.iterdir():
-                shutil.copyfile(f, tmp / f.name)
-        click.echo(f"tokenizer: {src} -> {tokenizer_path(out / 'base')}")
+        click.echo(f"tokenizer: {tok} -> {tokenizer_path(out / 'base')}")
 
 
 @main.command()
@@ -176,15 +182,16 @@ def ship(vq_path, classifier_path, base_path, model, steps, guidance, tau, out_d
               help="Base model checkpoint (default: the shipped tiny-animals base).")
 @click.option("--out", default="runs/trajectories", show_default=True, type=click.Path(file_okay=False),
               help="Output directory (shards + manifest.json); an unfinished one is resumed.")
-@click.option("--images", "--num", "num", default=1000, show_default=True,
+@click.option("--images", "--num", "num", type=click.IntRange(1, 10_000_000), default=1000, show_default=True,
               help="Number of sampled images (trajectories per branch). Under torchrun write --images: "
                    "torchrun's own parser takes --num for its --numa-binding.")
-@click.option("--steps", default=32, show_default=True, help="Sampling steps N.")
+@click.option("--steps", type=click.IntRange(1, 4096), default=32, show_default=True, help="Sampling steps N.")
 @click.option("--guidance", "--cfg", "guidance", type=float, default=None,
               help="Guidance weight (default: the base model's); 0 = one branch. --cfg is the old name.")
 @click.option("--tau", type=float, default=None, help="Confidence-noise temperature (default: the base model's).")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--shard-size", default=50, show_default=True, help="Images per shard (one sampling batch).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--shard-size", type=click.IntRange(1, 100_000), default=50, show_default=True,
+              help="Images per shard (one sampling batch).")
 @DEVICE
 @one_line_errors
 def trajectories(base_path, out, num, steps, guidance, tau, seed, shard_size, device):
@@ -227,27 +234,32 @@ def trajectories(base_path, out, num, steps, guidance, tau, seed, shard_size, de
               type=click.Path(file_okay=False), help="A trajectory set from `migm-train trajectories`.")
 @click.option("--base", "base_path", default=None, help="The base model the trajectories came from (default: shipped).")
 @click.option("--out", default="runs/shortcut", show_default=True, help="Checkpoint path (without suffix).")
-@click.option("--steps", default=3000, show_default=True, help="Training iterations.")
-@click.option("--batch-size", default=32, show_default=True, help="Windows per iteration (per process).")
+@click.option("--steps", type=click.IntRange(1, 10_000_000), default=3000, show_default=True,
+              help="Training iterations.")
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=32, show_default=True,
+              help="Windows per iteration (per process).")
 @click.option("--lr", default=1e-4, show_default=True)
 @click.option("--weight-decay", default=1e-2, show_default=True)
-@click.option("--decay-at", default=1000, show_default=True, help="Multiply the lr by 0.1 after this many iterations.")
+@click.option("--decay-at", type=click.IntRange(0, 10_000_000), default=1000, show_default=True,
+              help="Multiply the lr by 0.1 after this many iterations.")
 @click.option("--ema", "ema_decay", default=0.999, show_default=True, help="EMA decay of the saved weights.")
-@click.option("--rollout", default=1, show_default=True,
+@click.option("--rollout", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Most shortcut steps chained per window (1 = teacher forcing).")
 @click.option("--plan-budgets", default="",
               help="Draw windows along these hybrid plans, e.g. 6,8,12 (start at full steps).")
 @click.option("--kl", default=0.0, show_default=True, help="Weight of the (guided) logit KL term; 0 = MSE only.")
-@click.option("--ratio", default=2, show_default=True, help="Bottleneck ratio r (inner width d/r).")
-@click.option("--blocks", "n_block", default=1, show_default=True, help="Number of shortcut blocks.")
-@click.option("--heads", default=4, show_default=True)
+@click.option("--ratio", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Bottleneck ratio r (inner width d/r).")
+@click.option("--blocks", "n_block", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Number of shortcut blocks.")
+@click.option("--heads", type=click.IntRange(1, 256), default=4, show_default=True)
 @click.option("--no-cross-attention", is_flag=True,
               help="Ablation: self-attention instead of attending to sampled tokens.")
-@click.option("--max-trajectories", default=0, show_default=True,
+@click.option("--max-trajectories", type=click.IntRange(0, 10_000_000), default=0, show_default=True,
               help="Train on only the first n trajectories (0 = all; the held-out 5% stay the same).")
-@click.option("--eval-every", default=500, show_default=True)
+@click.option("--eval-every", type=click.IntRange(1, 10_000_000), default=500, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @one_line_errors
 def shortcut(traj_path, base_path, out, steps, batch_size, lr, weight_decay, decay_at, ema_decay, rollout, plan_budgets,
              kl, ratio, n_block, heads, no_cross_attention, max_trajectories, eval_every, device, seed):
@@ -300,7 +312,8 @@ def ship_shortcut(path, model, out_dir):
     """Copy a trained shortcut into the package (fp16), after checking it belongs to the shipped base."""
     out = Path(out_dir) if out_dir else assets.model_dir(model)
     sc = load_shortcut(path, out / "base")
-    save_checkpoint(sc, out / "shortcut", meta=sc.meta, dtype=torch.float16)
+    with staged_files(out) as stage:  # weights and config land together, or not at all
+        save_checkpoint(sc, stage / "shortcut", meta=sc.meta, dtype=torch.float16)
     click.echo(f"shortcut: {path} -> {out / 'shortcut'}.safetensors")
 
 

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,11 +32,12 @@ from ..export.onnx import (
 )
 from ..export.precision import component_precisions, to_fp16
 from ..families import Family, family_of
+from ..fileio import atomic_dir, check_replaceable
 from ..models.checkpoint import BASE_KINDS, checkpoint_digest, checkpoint_files, load_checkpoint, load_shortcut
 from ..models.text import tokenizer_path
 from ..sampling.config import SamplerConfig
 from . import trt
-from .bundle import BundleError, read_manifest, write_bundle
+from .bundle import BundleError, bundle_file, fill_bundle, is_bundle, verify_bundle
 from .verify import rel_error
 
 BACKENDS = ("ort", "trt")
@@ -61,6 +62,11 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
     say = progress or (lambda msg: None)
     if s.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {s.backend!r}; choose from {', '.join(BACKENDS)}")
+    if not 1 <= s.opt_batch <= s.max_batch <= 65536:
+        raise ConfigError(f"TensorRT profile batches need 1 <= opt ({s.opt_batch}) <= max ({s.max_batch}) <= 65536")
+    if not 1 <= s.calibration_size <= 100_000:
+        raise ConfigError(f"calibration size must be in 1..100000, got {s.calibration_size}")
+    check_replaceable(Path(out), is_bundle, "bundle")  # before any work: never someone else's folder
     if s.backend == "trt":  # fail before any work when TensorRT or the GPU is missing
         trt.import_tensorrt()
         trt.gpu_arch()
@@ -80,8 +86,10 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
         digests["shortcut"] = checkpoint_digest(shortcut_path)
     sampler = SamplerConfig.from_dict(base.meta.get("sampling"), default=fam.sampler)
 
-    with tempfile.TemporaryDirectory(prefix="migm-build-") as work:
-        work = Path(work)
+    # everything happens inside the staging directory beside `out`: a killed build leaves only that,
+    # and the next build on `out` removes it; `out` itself is replaced only by a finished bundle
+    with atomic_dir(out, ours=is_bundle, what="bundle") as stage:
+        work = stage / ".work"
         files, entries = {}, {}
         for comp in components(base, vq.decoder, shortcut):
             prec = precisions[comp.name]
@@ -123,7 +131,9 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
             "tools": _versions(), **({"tokenizer": tokenizer} if tokenizer else {}),
         }
         say("bundle")
-        return write_bundle(out, manifest, files)
+        fill_bundle(stage, manifest, files)
+        shutil.rmtree(work)
+    return Path(out)
 
 
 def _graph(comp: Component, precision: str, work: Path, say, calibration: Callable[[], dict]) -> Path:
@@ -160,13 +170,13 @@ def _calibration(s: BuildSettings, out, digests: dict, base, sampler: SamplerCon
     """Calibration inputs: --calibration, else the previous bundle's (same checkpoints), else sampled."""
     if s.calibration is not None:
         return load_calibration(s.calibration)
-    old = Path(out) / "calibration.npz"
-    if old.exists():
+    if is_bundle(Path(out)):
         try:
-            if read_manifest(out).get("sources") == digests:
+            doc = verify_bundle(out)
+            if doc["sources"] == digests and doc.get("calibration"):
                 say("calibration: reusing the previous bundle's")
-                return load_calibration(old)
-        except (BundleError, DataError):  # an unreadable old bundle is simply resampled
+                return load_calibration(bundle_file(Path(out), doc["calibration"]["file"], "calibration data"))
+        except (BundleError, DataError):  # an unreadable old bundle: sample afresh
             pass
     say("calibration: sampling trajectories with the base model")
     return sample_calibration(base, sampler, s.calibration_size)

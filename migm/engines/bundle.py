@@ -1,9 +1,10 @@
 """The `NAME.plan/` bundle: a directory with `manifest.json` and one artifact per component.
 
     NAME.plan/
-      manifest.json      format, family and config, token grid, vocab, sampling defaults,
+      manifest.json      format, family and config, the model spec, sampling defaults,
                          components (file, precision, backend, inputs/outputs with shapes,
-                         sha256), tool versions, GPU arch for TensorRT engines
+                         sha256), tool versions, GPU arch for TensorRT engines, and a digest
+                         of all of it
       base.onnx | base.engine
       shortcut.onnx | shortcut.engine
       decoder.onnx | decoder.engine
@@ -12,91 +13,271 @@
                          run by the torch backend; the others take the base head from them
       tokenizer/         (text-to-image models) the prompt tokenizer, save_pretrained layout
 
-A bundle is assembled in a temporary directory beside the target and renamed into
-place, so a failed build leaves no half-written bundle. Loading checks every file's hash.
+A bundle is data, never code, and may come from someone else. Loading it reads a manifest of
+bounded size, checks it against one schema (types, ranges, finite numbers, no unknown keys) and
+its digest, confines every path it names to the bundle (relative, no `..`, no symlinks, regular
+files only, sizes as recorded) and checks every file's hash before anything reads it.
+
+A bundle is assembled in a staging directory beside the target and swapped into place
+(fileio.atomic_dir), so a failed or killed build leaves no half-written bundle.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 import shutil
-from pathlib import Path
+import stat
+from pathlib import Path, PurePosixPath
 
-from ..errors import BundleError
-from ..fileio import atomic_dir
+from ..errors import BundleError, ConfigError, MigmError
+from ..families import FAMILIES, family
+from ..fileio import recover_dir
 from ..fileio import sha256_file as sha256
+from ..sampling.config import SamplerConfig
 
 FORMAT = "migm-bundle"
-VERSION = 1
+VERSION = 2  # 2: the manifest's schema, spec and digest
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_NAME = 200  # class names become file names (slugged and cut), but a page-long one is no class name
+COMPONENTS = ("base", "shortcut", "decoder")
+CHECKPOINTS = ("base", "vq", "shortcut")
+DTYPES = ("float32", "float16", "int64", "int32", "bool")
 
 
-def write_bundle(out: str | Path, manifest: dict, files: dict[str, Path]) -> Path:
-    """Create `out` from `files` (name in bundle -> source path) and `manifest`, atomically.
+def is_bundle(path: Path) -> bool:
+    """Whether `path` holds a manifest of a bundle migm wrote (the only directory a build replaces)."""
+    try:
+        mf = path / "manifest.json"
+        if mf.is_symlink() or not mf.is_file() or mf.stat().st_size > MAX_MANIFEST_BYTES:
+            return False
+        return json.loads(mf.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
-    Component entries in `manifest["components"]` get their `sha256` and `bytes` filled in.
-    An existing bundle at `out` is replaced only once the new one is complete.
-    """
-    out = Path(out)
-    with atomic_dir(out) as stage:
-        for name, src in files.items():
-            (stage / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, stage / name)
-        for entry in manifest.get("components", {}).values():
-            p = stage / entry["file"]
-            entry["sha256"], entry["bytes"] = sha256(p), p.stat().st_size
-            if entry.get("data_file"):  # ONNX weights over 2 GB, beside the graph
-                d = stage / entry["data_file"]
-                entry["data_sha256"], entry["bytes"] = sha256(d), entry["bytes"] + d.stat().st_size
-        for entry in manifest.get("checkpoints", {}).values():  # a checkpoint is two files: weights, config
-            entry["sha256"] = {ext: sha256(stage / f"{entry['file']}.{ext}") for ext in ("safetensors", "json")}
-        if manifest.get("tokenizer"):
-            t = manifest["tokenizer"]
-            t["sha256"] = {f: sha256(stage / t["dir"] / f) for f in t["files"]}
-        if (stage / "calibration.npz").exists():
-            manifest["calibration"] = {"file": "calibration.npz", "sha256": sha256(stage / "calibration.npz")}
-        (stage / "manifest.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, **manifest},
-                                                        indent=2) + "\n")
-    return out
+
+def manifest_digest(doc: dict) -> str:
+    """sha256 of the manifest's canonical JSON, without its own digest field."""
+    body = {k: v for k, v in doc.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def fill_bundle(stage: Path, manifest: dict, files: dict[str, Path]) -> None:
+    """Put `files` (name in bundle -> source path) into the staging directory and write the
+    manifest with every file's hash and size and its own digest. Sources inside the stage are
+    moved (no copies of multi-GB graphs), others copied."""
+    stage = Path(stage)
+    for name, src in files.items():
+        dst = stage / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if Path(src).resolve().is_relative_to(stage.resolve()):
+            os.replace(src, dst)
+        else:
+            shutil.copyfile(src, dst)
+    for entry in manifest.get("components", {}).values():
+        p = stage / entry["file"]
+        entry["sha256"], entry["bytes"] = sha256(p), p.stat().st_size
+        if entry.get("data_file"):  # ONNX weights over 2 GB, beside the graph
+            d = stage / entry["data_file"]
+            entry["data_sha256"], entry["data_bytes"] = sha256(d), d.stat().st_size
+    for entry in manifest.get("checkpoints", {}).values():  # a checkpoint is two files: weights, config
+        entry["sha256"] = {ext: sha256(stage / f"{entry['file']}.{ext}") for ext in ("safetensors", "json")}
+    if manifest.get("tokenizer"):
+        t = manifest["tokenizer"]
+        t["sha256"] = {f: sha256(stage / t["dir"] / f) for f in t["files"]}
+    if (stage / "calibration.npz").exists():
+        manifest["calibration"] = {"file": "calibration.npz", "sha256": sha256(stage / "calibration.npz")}
+    doc = {"format": FORMAT, "version": VERSION, **manifest}
+    doc["digest"] = manifest_digest(doc)
+    (stage / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def read_manifest(path: str | Path) -> dict:
+    """The manifest, read within its size cap and checked against the schema and its digest."""
     path = Path(path)
+    try:
+        recover_dir(path)  # a build killed between its two renames: the previous bundle comes back
+    except OSError:
+        pass  # a read-only place: nothing to recover there
     if not path.is_dir():
         raise BundleError(f"{path} is not a bundle directory (expected NAME.plan/ from `migm-export build`)")
     mf = path / "manifest.json"
-    if not mf.exists():
+    if not mf.exists() and not mf.is_symlink():
         raise BundleError(f"{path} has no manifest.json: not a bundle, or an unfinished one")
+    st = mf.lstat()
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"{mf} is not a regular file (a link or a device); a bundle holds plain files only")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{mf} has {st.st_size} bytes; a bundle manifest has at most {MAX_MANIFEST_BYTES}")
     try:
-        doc = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{mf} is not valid JSON: {e}") from e
-    if doc.get("format") != FORMAT:
-        raise BundleError(f"{mf} is not a migm bundle manifest")
-    if doc.get("version") != VERSION:
-        raise BundleError(f"{path} is bundle version {doc.get('version')}; this migm reads version {VERSION}")
+        doc = json.loads(mf.read_bytes()[:MAX_MANIFEST_BYTES], parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"{mf} is not valid JSON: {e}") from None
+    _check_schema(doc, mf)
+    if doc["digest"] != manifest_digest(doc):
+        raise BundleError(f"{mf} does not match its digest (corrupt or modified; rebuild the bundle)")
     return doc
+
+
+def bundle_file(bundle: Path, rel, what: str, size: int | None = None) -> Path:
+    """The file a manifest names, confined to the bundle: a relative path without `..`, no
+    symlink on the way, a regular file (not a FIFO or device), of the recorded size."""
+    parts = PurePosixPath(rel).parts if isinstance(rel, str) and rel else ()
+    if not parts or PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel:
+        raise BundleError(f"bundle {bundle}: {what} path {rel!r} leaves the bundle; a bundle names its own files only")
+    full = bundle
+    for part in parts:
+        full = full / part
+        if full.is_symlink():
+            raise BundleError(f"bundle {bundle}: {what} {rel} is a symbolic link; a bundle holds plain files only")
+    if not full.exists():
+        raise BundleError(f"bundle {bundle}: {what} {rel} is missing")
+    st = full.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"bundle {bundle}: {what} {rel} is not a regular file")
+    if size is not None and st.st_size != size:
+        raise BundleError(f"bundle {bundle}: {what} {rel} has {st.st_size} bytes, the manifest says {size} "
+                          "(corrupt or modified; rebuild the bundle)")
+    return full
 
 
 def verify_bundle(path: str | Path) -> dict:
-    """The manifest, after checking that every file it lists exists and matches its hash."""
+    """The manifest, after checking that every file it names is in the bundle and matches its hash."""
     path = Path(path)
     doc = read_manifest(path)
 
-    def check(rel: str, digest: str, what: str) -> None:
-        if not (path / rel).exists():
-            raise BundleError(f"bundle {path}: {what} {rel} is missing")
-        if sha256(path / rel) != digest:
+    def check(rel: str, digest: str, what: str, size: int | None = None) -> None:
+        if sha256(bundle_file(path, rel, what, size)) != digest:
             raise BundleError(f"bundle {path}: {rel} does not match its hash in manifest.json "
                               "(corrupt or modified; rebuild the bundle)")
 
-    for name, entry in doc.get("components", {}).items():
-        check(entry["file"], entry["sha256"], f"component {name} file")
+    for name, entry in doc["components"].items():
+        check(entry["file"], entry["sha256"], f"component {name} file", entry["bytes"])
         if entry.get("data_file"):
-            check(entry["data_file"], entry["data_sha256"], f"component {name} weights")
-    for entry in doc.get("checkpoints", {}).values():
+            check(entry["data_file"], entry["data_sha256"], f"component {name} weights", entry.get("data_bytes"))
+    for entry in doc["checkpoints"].values():
         for ext, digest in entry["sha256"].items():
             check(f"{entry['file']}.{ext}", digest, "checkpoint file")
     tok = doc.get("tokenizer")
-    for name, digest in (tok or {}).get("sha256", {}).items():
-        check(f"{tok['dir']}/{name}", digest, "tokenizer file")
+    if tok:
+        for name in tok["files"]:
+            check(f"{tok['dir']}/{name}", tok["sha256"][name], "tokenizer file")
+    if doc.get("calibration"):
+        check(doc["calibration"]["file"], doc["calibration"]["sha256"], "calibration data")
     return doc
+
+
+# ---- the schema ----
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a number a manifest may hold")
+
+
+def _check_schema(doc, mf: Path) -> None:
+    """Types, ranges and keys of every field; a BundleError naming the first wrong one."""
+    try:
+        _expect(isinstance(doc, dict), "the manifest is not a JSON object")
+        _expect(doc.get("format") == FORMAT, "it is not a migm bundle manifest (format)")
+        _expect(doc.get("version") == VERSION,
+                f"it is bundle version {doc.get('version')}; this migm reads version {VERSION} (rebuild it)")
+        _keys(doc, "manifest", required={"format", "version", "family", "precision", "backend", "config", "spec",
+                                         "class_names", "sampling", "sources", "components", "checkpoints", "tools",
+                                         "digest"}, optional={"tokenizer", "calibration"})
+        _expect(doc["family"] in FAMILIES, f"family {doc['family']!r} is none this migm runs ({', '.join(FAMILIES)})")
+        fam = family(doc["family"])
+        _expect(doc["precision"] in ("fp32", "fp16", "int8", "best"), f"precision {doc['precision']!r} is unknown")
+        _expect(doc["backend"] in ("ort", "trt"), f"backend {doc['backend']!r} is unknown")
+        cfg = doc["config"]
+        _keys(cfg, "config", required={"base", "vq", "shortcut"})
+        _expect(isinstance(cfg["base"], dict) and isinstance(cfg["vq"], dict), "config.base and config.vq are objects")
+        try:
+            spec = fam.spec_from_config(cfg["base"]).validate()
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"config.base does not describe a {fam.name} model: {e}") from None
+        _expect(doc["spec"] == spec.to_dict(), "spec does not match config.base")
+        names = doc["class_names"]
+        _expect(isinstance(names, list) and all(isinstance(n, str) and 0 < len(n) <= MAX_NAME for n in names),
+                f"class_names must be a list of names of 1..{MAX_NAME} characters")
+        _expect(len(names) in (0, spec.num_classes),
+                f"class_names has {len(names)} names for {spec.num_classes} classes")
+        try:
+            SamplerConfig.from_dict(doc["sampling"]).validate(spec.num_tokens)
+        except (ConfigError, TypeError, AttributeError) as e:
+            raise BundleError(f"sampling: {e}") from None
+        _expect(_str_map(doc["sources"]) and _str_map(doc["tools"]), "sources and tools map names to strings")
+        _expect(isinstance(doc["components"], dict) and set(doc["components"]) <= set(COMPONENTS)
+                and {"base", "decoder"} <= set(doc["components"]), f"components must be {', '.join(COMPONENTS)}")
+        for name, entry in doc["components"].items():
+            _component(entry, f"components.{name}")
+        _expect(isinstance(doc["checkpoints"], dict) and set(doc["checkpoints"]) <= set(CHECKPOINTS),
+                f"checkpoints must be some of {', '.join(CHECKPOINTS)}")
+        for name, entry in doc["checkpoints"].items():
+            _keys(entry, f"checkpoints.{name}", required={"file", "sha256"})
+            _expect(isinstance(entry["file"], str) and isinstance(entry["sha256"], dict)
+                    and set(entry["sha256"]) == {"safetensors", "json"} and all(map(_hex, entry["sha256"].values())),
+                    f"checkpoints.{name} needs a file and the sha256 of its .safetensors and .json")
+        if "tokenizer" in doc:
+            t = doc["tokenizer"]
+            _keys(t, "tokenizer", required={"dir", "files", "sha256"})
+            _expect(isinstance(t["dir"], str) and isinstance(t["files"], list) and t["files"]
+                    and all(isinstance(f, str) and "/" not in f for f in t["files"])
+                    and isinstance(t["sha256"], dict) and set(t["sha256"]) == set(t["files"])
+                    and all(map(_hex, t["sha256"].values())), "tokenizer lists its files and their sha256")
+        if "calibration" in doc:
+            _keys(doc["calibration"], "calibration", required={"file", "sha256"})
+            _expect(_hex(doc["calibration"]["sha256"]), "calibration.sha256 is a sha256")
+        _expect(_hex(doc["digest"]), "digest is a sha256")
+    except BundleError as e:
+        raise BundleError(f"{mf}: {e}") from None
+    except MigmError as e:
+        raise BundleError(f"{mf}: {e}") from None
+
+
+def _component(entry, where: str) -> None:
+    _keys(entry, where, required={"file", "sha256", "bytes", "precision", "backend", "inputs", "outputs",
+                                  "rel_error_vs_torch"},
+          optional={"data_file", "data_sha256", "data_bytes", "profile", "tensorrt", "gpu_arch", "opt_level",
+                    "hardware_compat"})
+    _expect(isinstance(entry["file"], str) and _hex(entry["sha256"]), f"{where} needs a file and its sha256")
+    _expect(_count(entry["bytes"]), f"{where}.bytes is a size in bytes")
+    _expect(entry["precision"] in ("fp32", "fp16", "int8"), f"{where}.precision is unknown")
+    err = entry["rel_error_vs_torch"]
+    _expect(isinstance(err, (int, float)) and not isinstance(err, bool) and math.isfinite(err) and err >= 0,
+            f"{where}.rel_error_vs_torch is a finite number")
+    for io in ("inputs", "outputs"):
+        specs = entry[io]
+        _expect(isinstance(specs, list) and 0 < len(specs) <= 16, f"{where}.{io} is a list of tensors")
+        for t in specs:
+            _keys(t, f"{where}.{io}[]", required={"name", "dtype", "shape"})
+            _expect(isinstance(t["name"], str) and t["dtype"] in DTYPES and isinstance(t["shape"], list)
+                    and len(t["shape"]) <= 8 and all(isinstance(d, str) or _count(d) for d in t["shape"]),
+                    f"{where}.{io}: {t.get('name')!r} has a bad name, dtype or shape")
+    if "data_file" in entry:
+        _expect(isinstance(entry["data_file"], str) and _hex(entry.get("data_sha256")),
+                f"{where}.data_file needs its sha256")
+
+
+def _keys(d, where: str, required: set, optional: set = frozenset()) -> None:
+    _expect(isinstance(d, dict), f"{where} is not an object")
+    missing, unknown = required - set(d), set(d) - required - set(optional)
+    _expect(not missing, f"{where} lacks {', '.join(sorted(missing))}")
+    _expect(not unknown, f"{where} has unknown keys {', '.join(sorted(map(str, unknown)))}")
+
+
+def _expect(ok: bool, message: str) -> None:
+    if not ok:
+        raise BundleError(message)
+
+
+def _hex(v) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1 << 50
+
+
+def _str_map(d) -> bool:
+    return isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in d.items())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from ..errors import BackendUnavailable, BundleError
+from ..errors import BackendUnavailable, BundleError, first_line
 
 
 def ort_session(path: str | Path, device: str = "cpu", device_index: int = 0, threads: int = 0):
@@ -30,4 +30,4 @@ def ort_session(path: str | Path, device: str = "cpu", device_index: int = 0, th
     try:
         return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...) for bad graphs
-        raise BundleError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
+        raise BundleError(f"ONNX Runtime cannot load {path}: {first_line(e)}") from None

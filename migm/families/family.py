@@ -20,6 +20,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError
+from ..models.checkpoint import config_from_dict
 from ..sampling.config import SamplerConfig
 
 
@@ -40,6 +42,18 @@ class ModelSpec:
     def mask_id(self) -> int:
         """[MASK] in the loop's token convention: codes 0..K-1, K = mask."""
         return self.codebook_size
+
+    def validate(self) -> "ModelSpec":
+        """Raise ConfigError unless every field is in a sane range (configs come from files)."""
+        for name, low, high in (("grid", 1, 512), ("codebook_size", 2, 1 << 20), ("width", 1, 1 << 16),
+                                ("num_classes", 0, 1 << 20), ("max_text", 0, 1 << 13), ("text_vocab", 0, 1 << 22),
+                                ("pad_id", -1, 1 << 22)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+                raise ConfigError(f"{name} must be an integer in {low}..{high}, got {v!r}")
+        if self.num_tokens != self.grid * self.grid:
+            raise ConfigError(f"num_tokens {self.num_tokens} is not grid x grid ({self.grid})")
+        return self
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,7 +86,7 @@ class Family:
 
     def spec_from_config(self, doc: dict) -> ModelSpec:
         """The spec from a base config as stored in a manifest or checkpoint (a dict)."""
-        return self.spec(self.base_config_cls(**doc))
+        return self.spec(config_from_dict(self.base_config_cls, doc))
 
     def uncond(self, spec: ModelSpec, device=None) -> torch.Tensor:
         """The unconditional input, one row ([1] or [1, max_text]): broadcast over a batch."""

@@ -7,10 +7,12 @@ Both are written atomically, the JSON last, so a checkpoint whose JSON exists is
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import fields
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError
@@ -77,48 +79,116 @@ def checkpoint_digest(path: str | Path) -> str:
     return sha256_file(weights)[:16]
 
 
+MAX_CONFIG_BYTES = 1 << 20
+# the most any integer field of a model config may hold: beyond it, a config is a typo or an attack
+# (a depth of 10**9 would allocate until memory runs out, before any shape could be compared)
+MAX_CONFIG_INT = 1 << 22
+MAX_LAYERS = 1024
+
+
 def read_config(path: str | Path) -> dict:
+    """A checkpoint's JSON (kind, config, meta), of bounded size, types and ranges checked."""
     _, config = checkpoint_files(path)
-    if not config.exists():
+    if not config.is_file():
         raise CheckpointError(f"checkpoint config not found: {config}")
+    if config.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"checkpoint config {config} is over {MAX_CONFIG_BYTES} bytes: not a migm checkpoint")
     try:
-        doc = json.loads(config.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"checkpoint config {config} is not valid JSON: {e}") from e
+        doc = json.loads(config.read_text(), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint config {config} is not valid JSON: {e}") from None
     if not isinstance(doc, dict) or doc.get("kind") not in KINDS:
         kind = doc.get("kind") if isinstance(doc, dict) else None
         raise CheckpointError(f"checkpoint {config} has unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    if not isinstance(doc.get("config"), dict) or not isinstance(doc.get("meta", {}), dict):
+        raise CheckpointError(f"checkpoint {config}: `config` and `meta` must be JSON objects")
+    bad = _out_of_range(doc["config"])
+    if bad:
+        raise CheckpointError(f"checkpoint config {config}: {bad}")
+    doc.setdefault("meta", {})
     return doc
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,)}
+
+
+def config_from_dict(cfg_cls, doc: dict):
+    """A config dataclass from a file's dict: unknown or missing keys and wrong types are a
+    ConfigError naming the field (a dataclass alone would take heads="two")."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"a {cfg_cls.__name__} is a JSON object, not {type(doc).__name__}")
+    known = {f.name: f for f in fields(cfg_cls)}
+    unknown = sorted(set(doc) - set(known))
+    if unknown:
+        raise ConfigError(f"{cfg_cls.__name__} has no field {unknown[0]!r}")
+    for name, value in doc.items():
+        want = _TYPES.get(str(known[name].type).split(" ")[0])
+        if want and (not isinstance(value, want) or (bool not in want and isinstance(value, bool))):
+            raise ConfigError(f"{cfg_cls.__name__}.{name} must be {known[name].type}, not {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{cfg_cls.__name__}.{name} must be finite, not {value!r}")
+    try:
+        return cfg_cls(**doc)
+    except TypeError as e:
+        raise ConfigError(f"{cfg_cls.__name__}: {e}") from None
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a number a checkpoint config may hold")
+
+
+def _out_of_range(cfg: dict, where: str = "") -> str | None:
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            bad = _out_of_range(v, f"{where}{k}.")
+            if bad:
+                return bad
+        elif isinstance(v, int) and not isinstance(v, bool):
+            top = MAX_LAYERS if k in ("depth", "n_block", "heads") else MAX_CONFIG_INT
+            if not -1 <= v <= top:
+                return f"{where}{k} = {v} is out of range (-1..{top})"
+    return None
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu",
                     kinds: tuple[str, ...] | None = None) -> torch.nn.Module:
     """Build the model from its JSON config and load its weights (cast to fp32).
 
-    `kinds`: the checkpoint kinds the caller can use; any other is a CheckpointError naming it."""
+    `kinds`: the checkpoint kinds the caller can use; any other is a CheckpointError naming it.
+    The model is first built on the meta device and its tensor shapes compared with the weights
+    file's header, so a config that does not fit its weights allocates nothing."""
     weights, _ = checkpoint_files(path)
     doc = read_config(path)
     if kinds is not None and doc["kind"] not in kinds:
         raise CheckpointError(f"{weights.with_suffix('')} is a {doc['kind']} checkpoint; expected {' or '.join(kinds)}")
     cfg_cls, model_cls = KINDS[doc["kind"]]
     try:
-        model = model_cls(cfg_cls(**doc["config"]))
-    except (TypeError, ValueError) as e:
+        cfg = config_from_dict(cfg_cls, doc["config"])
+        with torch.device("meta"):
+            ref = model_cls(cfg).state_dict()
+    except (TypeError, ValueError, ZeroDivisionError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint config {weights.with_suffix('.json')} does not describe a "
                               f"{doc['kind']}: {e}") from None
-    if not weights.exists():
+    if not weights.is_file():
         raise CheckpointError(f"checkpoint weights not found: {weights}")
     try:
-        state = load_file(str(weights), device=map_location)
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"checkpoint weights {weights} are corrupt: {e}") from e
-    ref = model.state_dict()
-    missing = sorted(set(ref) - set(state))
-    unexpected = sorted(set(state) - set(ref))
+        with safe_open(str(weights), framework="pt") as fh:
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint weights {weights} are corrupt: {e}") from None
+    missing = sorted(set(ref) - set(shapes))
+    unexpected = sorted(set(shapes) - set(ref))
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {weights} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    wrong = [k for k in ref if tuple(ref[k].shape) != shapes[k]]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"checkpoint {weights} does not match its config: {k} is {list(shapes[k])}, "
+                              f"the config gives {list(ref[k].shape)}")
+    model = model_cls(cfg)
+    state = load_file(str(weights), device=map_location)
     model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()})
     model.meta = doc["meta"]
     return model.eval()
@@ -132,5 +202,5 @@ def load_shortcut(path: str | Path, base_path: str | Path) -> torch.nn.Module:
     actual = checkpoint_digest(base_path)
     if trained_for and trained_for != actual:
         raise ConfigError(f"the shortcut {path} was trained for another base model "
-                              f"(digest {trained_for}; {base_path} has {actual})")
+                          f"(digest {trained_for}; {base_path} has {actual})")
     return sc

@@ -12,6 +12,8 @@ naming it (an <unk> id would silently become a different prompt).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -57,11 +59,18 @@ def save_tokenizer(tokenizer, path: str | Path) -> Path:
     return path
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path, files: Sequence[str] | None = None):
+    """A tokenizer saved with `save_pretrained`. With `files`, only those files of the directory are
+    read (a bundle's hashed ones: an extra file dropped beside them must change nothing)."""
     path = Path(path)
-    if not (path / "tokenizer.json").exists():
+    if not (path / "tokenizer.json").is_file():
         raise CheckpointError(f"no tokenizer at {path} (tokenizer.json missing)")
-    return PreTrainedTokenizerFast.from_pretrained(str(path))
+    if files is None:
+        return PreTrainedTokenizerFast.from_pretrained(str(path))
+    with tempfile.TemporaryDirectory(prefix="migm-tokenizer-") as tmp:
+        for name in files:
+            shutil.copyfile(path / name, Path(tmp) / name)
+        return PreTrainedTokenizerFast.from_pretrained(tmp)
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], max_text: int, text_vocab: int) -> torch.Tensor:
@@ -69,9 +78,17 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_text: int, text_vocab:
     if isinstance(prompts, str):
         prompts = [prompts]
     unk = tokenizer.convert_tokens_to_ids(UNK)
+    specials = set(tokenizer.all_special_ids) - {unk}
     rows = []
     for p in prompts:
+        if not isinstance(p, str):
+            raise PromptError(f"a prompt is text, not {type(p).__name__} ({p!r})")
         ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        typed = [tokenizer.convert_ids_to_tokens(i) for i in ids if i in specials]
+        if typed:  # the tokenizer matches special tokens in raw text: they would steer the sequence
+            raise PromptError(f"prompt {p!r} contains the control token {typed[0]}; prompts are plain words")
+        if not ids:  # would silently become the unconditional (all-padding) prompt
+            raise PromptError(f"prompt {p!r} has no words; give a description such as 'a small cat on the left'")
         if unk in ids:
             backend = tokenizer.backend_tokenizer
             words = backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(p))

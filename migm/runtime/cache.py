@@ -12,6 +12,8 @@ from typing import Callable
 
 from .. import assets
 from ..engines.build import BuildSettings, build_bundle
+from ..engines.bundle import VERSION
+from ..fileio import recover_dir
 from ..models.checkpoint import checkpoint_digest
 
 DEFAULT_PRECISION = "fp32"
@@ -26,7 +28,8 @@ def cache_dir() -> Path:
 def default_bundle(say: Callable[[str], None] | None = None) -> Path:
     """Path of the default bundle (tiny-animals, fp32, ONNX Runtime), building it if missing."""
     digest = checkpoint_digest(assets.BASE)[:8] + checkpoint_digest(assets.SHORTCUT)[:8]
-    path = cache_dir() / "bundles" / f"tiny-animals-{digest}-{DEFAULT_PRECISION}.plan"
+    path = cache_dir() / "bundles" / f"tiny-animals-{digest}-{DEFAULT_PRECISION}-v{VERSION}.plan"
+    recover_dir(path)  # a build killed mid-swap: its predecessor comes back
     if (path / "manifest.json").exists():
         return path
     if say:

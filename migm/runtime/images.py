@@ -1,7 +1,8 @@
-"""Turning image tensors into PNG files (written atomically)."""
+"""Turning image tensors into PNG files (written atomically), and the output folder they go to."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..fileio import atomic_path
+from ..errors import ConfigError
+from ..fileio import atomic_path, check_writable
 
 
 def to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
@@ -37,6 +39,49 @@ def save_png(image: torch.Tensor, path: str | Path, scale: int = 1) -> None:
         to_pil(image, scale).save(tmp, format="PNG")
 
 
-def slug(text: str) -> str:
-    """Text as a file-name part: "a small cat on the left" -> a-small-cat-on-the-left."""
-    return "-".join("".join(ch for ch in w if ch.isalnum()) for w in text.lower().split())[:60] or "prompt"
+def slug(text: str, limit: int = 60) -> str:
+    """Text as a file-name part: "a small cat on the left" -> a-small-cat-on-the-left. Letters and
+    digits only, so a name from a file (a class name) can never name a path; at most `limit` chars."""
+    words = ("".join(ch for ch in w if ch.isalnum()) for w in str(text).lower().split())
+    return "-".join(w for w in words if w)[:limit].strip("-") or "image"
+
+
+class ImageFolder:
+    """The folder `migm-run` writes its PNGs into. It must be absent, empty, or one migm-run wrote
+    before (its marker lists the files it wrote): anything else is refused before any work, so no
+    file of the user's is ever overwritten. Files of the previous run that this one does not write
+    again are removed when it finishes (they were migm's)."""
+
+    MARKER = ".migm-run.json"
+
+    def __init__(self, path: str | Path):
+        if not str(path).strip():
+            raise ConfigError("--out is empty: give an output folder")
+        self.path = Path(path)
+        self.previous: list[str] = []
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
+            raise ConfigError(f"{self.path} exists and is not a folder; choose another --out")
+        if self.path.is_dir() and any(self.path.iterdir()):
+            try:
+                self.previous = [n for n in json.loads((self.path / self.MARKER).read_text())["files"]
+                                 if isinstance(n, str) and n == Path(n).name]
+            except (OSError, ValueError, KeyError, TypeError):
+                raise ConfigError(f"{self.path} holds files migm-run did not write; choose another --out or "
+                                  "empty it (migm-run replaces only its own images)") from None
+        self.written: list[str] = []
+
+    def open(self) -> "ImageFolder":
+        check_writable(self.path)
+        return self
+
+    def save(self, image: torch.Tensor, name: str, scale: int = 1) -> None:
+        save_png(image, self.path / name, scale=scale)
+        self.written.append(name)
+
+    def close(self) -> None:
+        with atomic_path(self.path / self.MARKER) as tmp:
+            tmp.write_text(json.dumps({"files": self.written}, indent=1) + "\n")
+        for name in set(self.previous) - set(self.written):
+            stale = self.path / name
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink()

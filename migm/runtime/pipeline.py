@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -49,7 +49,7 @@ class Pipeline:
     tokenizer: Any = None  # text-to-image: the prompt tokenizer (text prompts -> ids)
 
     def __post_init__(self):
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: decode() inside an iter_tokens() loop
         self._graphs = GraphedLoop(self.device) if self.backend.caps.whole_loop_graphs else None
         self._graph_stats: dict = {}
         # the unconditional input: one tensor for the pipeline's life, since captured graphs keep its address
@@ -91,7 +91,8 @@ class Pipeline:
         meta = getattr(base, "meta", {})
         return cls(backend=TorchBackend(base, vq.decoder, shortcut, device=device, precision=precision),
                    family=fam, spec=spec, class_names=tuple(meta.get("class_names", ())),
-                   defaults=SamplerConfig.from_dict(meta.get("sampling"), default=fam.sampler))
+                   defaults=SamplerConfig.from_dict(meta.get("sampling"), default=fam.sampler)
+                   .validate(spec.num_tokens))
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "auto", device: str | None = None) -> "Pipeline":
@@ -134,7 +135,8 @@ class Pipeline:
             impl = OrtBackend(path, doc, spec, fam, device=device)
         else:
             impl = TrtBackend(path, doc, spec, fam, device=device)
-        tokenizer = load_tokenizer(path / doc["tokenizer"]["dir"]) if doc.get("tokenizer") else None
+        tok = doc.get("tokenizer")  # its files were confined and hashed by verify_bundle: read only those
+        tokenizer = load_tokenizer(path / tok["dir"], tok["files"]) if tok else None
         return cls(backend=impl, family=fam, spec=spec, class_names=tuple(doc.get("class_names", ())),
                    defaults=SamplerConfig.from_dict(doc.get("sampling"), default=fam.sampler), tokenizer=tokenizer)
 
@@ -182,16 +184,21 @@ class Pipeline:
         """n conditions (benchmarks): every class in turn, or random prompts of half the prompt length."""
         return self.family.example_conditions(self.spec, n, torch.Generator().manual_seed(seed))
 
-    @torch.no_grad()
-    def generate_tokens(self, classes: Sequence[int | str] | None = None, *,
-                        prompts: torch.Tensor | Sequence[str] | str | None = None, cond: torch.Tensor | None = None,
-                        sampler: SamplerConfig | None = None, steps: int | None = None,
-                        guidance: float | None = None, tau: float | None = None, temperature: float | None = None,
-                        schedule: str | None = None, seed: int = 0, batch_size: int = 64, strategy: str | None = None,
-                        budget: int | None = None, stats: HybridStats | None = None, probe: ProbeFn | None = None,
-                        progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    def generate_tokens(self, classes: Sequence[int | str] | None = None, **kwargs) -> torch.Tensor:
         """Token grids [n, L] (on the CPU) for the given classes (names or indices), or for
         `prompts` (text, or token ids) with a text-to-image model, or for `cond` (encoded conditions).
+        The keywords are `iter_tokens`'."""
+        return torch.cat(list(self.iter_tokens(classes, **kwargs)))
+
+    def iter_tokens(self, classes: Sequence[int | str] | None = None, *,
+                    prompts: torch.Tensor | Sequence[str] | str | None = None, cond: torch.Tensor | None = None,
+                    sampler: SamplerConfig | None = None, steps: int | None = None,
+                    guidance: float | None = None, tau: float | None = None, temperature: float | None = None,
+                    schedule: str | None = None, seed: int = 0, batch_size: int = 64, strategy: str | None = None,
+                    budget: int | None = None, stats: HybridStats | None = None, probe: ProbeFn | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> Iterator[torch.Tensor]:
+        """Token grids batch by batch ([<= batch_size, L] on the CPU), so a long run can be written as it
+        goes; the same tokens as one `generate_tokens` call. Everything is checked before the first batch.
 
         `sampler` (default: the model's) with `steps`, `guidance`, `tau`, `temperature`, `schedule`
         overriding it; `budget` B < N runs the base model on B steps and `strategy` (default: the
@@ -200,8 +207,10 @@ class Pipeline:
         cfg = self.sampler(sampler, steps=steps, guidance=guidance, tau=tau, temperature=temperature,
                            schedule=schedule)
         conds = cond if cond is not None else self.conditions(classes, prompts)
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ConfigError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 65536:
+            raise ConfigError(f"batch size must be an integer in 1..65536, got {batch_size!r}")
         if budget is not None and not 1 <= budget <= cfg.steps:
             raise ConfigError(f"budget B={budget} must be between 1 and the number of steps N={cfg.steps}")
         strategy = self.resolve_strategy(strategy, cfg.steps, budget)
@@ -221,18 +230,24 @@ class Pipeline:
                               f"{' with guidance' if cfg.guidance != 0 else ''}, but the engines' profile allows at "
                               f"most {max_rows}: lower the batch size or rebuild the bundle with a larger --max-batch")
         loop = dict(num_tokens=self.spec.num_tokens, mask_id=self.spec.mask_id, strategy=strategy, budget=budget)
+        return self._batches(conds, cfg, loop, seed, batch_size, stats, probe, progress)
+
+    @torch.no_grad()
+    def _batches(self, conds, cfg, loop, seed, batch_size, stats, probe, progress) -> Iterator[torch.Tensor]:
         # one graph replays a whole chunk: no per-step callbacks, probes or mlcache (it syncs)
-        graphed = self._graphs is not None and self.use_graphs and probe is None and strategy != "mlcache"
+        graphed = self._graphs is not None and self.use_graphs and probe is None and loop["strategy"] != "mlcache"
+        # the lock is held for the whole run (the random stream flows from batch to batch); a caller
+        # that stops iterating releases it when the generator is closed
         with self._lock:
             if graphed:
                 self._graphs.seed(seed)
             else:
                 g = torch.Generator(device=self.device).manual_seed(seed)
-            out, done, total = [], 0, len(conds) * cfg.steps
+            done, total = 0, len(conds) * cfg.steps
             for start in range(0, len(conds), batch_size):
                 chunk = conds[start:start + batch_size].to(self.device)
                 if graphed:
-                    key = (tuple(chunk.shape), cfg, strategy, budget)
+                    key = (tuple(chunk.shape), cfg, loop["strategy"], loop["budget"])
                     tokens = self._graphs(key, chunk, lambda c, gen, key=key: self._graph_loop(c, gen, cfg, loop, key))
                     if stats is not None:
                         stats.add(self._graph_stats[key])
@@ -243,8 +258,7 @@ class Pipeline:
                 done += len(chunk) * cfg.steps
                 if graphed and progress:
                     progress(done, total)
-                out.append(tokens.cpu())
-        return torch.cat(out)
+                yield tokens.cpu()
 
     def _graph_loop(self, cond, generator, cfg, loop, key):
         stats = HybridStats()

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..families import family_of
 from ..models.text import encode_prompts
 from ..models.vqvae import VQVAE
-from .state import EMA, Progress, load_train_state, save_train_state
+from .state import EMA, Progress, check_run, load_train_state, save_train_state
 
 
 @torch.no_grad()
@@ -108,6 +108,7 @@ def train_base(out: str, cfg, data: TokenData, steps: int = 3000, batch_size: in
                ema_decay: float = 0.999, eval_every: int = 250, seed: int = 0, device: str = "cpu",
                progress: Progress | None = None):
     """Train (or resume) a base model of config `cfg` on token data; returns the EMA model (on the CPU)."""
+    check_run(out, steps)
     torch.manual_seed(seed)
     model = family_of(cfg).base_cls(cfg)
     x, y, xv, yv = data.x, data.y, data.xv, data.yv
@@ -118,7 +119,10 @@ def train_base(out: str, cfg, data: TokenData, steps: int = 3000, batch_size: in
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
                             lr=lr, betas=(0.9, 0.96))
     ema = EMA(model, ema_decay)
-    start = load_train_state(out, model, opt, ema)
+    settings = {"config": cfg.to_dict(), "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                "warmup": warmup, "label_drop": label_drop, "ema_decay": ema_decay, "seed": seed,
+                "data": [list(x.shape), list(data.y.shape)]}
+    start = load_train_state(out, model, opt, ema, settings=settings)
     sched = lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
     val_loss = float("nan")
@@ -136,7 +140,7 @@ def train_base(out: str, cfg, data: TokenData, steps: int = 3000, batch_size: in
         ema.update(model, step)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             val_loss = validation_loss(ema.module, xv, yv)
-            save_train_state(out, model, opt, step + 1, ema, meta={"val_ce": val_loss})
+            save_train_state(out, model, opt, step + 1, ema, meta={"val_ce": val_loss}, settings=settings)
         if progress:
             progress(step + 1, steps, {"loss": loss.item(), "val_ce": val_loss})
     return ema.module.cpu()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..data.animals import load_animals
 from ..models.classifier import Classifier, ClassifierConfig
-from .state import Progress, load_train_state, save_train_state
+from .state import Progress, check_run, load_train_state, save_train_state
 
 
 def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -30,11 +30,14 @@ def train_classifier(out: str, cfg: ClassifierConfig, steps: int = 2000, batch_s
                      seed: int = 0, data: tuple | None = None, device: str = "cpu",
                      progress: Progress | None = None) -> Classifier:
     """`data`: (train Split, val Split) of 32x32 images (default: animal-mnist's)."""
+    check_run(out, steps)
     torch.manual_seed(seed)
     train, val = data if data is not None else (load_animals("train"), load_animals("val"))
     model = Classifier(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    start = load_train_state(out, model, opt)
+    settings = {"config": cfg.to_dict(), "batch_size": batch_size, "lr": lr, "seed": seed,
+                "data": list(train.images.shape)}
+    start = load_train_state(out, model, opt, settings=settings)
     acc = float("nan")
     for step in range(start, steps):
         model.train()
@@ -49,7 +52,7 @@ def train_classifier(out: str, cfg: ClassifierConfig, steps: int = 2000, batch_s
         if (step + 1) % 250 == 0 or step + 1 == steps:
             acc = accuracy(model.cpu(), val.images, val.labels)
             model.to(device)
-            save_train_state(out, model, opt, step + 1, meta={"val_acc": acc})
+            save_train_state(out, model, opt, step + 1, meta={"val_acc": acc}, settings=settings)
         if progress:
             progress(step + 1, steps, {"loss": loss.item(), "val_acc": acc})
     return model.cpu().eval()

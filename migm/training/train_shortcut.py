@@ -26,7 +26,7 @@ from ..families import Family, family_of
 from ..sampling.config import SamplerConfig
 from ..sampling.plan import full_step_plan
 from .dist import DistInfo, barrier
-from .state import EMA, Progress, load_train_state, save_train_state
+from .state import EMA, Progress, check_run, load_train_state, save_train_state
 from .trajectories import TrajectorySet
 
 
@@ -199,6 +199,7 @@ def train_shortcut(out: str, base: torch.nn.Module, ts: TrajectorySet, cfg, s: S
     """Train (or resume) a shortcut of config `cfg` (the base family's variant) for `base` on
     trajectory set `ts`; returns (EMA model, last validation)."""
     info = info or DistInfo()
+    check_run(out, s.steps)
     fam = family_of(base)
     spec = fam.spec(base.cfg)
     sampler = ts.sampler
@@ -217,7 +218,11 @@ def train_shortcut(out: str, base: torch.nn.Module, ts: TrajectorySet, cfg, s: S
     uncond = fam.uncond(spec)
     ema = EMA(model, s.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    start = load_train_state(out, model, opt, ema)
+    # what a resume must share with the run it continues (not the step count, eval cadence or device)
+    settings = {"config": cfg.to_dict(), **{k: v for k, v in s.to_dict().items()
+                                            if k not in ("steps", "eval_every", "device")},
+                "trajectories": {"num": len(ts), **sampler.to_dict()}}
+    start = load_train_state(out, model, opt, ema, settings=settings)
     loss_fn = WindowLoss(model, head, sampler, ts.branches, s.kl, uncond)
     if info.world > 1:
         loss_fn = torch.nn.parallel.DistributedDataParallel(
@@ -240,7 +245,7 @@ def train_shortcut(out: str, base: torch.nn.Module, ts: TrajectorySet, cfg, s: S
         nonlocal last_val
         if info.main:
             last_val = validate(ema.module, head, ts, val_items, uncond)
-            save_train_state(out, model, opt, step, ema, meta={**meta, "validation": last_val})
+            save_train_state(out, model, opt, step, ema, meta={**meta, "validation": last_val}, settings=settings)
         barrier(info)
 
     model.train()

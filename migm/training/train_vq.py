@@ -7,18 +7,21 @@ import torch.nn.functional as F
 
 from ..data.animals import load_animals
 from ..models.vqvae import VQVAE, VQConfig
-from .state import Progress, load_train_state, save_train_state
+from .state import Progress, check_run, load_train_state, save_train_state
 
 
 def train_vq(out: str, cfg: VQConfig, steps: int = 1500, batch_size: int = 128, lr: float = 2e-4,
              seed: int = 0, restart_every: int = 100, images: torch.Tensor | None = None, device: str = "cpu",
              progress: Progress | None = None) -> VQVAE:
     """`images` [n, C, H, W] in [0, 1] (default: the animal-mnist training split)."""
+    check_run(out, steps)
     torch.manual_seed(seed)
     data = load_animals("train").images if images is None else images
     model = VQVAE(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    start = load_train_state(out, model, opt)
+    settings = {"config": cfg.to_dict(), "batch_size": batch_size, "lr": lr, "seed": seed,
+                "restart_every": restart_every, "data": list(data.shape)}
+    start = load_train_state(out, model, opt, settings=settings)
     usage = torch.zeros(cfg.codebook_size, device=device)
     for step in range(start, steps):
         idx = torch.randint(0, len(data), (batch_size,))
@@ -47,7 +50,7 @@ def train_vq(out: str, cfg: VQConfig, steps: int = 1500, batch_size: int = 128, 
             if progress:
                 progress(step + 1, steps, {"rec": rec_loss.item(), "used": used, "restarted": len(dead)})
         if (step + 1) % 500 == 0 or step + 1 == steps:
-            save_train_state(out, model, opt, step + 1)
+            save_train_state(out, model, opt, step + 1, settings=settings)
     return model.cpu().eval()
 
 

@@ -15,6 +15,7 @@ is seeded from (seed, k)), whatever the number of processes that collect it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -24,7 +25,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..families import family_of
-from ..fileio import atomic_path
+from ..fileio import atomic_path, check_replaceable
 from ..sampling.config import SamplerConfig
 from ..sampling.record import autocast_bf16, record_sampling
 from ..sampling.schedules import mask_schedule
@@ -42,6 +43,29 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
+
+
+SETTINGS = "collect.json"  # what an unfinished set is being collected with
+
+
+def _claim(out: Path, settings: dict, info: DistInfo) -> None:
+    """Record the settings an unfinished set is collected with, or refuse to resume it with others:
+    shards sampled at N = 8 beside shards at N = 4 would train the shortcut on a mix."""
+    if info.main:
+        check_replaceable(out, lambda p: (p / SETTINGS).is_file(), what="trajectory set")
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / SETTINGS).exists():
+            with atomic_path(out / SETTINGS) as tmp:
+                tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    barrier(info)
+    try:
+        saved = json.loads((out / SETTINGS).read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{out / SETTINGS} is unreadable ({e}); delete the unfinished set to start over") from None
+    if saved != json.loads(json.dumps(settings, sort_keys=True)):
+        diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        raise ConfigError(f"{out} is an unfinished trajectory set collected with other settings ({', '.join(diff)} "
+                          "differ): resume it with the same settings, or choose another --out")
 
 
 def collect_trajectories(base: torch.nn.Module, out: str | Path, sampler: SamplerConfig, conditions: torch.Tensor,
@@ -62,7 +86,9 @@ def collect_trajectories(base: torch.nn.Module, out: str | Path, sampler: Sample
     counts = mask_schedule(sampler.schedule, sampler.steps, spec.num_tokens)
     if (out / "manifest.json").exists():
         raise DataError(f"{out} already holds a finished trajectory set; choose another --out or delete it")
-    out.mkdir(parents=True, exist_ok=True)
+    _claim(out, {"sampling": sampler.to_dict(), "num": num, "seed": seed, "shard_size": shard_size,
+                 "base_digest": base_digest, "conditions": hashlib.sha256(conditions.numpy().tobytes()).hexdigest()},
+           info)
     n_shards = (num + shard_size - 1) // shard_size
     mine = [k for k in range(n_shards) if k % info.world == info.rank]
     total = sum(min(shard_size, num - k * shard_size) for k in mine)
