@@ -50,7 +50,7 @@ if [ -z "$SECTIONS" ] || want dimoo; then
   # Lumina-DiMOO size (8.1B, 4,228-token sequences), the paper's N = 64, B = 9/11/14, batch 1
   bench --preset dimoo-8b --backend torch --batch 1 --steps 64 --budget 9,11,14 --strategies shortcut \
     --repeats 1 --warmup 1 --json "$OUT/dimoo8b.json"
-  bench --preset tiny-scenes --backend torch --batch 1,32 --steps 64 --budget 9,14 --strategies shortcut,reuse \
+  bench --preset tiny-scenes --backend torch --batch 1,32 --steps 32 --budget 6,9 --strategies shortcut,reuse \
     --repeats 3 --json "$OUT/scenes.json"
 fi
 date -u | tee -a "$LOG"

@@ -40,7 +40,7 @@ def test_fp32_export_matches_torch(exported):
     assert {r["new_tokens"] for r in parity(*exported["shortcut"])} == {1, 7, 16}
     inputs, outputs = io_spec(exported["shortcut"][1])
     assert [i["name"] for i in inputs] == ["features", "new_pos", "new_tok", "key_mask", "mask_ratio"]
-    assert inputs[1]["shape"] == ["batch", "new_tokens"] and outputs[0]["shape"] == ["batch", 16, 32]
+    assert inputs[1]["shape"] == ["batch", "new_tokens"] and outputs[0]["shape"] == ["batch", 17, 32]
     assert io_spec(exported["decoder"][1])[1][0]["shape"][0] == "batch"
 
 
@@ -64,7 +64,7 @@ def test_int8_shortcut_from_sampled_calibration(tiny, exported, tmp_path):
 
     base = tiny[1]
     data = sample_calibration(base, SamplerConfig(guidance=2.0), count=24, steps=6)
-    assert data["features"].shape == (24, 16, 32) and len(set(data["steps"].tolist())) > 1
+    assert data["features"].shape == (24, 17, 32) and len(set(data["steps"].tolist())) > 1
     save_calibration(tmp_path / "c.npz", data)
     data = load_calibration(tmp_path / "c.npz")
     comp, path = exported["shortcut"]

@@ -38,16 +38,17 @@ def test_prompt_padding_is_masked_and_layout_reaches_every_token():
     tokens = torch.randint(0, 9, (2, 9))
     p = _prompt(2, 2)
     f, logits = m(tokens, p)
-    assert f.shape == (2, 9, 32) and logits.shape == (2, 9, 8)
-    assert torch.allclose(logits, f @ m.lm_head.weight[40:].T)  # the image-code rows of the LM head
+    assert f.shape == (2, CFG.seq_len, 32) and logits.shape == (2, 9, 8)  # features at every position
+    slots = CFG.image_slots
+    assert torch.allclose(logits, f[:, slots] @ m.lm_head.weight[40:].T)  # the image-code rows of the LM head
     q = p.clone()
     q[:, 1] = 7  # a real token where there was padding changes the output
-    assert not torch.allclose(m(tokens, q)[0], f)
+    assert not torch.allclose(m(tokens, q)[0][:, slots], f[:, slots])
     # padding is invisible: the same weights with no room for padding give the same features
     # (RoPE sees relative positions only), as Lumina-DiMOO's unpadded sequences do
     short = LLaDA(replace(CFG, max_text=2)).eval()
     short.load_state_dict(m.state_dict())
-    assert torch.allclose(short(tokens, p[:, -2:])[0], f, atol=1e-5)
+    assert torch.allclose(short(tokens, p[:, -2:])[0][:, short.slots], f[:, slots], atol=1e-5)
 
 
 def test_dimoo_shortcut_starts_as_reuse_and_reads_prompt_and_new_tokens():
@@ -69,7 +70,7 @@ def test_dimoo_shortcut_starts_as_reuse_and_reads_prompt_and_new_tokens():
 
 
 def test_dimoo_schedule():
-    for n, length in ((64, 4096), (64, 256), (16, 256), (9, 9)):
+    for n, length in ((64, 4096), (32, 256), (16, 256), (9, 16)):
         counts = mask_schedule("dimoo", n, length)
         assert len(counts) == n and sum(counts) == length and min(counts) >= 1
     left = cosine_remaining(64, 4096)
@@ -98,7 +99,7 @@ def test_pipeline_with_prompts_and_dimoo_sampler():
 def test_dimoo_8b_preset_builds_on_the_meta_device():
     cfg = PRESETS["dimoo-8b"].base
     assert (cfg.width, cfg.depth, cfg.heads, cfg.mlp, cfg.grid, cfg.codebook_size) == (4096, 32, 32, 12288, 64, 8192)
-    assert cfg.mask_token == 126336 and cfg.eol_id == 126084 and cfg.seq_len == 64 + 4 + 4096 + 64
+    assert cfg.mask_token == 126336 and cfg.eol_id == 126084 and cfg.seq_len == 128 + 4 + 4096 + 64
     base, _, sc = random_models("dimoo-8b", device="meta")
     n_base = sum(p.numel() for p in base.parameters())
     n_sc = sum(p.numel() for p in sc.parameters())

@@ -26,7 +26,7 @@ def test_tiny_maskgit_forward_and_head():
     model = MaskGIT(cfg).eval()
     tokens = torch.randint(0, cfg.codebook_size + 1, (2, cfg.num_tokens))
     feats, logits = model(tokens, torch.tensor([0, cfg.no_class_id]))
-    assert feats.shape == (2, cfg.num_tokens, cfg.width)
+    assert feats.shape == (2, cfg.num_tokens + 1, cfg.width)  # the grid rows, then the class row
     assert logits.shape == (2, cfg.num_tokens, cfg.codebook_size)
     assert torch.allclose(model.head(feats), logits)
 
@@ -40,7 +40,7 @@ def test_maskgit_imagenet512_builds_and_runs_one_forward():
     tokens = torch.full((1, cfg.num_tokens), cfg.mask_id)
     with torch.no_grad():
         feats, logits = model(tokens, torch.tensor([3]))
-    assert feats.shape == (1, 1024, 768) and logits.shape == (1, 1024, 1024)
+    assert feats.shape == (1, 1025, 768) and logits.shape == (1, 1024, 1024)
     assert torch.isfinite(logits).all()
 
 

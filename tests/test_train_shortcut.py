@@ -12,6 +12,7 @@ from migm.sampling.config import SamplerConfig
 from migm.sampling.plan import full_step_plan
 from migm.training.train_shortcut import (
     Batch,
+    Model,
     ShortcutTrainSettings,
     load_batch,
     new_tokens,
@@ -23,7 +24,6 @@ from migm.training.trajectories import TrajectorySet, collect_trajectories
 
 CFG = MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=1, heads=2, mlp=64)
 SC = ShortcutConfig(width=32, codebook_size=16, vocab=CFG.vocab, num_tokens=16, heads=2)
-UNCOND = torch.tensor([CFG.no_class_id])
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +62,10 @@ def test_training_lowers_the_loss_and_saves_a_loadable_checkpoint(data, tmp_path
     batch = load_batch(ts, items, 2)
     init = Shortcut(SC)
     init.load_base_embeddings(base)
-    before, _ = window_losses(init, base.head, batch, 2, ts.sampler, 2, 0.0, UNCOND)
+    before, _ = window_losses(init, batch, 2, ts.sampler, 2, 0.0, Model.of(base))
     s = ShortcutTrainSettings(steps=60, batch_size=8, lr=3e-3, rollout=2, kl=0.5, eval_every=30, ema_decay=0.9)
     model, val = train_shortcut(str(tmp_path / "sc"), base, ts, SC, s, meta={"base_digest": "x"})
-    after, _ = window_losses(model, base.head, batch, 2, ts.sampler, 2, 0.0, UNCOND)
+    after, _ = window_losses(model, batch, 2, ts.sampler, 2, 0.0, Model.of(base))
     assert after < 0.8 * before
     assert set(val) >= {"rel_err_1", "rel_err_chain", "kl_1", "kl_chain", "reuse_rel_err_1"}
     loaded = load_checkpoint(tmp_path / "sc")

@@ -28,7 +28,8 @@ def test_layout_and_reveal_steps(tmp_path):
     assert [s["count"] for s in m["shards"]] == [2, 2, 1] and m["base"]["digest"] == "abc"
     assert m["reveal_counts"] == mask_schedule("arccos", 6, 16)
     assert m["mask_ratio_after"][0] == 1 - m["reveal_counts"][0] / 16 and m["mask_ratio_after"][-1] == 0
-    assert ts.features[0].dtype == np.float16 and ts.features[0].shape == (2, 2, 6, 16, 32)
+    # features at every position the base sees: the 16 grid rows and the class row
+    assert ts.features[0].dtype == np.float16 and ts.features[0].shape == (2, 2, 6, 17, 32)
     for i in range(5):
         tokens, reveal, label = ts.record(i)
         assert label == i % 3 and (tokens < 16).all()
@@ -72,4 +73,4 @@ def test_refuses_finished_set_and_reports_missing(tmp_path):
 
 def test_unguided_has_one_branch(tmp_path):
     _, ts = _collect(tmp_path / "t", num=2, cfg=0.0)
-    assert ts.branches == 1 and ts.window(0, 0, 2).shape == (1, 2, 16, 32)
+    assert ts.branches == 1 and ts.window(0, 0, 2).shape == (1, 2, 17, 32)

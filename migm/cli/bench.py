@@ -81,7 +81,7 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
     for s in names:
         if s.startswith("shortcut="):
             path = s.partition("=")[2]
-            sc = load_shortcut(path, base_path or assets.BASE)
+            sc = load_shortcut(path, base_path or assets.BASE, pipe.backend.base_model)
             vq = load_checkpoint(vq_path or assets.VQ, kinds=("vqvae",))
             extra[Path(path).stem] = Pipeline.from_models(pipe.backend.base_model, vq, sc)
     names = [f"shortcut={Path(s.partition('=')[2]).stem}" if s.startswith("shortcut=") else s for s in names]
@@ -208,7 +208,7 @@ def _speed_pipeline(preset, backend, engine, device, depth=None):
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     if preset == "tiny-animals":
         base, vq = load_checkpoint(assets.BASE, kinds=BASE_KINDS), load_checkpoint(assets.VQ, kinds=("vqvae",))
-        sc = load_shortcut(assets.SHORTCUT, assets.BASE)
+        sc = load_shortcut(assets.SHORTCUT, assets.BASE, base)
     else:
         base, vq, sc = random_models(preset, device=dev, dtype=dtype, depth=depth)
     if backend == "torch":

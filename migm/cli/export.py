@@ -64,7 +64,7 @@ def onnx(out, model, base_path, vq_path, shortcut_path, no_shortcut):
     """Export each component to FP32 ONNX and check it against torch in ONNX Runtime (batch 1, 3, 16)."""
     base_path, vq_path, shortcut_path = _models(model, base_path, vq_path, shortcut_path, no_shortcut)
     base, vq = load_checkpoint(base_path, kinds=BASE_KINDS), load_checkpoint(vq_path, kinds=("vqvae",))
-    shortcut = load_shortcut(shortcut_path, base_path) if shortcut_path else None
+    shortcut = load_shortcut(shortcut_path, base_path, base) if shortcut_path else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -78,7 +78,7 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
         raise ConfigError(f"the base model (codebook {spec.codebook_size}, grid {spec.grid}) does not match the "
                           f"VQ-VAE (codebook {vq.cfg.codebook_size}, grid {vq.cfg.grid})")
     precisions = component_precisions(s.precision, fam.precisions)
-    shortcut = load_shortcut(shortcut_path, base_path) if shortcut_path is not None else None
+    shortcut = load_shortcut(shortcut_path, base_path, base) if shortcut_path is not None else None
     if shortcut is None and precisions["shortcut"] == "int8":
         raise ConfigError(f"precision {s.precision} quantizes the shortcut, but no shortcut checkpoint was given")
     digests = {"base": checkpoint_digest(base_path), "vq": checkpoint_digest(vq_path)}

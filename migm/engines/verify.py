@@ -31,7 +31,7 @@ def parity(comp: Component, path: str | Path, batches=(1, 3, 16), new_tokens=(1,
     for b, m in zip(batches, new_tokens):
         inputs = {k: _resize(v, b) for k, v in comp.inputs.items()}
         if "new_pos" in inputs:
-            m = min(m, inputs["features"].shape[1])
+            m = min(m, comp.module.shortcut.cfg.num_tokens)
             inputs.update(_new_tokens(inputs, m, comp.module))
         got = session.run(comp.outputs, {k: v.numpy() for k, v in inputs.items()})
         with torch.no_grad():
@@ -57,8 +57,8 @@ def _resize(t: torch.Tensor, b: int) -> torch.Tensor:
 
 def _new_tokens(inputs: dict, m: int, module) -> dict:
     """m distinct new positions per row, the last one padding (key mask False) when m > 1."""
-    b, n = inputs["features"].shape[:2]
-    k = module.shortcut.cfg.codebook_size
+    b = inputs["features"].shape[0]
+    n, k = module.shortcut.cfg.num_tokens, module.shortcut.cfg.codebook_size
     pos = torch.stack([torch.randperm(n)[:m] for _ in range(b)])
     keys = torch.ones(b, m, dtype=torch.bool)
     if m > 1:

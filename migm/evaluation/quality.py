@@ -62,6 +62,8 @@ class _FeatureError:
 
     def __call__(self, step, feats, seq, labs):
         true, _ = self.pipe.backend.base(seq, labs)
+        rows = self.pipe.family.image_rows(self.pipe.spec).to(feats.device)
+        feats, true = feats[:, rows], true[:, rows]
         masked = (seq == self.pipe.spec.mask_id)[..., None]
         num = ((feats.float() - true) ** 2 * masked).sum((1, 2)).sqrt()
         den = ((true ** 2) * masked).sum((1, 2)).sqrt().clamp(min=1e-12)

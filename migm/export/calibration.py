@@ -19,6 +19,7 @@ from ..families import family_of
 from ..fileio import atomic_path
 from ..sampling.config import SamplerConfig
 from ..sampling.record import Recording, autocast_bf16, record_sampling
+from ..sampling.schedules import mask_schedule
 
 KEYS = ("features", "new_pos", "new_tok", "counts", "mask_ratio")
 
@@ -57,10 +58,22 @@ def sample_calibration(base: torch.nn.Module, sampler: SamplerConfig, count: int
     n = max(8, min(64, count // 8))
     device = next(base.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed * 1_000_003)
-    sampler = sampler.replace(steps=min(steps, spec.num_tokens))
+    steps = min(steps, spec.num_tokens)
+    while steps > 1 and not _valid(sampler.replace(steps=steps), spec.num_tokens):
+        steps -= 1  # the reference's rounding leaves a step empty at this many steps: one fewer
+    sampler = sampler.replace(steps=steps)
     rec = record_sampling(autocast_bf16(base), fam.example_conditions(spec, n).to(device), fam.uncond(spec, device),
                           sampler, num_tokens=spec.num_tokens, mask_id=spec.mask_id, generator=g)
     return collect_calibration(rec, count)
+
+
+def _valid(sampler: SamplerConfig, num_tokens: int) -> bool:
+    try:
+        sampler.validate(num_tokens)
+        mask_schedule(sampler.schedule, sampler.steps, num_tokens)
+    except ConfigError:
+        return False
+    return True
 
 
 def save_calibration(path: str | Path, data: dict[str, np.ndarray]) -> Path:

@@ -57,7 +57,7 @@ def components(base: nn.Module, decoder: Decoder, shortcut: nn.Module | None = N
     if shortcut is not None:
         m = 5
         inputs = {
-            "features": torch.randn(batch, spec.num_tokens, spec.width, generator=g),
+            "features": torch.randn(batch, spec.feature_rows, spec.width, generator=g),
             "new_pos": torch.randint(0, spec.num_tokens, (batch, m), generator=g),
             "new_tok": torch.randint(0, spec.codebook_size, (batch, m), generator=g),
             "key_mask": torch.ones(batch, m, dtype=torch.bool),

@@ -37,6 +37,9 @@ class ModelSpec:
     max_text: int = 0  # text-to-image families: prompt length (left-padded)
     pad_id: int = -1  # text: the padding id (an all-padding prompt is the unconditional input)
     text_vocab: int = 0  # text: prompt ids are 0..text_vocab-1
+    feature_rows: int = 0  # T: the rows of the base's features (every position it sees), >= num_tokens
+    prompt_template: str = "{prompt}"  # text: how a prompt is written before tokenizing
+    uncond_ids: tuple = ()  # text: the unconditional prompt's ids (empty: all padding)
 
     @property
     def mask_id(self) -> int:
@@ -53,14 +56,26 @@ class ModelSpec:
                 raise ConfigError(f"{name} must be an integer in {low}..{high}, got {v!r}")
         if self.num_tokens != self.grid * self.grid:
             raise ConfigError(f"num_tokens {self.num_tokens} is not grid x grid ({self.grid})")
+        if not self.num_tokens <= self.feature_rows <= (1 << 20):
+            raise ConfigError(f"feature_rows must be in {self.num_tokens}..{1 << 20}, got {self.feature_rows}")
+        if "{prompt}" not in self.prompt_template or len(self.prompt_template) > 4096:
+            raise ConfigError("prompt_template must hold {prompt} (and be under 4096 characters)")
+        if len(self.uncond_ids) > self.max_text or not all(
+                isinstance(i, int) and 0 <= i < max(self.text_vocab, 1) for i in self.uncond_ids):
+            raise ConfigError(f"uncond_ids must be at most {self.max_text} text ids")
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        doc = asdict(self)
+        doc["uncond_ids"] = list(self.uncond_ids)  # as JSON holds it
+        return doc
 
     @classmethod
     def from_dict(cls, doc: dict) -> "ModelSpec":
-        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
+        doc = {f.name: doc[f.name] for f in fields(cls) if f.name in doc}
+        if "uncond_ids" in doc:
+            doc["uncond_ids"] = tuple(doc["uncond_ids"])
+        return cls(**doc)
 
 
 class Family:
@@ -90,6 +105,15 @@ class Family:
 
     def uncond(self, spec: ModelSpec, device=None) -> torch.Tensor:
         """The unconditional input, one row ([1] or [1, max_text]): broadcast over a batch."""
+        raise NotImplementedError
+
+    def image_rows(self, spec: ModelSpec) -> torch.Tensor:
+        """Which rows of the base's features are the L image positions (grid order)."""
+        raise NotImplementedError
+
+    def loss_rows(self, spec: ModelSpec, still_masked: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The feature rows [b, T] a shortcut's MSE is taken over, given the grid positions still
+        masked [b, L] and the rows' conditions."""
         raise NotImplementedError
 
     def encode(self, spec: ModelSpec, conditions: Sequence | torch.Tensor, *, class_names: Sequence[str] = (),

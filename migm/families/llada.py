@@ -24,7 +24,7 @@ class LLaDAShortcutStep(nn.Module):
 
     def forward(self, features, new_pos, new_tok, key_mask, mask_ratio, prompt):
         nxt = self.shortcut(features, new_pos, new_tok, key_mask, mask_ratio, prompt)
-        return nxt, nxt @ self.code_rows.T
+        return nxt, nxt[:, self.shortcut.slots] @ self.code_rows.T  # the image positions
 
 
 class LLaDAFamily(Family):
@@ -40,10 +40,28 @@ class LLaDAFamily(Family):
 
     def spec(self, cfg: LLaDAConfig) -> ModelSpec:
         return ModelSpec(self.name, cfg.num_tokens, cfg.grid, cfg.codebook_size, cfg.width, max_text=cfg.max_text,
-                         pad_id=cfg.pad_id, text_vocab=cfg.text_vocab)
+                         pad_id=cfg.pad_id, text_vocab=cfg.text_vocab, feature_rows=cfg.seq_len,
+                         prompt_template=cfg.prompt_template, uncond_ids=tuple(cfg.uncond_ids))
 
     def uncond(self, spec: ModelSpec, device=None) -> torch.Tensor:
-        return torch.full((1, spec.max_text), spec.pad_id, dtype=torch.long, device=device)  # the empty prompt
+        """The model's unconditional prompt, left-padded (all padding where it has none)."""
+        row = torch.full((1, spec.max_text), spec.pad_id, dtype=torch.long)
+        if spec.uncond_ids:
+            row[0, -len(spec.uncond_ids):] = torch.tensor(spec.uncond_ids)
+        return row.to(device)
+
+    def image_rows(self, spec: ModelSpec) -> torch.Tensor:
+        """The image slots of the sequence: after the prompt, <boa> and <boi>, row by row (a newline
+        token after each row where the layout has them)."""
+        newline = spec.feature_rows - spec.max_text - 4 - spec.num_tokens == spec.grid
+        r, c = torch.meshgrid(torch.arange(spec.grid), torch.arange(spec.grid), indexing="ij")
+        return (spec.max_text + 2 + r * (spec.grid + newline) + c).reshape(-1)
+
+    def loss_rows(self, spec, still_masked, cond) -> torch.Tensor:
+        """Every position of the sequence but the prompt's padding (upstream trains on all)."""
+        rows = torch.ones(len(cond), spec.feature_rows, dtype=torch.bool, device=cond.device)
+        rows[:, : spec.max_text] = cond != spec.pad_id
+        return rows
 
     def encode(self, spec, conditions, *, class_names=(), tokenizer=None) -> torch.Tensor:
         """Text prompts (read by the tokenizer) or prompt ids [n, max_text], left-padded with the pad
@@ -63,7 +81,8 @@ class LLaDAFamily(Family):
         if tokenizer is None:
             raise ConfigError("this model has no tokenizer: give prompt token ids ([n, max_text] LongTensor, "
                               "left-padded with the pad id)")
-        return encode_prompts(tokenizer, list(conditions), spec.max_text, spec.text_vocab)
+        return encode_prompts(tokenizer, list(conditions), spec.max_text, spec.text_vocab, spec.prompt_template,
+                              spec.pad_id)
 
     def example_conditions(self, spec, n, generator=None) -> torch.Tensor:
         """Random prompts of half the prompt length (left-padded), from ids below the special tokens."""
@@ -75,12 +94,12 @@ class LLaDAFamily(Family):
         return (f"prompts of {cfg_doc['max_text']} tokens ({cfg_doc['text_vocab']} text ids), "
                 f"{cfg_doc['depth']} x {cfg_doc['width']}")
 
-    def shortcut_config(self, base_cfg: LLaDAConfig, *, ratio=2, n_block=1, heads=4, cross_attention=True,
-                        mlp_ratio=None) -> LLaDAShortcutConfig:
+    def shortcut_config(self, base_cfg: LLaDAConfig, *, ratio=2, n_block=1, heads=0, cross_attention=True,
+                        mlp_ratio=None, layout="upstream") -> LLaDAShortcutConfig:
         if not cross_attention:
             raise ConfigError("the DiMOO shortcut has no self-attention-only ablation")
         return LLaDAShortcutConfig(base=base_cfg.to_dict(), ratio=ratio, n_block=n_block, heads=heads,
-                                   mlp_ratio=mlp_ratio or 2.75)
+                                   mlp_ratio=mlp_ratio or 2.75, layout=layout)
 
     def run_shortcut(self, model, features, new_pos, new_tok, key_mask, mask_ratio, cond):
         return model(features, new_pos, new_tok, key_mask, mask_ratio, cond)  # cond: the prompts' ids
@@ -94,7 +113,8 @@ class LLaDAFamily(Family):
     def read_head(self, handle, spec, device):
         v, k = spec.text_vocab, spec.codebook_size
         w = handle.get_slice("lm_head.weight")[v:v + k].float().T.contiguous().to(device)  # the image-code rows
-        return lambda f: f.float() @ w
+        slots = self.image_rows(spec).to(device)
+        return lambda f: f[:, slots].float() @ w
 
 
 LLADA = LLaDAFamily()

@@ -27,7 +27,7 @@ class ShortcutStep(nn.Module):
 
     def forward(self, features, new_pos, new_tok, key_mask, mask_ratio):
         nxt = self.shortcut(features, new_pos, new_tok, key_mask, mask_ratio)
-        return nxt, nxt @ self.code_emb.T + self.bias
+        return nxt, nxt[:, : self.bias.shape[0]] @ self.code_emb.T + self.bias  # the grid rows
 
 
 class CachedMaskGIT:
@@ -64,10 +64,17 @@ class MaskGITFamily(Family):
 
     def spec(self, cfg: MaskGITConfig) -> ModelSpec:
         return ModelSpec(self.name, cfg.num_tokens, cfg.grid, cfg.codebook_size, cfg.width,
-                         num_classes=cfg.num_classes)
+                         num_classes=cfg.num_classes, feature_rows=cfg.num_tokens + 1)
 
     def uncond(self, spec: ModelSpec, device=None) -> torch.Tensor:
         return torch.full((1,), spec.num_classes, dtype=torch.long, device=device)  # the "no class" label
+
+    def image_rows(self, spec: ModelSpec) -> torch.Tensor:
+        return torch.arange(spec.num_tokens)  # the grid rows come first, then the class row
+
+    def loss_rows(self, spec, still_masked, cond) -> torch.Tensor:
+        """The grid positions still masked (their logits are the ones the sampler uses), not the class row."""
+        return torch.cat([still_masked, torch.zeros_like(still_masked[:, :1])], 1)
 
     def encode(self, spec, conditions, *, class_names=(), tokenizer=None) -> torch.Tensor:
         """Class names or indices -> class ids [n]."""
@@ -86,10 +93,10 @@ class MaskGITFamily(Family):
         return f"{cfg_doc['num_classes']} classes, {cfg_doc['depth']} x {cfg_doc['width']}"
 
     def shortcut_config(self, base_cfg: MaskGITConfig, *, ratio=2, n_block=1, heads=4, cross_attention=True,
-                        mlp_ratio=None) -> ShortcutConfig:
+                        mlp_ratio=None, layout="upstream") -> ShortcutConfig:
         return ShortcutConfig(width=base_cfg.width, codebook_size=base_cfg.codebook_size, vocab=base_cfg.vocab,
-                              num_tokens=base_cfg.num_tokens, ratio=ratio, n_block=n_block, heads=heads,
-                              mlp_ratio=int(mlp_ratio or 4), cross_attention=cross_attention)
+                              num_tokens=base_cfg.num_tokens, ratio=ratio, n_block=n_block, heads=heads or 4,
+                              mlp_ratio=int(mlp_ratio or 4), cross_attention=cross_attention, layout=layout)
 
     def run_shortcut(self, model, features, new_pos, new_tok, key_mask, mask_ratio, cond):
         return model(features, new_pos, new_tok, key_mask, mask_ratio)  # the class is not an input
@@ -103,7 +110,7 @@ class MaskGITFamily(Family):
     def read_head(self, handle, spec, device):
         w = handle.get_slice("tok_emb.weight")[: spec.codebook_size].float().T.contiguous().to(device)
         bias = handle.get_tensor("bias").float().to(device)
-        return lambda f: f.float() @ w + bias
+        return lambda f: f[:, : spec.num_tokens].float() @ w + bias
 
     def cached_forward(self, base, autocast):
         return CachedMaskGIT(base, autocast)

@@ -1,7 +1,8 @@
 """Checkpoints: weights as safetensors, config as JSON beside them (diffusers-style).
 
-`NAME.safetensors` holds the tensors, `NAME.json` holds `{"kind", "config", "meta"}`.
-Both are written atomically, the JSON last, so a checkpoint whose JSON exists is whole.
+Two layouts, read alike: `NAME.safetensors` + `NAME.json`, or (Hugging Face's) a directory
+`NAME/` with `model.safetensors` + `config.json`. The JSON holds `{"kind", "config", "meta"}`.
+Both files are written atomically, the JSON last, so a checkpoint whose JSON exists is whole.
 """
 
 from __future__ import annotations
@@ -44,20 +45,29 @@ def kind_of(model: torch.nn.Module) -> str:
     return _KIND_OF[type(model)]
 
 
+WEIGHTS, CONFIG = "model.safetensors", "config.json"  # the directory layout's names
+
+
 def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
-    """(NAME.safetensors, NAME.json) for a checkpoint named with or without a suffix."""
+    """(weights, config) of a checkpoint: NAME.safetensors + NAME.json (named with or without a
+    suffix), or a directory's model.safetensors + config.json."""
     p = Path(path)
+    if p.is_dir():
+        return p / WEIGHTS, p / CONFIG
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
     return p.with_suffix(".safetensors"), p.with_suffix(".json")
 
 
 def save_checkpoint(model: torch.nn.Module, path: str | Path, meta: dict | None = None,
-                    dtype: torch.dtype | None = None, state: dict | None = None) -> None:
+                    dtype: torch.dtype | None = None, state: dict | None = None, directory: bool = False) -> None:
     """Write `model` (or an explicit `state` dict) with its config.
 
-    `dtype` casts floating tensors (fp16 for the shipped assets).
+    `dtype` casts floating tensors (fp16 for the shipped assets); `directory` writes the
+    `NAME/model.safetensors` + `NAME/config.json` layout.
     """
+    if directory:
+        Path(path).mkdir(parents=True, exist_ok=True)
     weights, config = checkpoint_files(path)
     state = state if state is not None else model.state_dict()
     tensors = {}
@@ -109,7 +119,7 @@ def read_config(path: str | Path) -> dict:
     return doc
 
 
-_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,)}
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,), "list": (list,)}
 
 
 def config_from_dict(cfg_cls, doc: dict):
@@ -194,13 +204,16 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu",
     return model.eval()
 
 
-def load_shortcut(path: str | Path, base_path: str | Path) -> torch.nn.Module:
+def load_shortcut(path: str | Path, base_path: str | Path, base: torch.nn.Module | None = None) -> torch.nn.Module:
     """A shortcut checkpoint, checked against the base model it will run with (a shortcut learns
-    one base model's features: it records that base's weight digest when it is trained)."""
+    one base model's features: it records that base's weight digest when it is trained). With
+    `base` (the loaded base), the shortcut takes its frozen embeddings from it, ready to run."""
     sc = load_checkpoint(path, kinds=SHORTCUT_KINDS)
     trained_for = sc.meta.get("base_digest")
     actual = checkpoint_digest(base_path)
     if trained_for and trained_for != actual:
         raise ConfigError(f"the shortcut {path} was trained for another base model "
                           f"(digest {trained_for}; {base_path} has {actual})")
+    if base is not None:
+        sc.load_base_embeddings(base)
     return sc

@@ -8,21 +8,22 @@ one sequence holding the prompt's text tokens and the image tokens.
     features   the final RMSNorm's output at the L = grid * grid image positions
     logits     the LM head's K image-code rows only: [B, L, K]
 
-Padding in the prompt is masked out of attention (keys), so an empty prompt (all padding)
-is the unconditional input for classifier-free guidance. Prompts are left-padded: the
-prompt ends right before <boa>, and as RoPE scores depend on relative positions only, the
-result equals Lumina-DiMOO's unpadded sequence. The newline token after every
-row carries the 2-D layout, as in Lumina-DiMOO.
+Padding in the prompt is masked out of attention (keys). Prompts are left-padded: the prompt
+ends right before <boa>, and as RoPE scores depend on relative positions only, the result
+equals Lumina-DiMOO's unpadded sequence. The newline token after every row carries the 2-D
+layout, as in Lumina-DiMOO. A model says how its prompts are written (`prompt_template`, e.g.
+Lumina-DiMOO's system/user wrapper) and what its unconditional input is (`uncond_ids`, e.g. its
+`<uncondition>` prompt; none: an all-padding prompt, as the tiny model was trained).
 
     forward(tokens [B, L] image codes or mask_id, prompt [B, max_text] text ids)
-        -> features [B, L, d], logits [B, L, K]
+        -> features [B, T, d] (every sequence position), logits [B, L, K] (the image positions)
 
 `tokens` use the same convention as the maskgit family: codes 0..K-1 and K for [MASK].
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
@@ -51,6 +52,8 @@ class LLaDAConfig:
     boa_id: int = -1
     eoa_id: int = -1
     eol_id: int = -1
+    prompt_template: str = "{prompt}"  # how a prompt is written before tokenizing
+    uncond_ids: list = field(default_factory=list)  # the unconditional prompt's ids; empty: all padding
 
     def __post_init__(self):
         names = ("pad_id", "mask_token", "boi_id", "eoi_id", "boa_id", "eoa_id", "eol_id")
@@ -134,10 +137,14 @@ class Attention(nn.Module):
         self.v = nn.Linear(d, d, bias=False)
         self.o = nn.Linear(d, d, bias=False)
 
-    def forward(self, x, cos, sin, key_mask):
+    def forward(self, x, cos, sin, key_mask, ctx=None, ctx_cos=None, ctx_sin=None):
+        """x [B, T, d] attends to itself, or (cross-attention) to ctx [B, M, d] rotated at its own
+        positions (ctx_cos/ctx_sin); key_mask broadcasts to [B, 1, 1, keys]."""
         b, t, d = x.shape
-        q, k, v = (p(x).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        src, kc, ks = (x, cos, sin) if ctx is None else (ctx, ctx_cos, ctx_sin)
+        q = self.q(x).view(b, t, self.heads, -1).transpose(1, 2)
+        k, v = (p(src).view(b, src.shape[1], self.heads, -1).transpose(1, 2) for p in (self.k, self.v))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, kc, ks)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         return self.o(y.transpose(1, 2).reshape(b, t, d))
 
@@ -193,8 +200,8 @@ class LLaDA(nn.Module):
         return seq
 
     def head(self, features):
-        """Logits over the K image codes: the LM head's image-code rows."""
-        return features @ self.lm_head.weight[self.cfg.text_vocab:].T
+        """Logits over the K image codes at the image positions: the LM head's image-code rows."""
+        return features[:, self.slots] @ self.lm_head.weight[self.cfg.text_vocab:].T
 
     def forward(self, tokens, prompt):
         seq = self.sequence(tokens, prompt)
@@ -206,5 +213,5 @@ class LLaDA(nn.Module):
                                self.cfg.rope_theta)
         for block in self.blocks:
             x = block(x, cos, sin, keys)
-        features = self.norm(x)[:, self.slots]
+        features = self.norm(x)
         return features, self.head(features)

@@ -47,13 +47,20 @@ from safetensors import safe_open
 from ..errors import CheckpointError
 from .llada import LLaDA, LLaDAConfig
 from .maskgit import MaskGIT, MaskGITConfig
+from .shortcut import Shortcut, ShortcutConfig
+from .shortcut_llada import LLaDAShortcut, LLaDAShortcutConfig
 
 # the published models' configurations
 HALTON_IMAGENET512 = MaskGITConfig(codebook_size=1024, num_classes=1000, grid=32, width=768, depth=24, heads=16,
                                    mlp=3072)
+# Lumina-DiMOO writes a prompt into its system/user turns and conditions the unconditional branch
+# on an <uncondition> turn (ids as its tokenizer gives them: no BOS); prompts of up to 128 ids
+DIMOO_TEMPLATE = "<system>Generate an image according to the text prompt.</system><user>{prompt}</user>"
+DIMOO_UNCOND = [126332, 36289, 289, 3972, 4631, 297, 268, 3019, 12166, 13, 126333, 126334, 126351, 126335]
 DIMOO_8B = LLaDAConfig(text_vocab=126356, codebook_size=8192, grid=64, width=4096, depth=32, heads=32, mlp=12288,
-                       max_text=64, rope_theta=500000.0, pad_id=126081, mask_token=126336, boi_id=126349,
-                       eoi_id=126350, boa_id=126354, eoa_id=126355, eol_id=126084)
+                       max_text=128, rope_theta=500000.0, pad_id=126081, mask_token=126336, boi_id=126349,
+                       eoi_id=126350, boa_id=126354, eoa_id=126355, eol_id=126084, prompt_template=DIMOO_TEMPLATE,
+                       uncond_ids=DIMOO_UNCOND)
 
 
 def _check(mapped: dict, model: torch.nn.Module, source: str, unexpected: list[str]) -> None:
@@ -162,6 +169,8 @@ def load_dimoo(directory: str | Path, cfg: LLaDAConfig | None = None, device: st
         except (json.JSONDecodeError, KeyError) as e:
             raise CheckpointError(f"{index} is not a safetensors index (no weight_map): {e}") from None
         shards = sorted(set(weight_map.values()))
+        if not all(isinstance(n, str) and n == Path(n).name and n.endswith(".safetensors") for n in shards):
+            raise CheckpointError(f"{index} names shards outside its directory; a checkpoint names its own files only")
     elif (directory / "model.safetensors").exists():
         shards = ["model.safetensors"]
     else:
@@ -191,4 +200,106 @@ def load_dimoo(directory: str | Path, cfg: LLaDAConfig | None = None, device: st
     _check(mapped, model, str(directory), unexpected)
     model.load_state_dict(mapped, assign=True)
     model.init_buffers(device)
+    return model.eval()
+
+
+# ---- the released MIGM-Shortcut weights ----
+
+_MASKGIT_SHORTCUT = [
+    (r"proj_in\.(weight|bias)", r"proj_in.\1"),
+    (r"proj_out\.(weight|bias)", r"proj_out.\1"),
+    (r"new_token_proj_in\.(weight|bias)", r"proj_tok.\1"),
+    (r"blocks\.(\d+)\.cross_attn\.norm\.(weight|bias)", r"blocks.\1.norm_q.\2"),
+    (r"blocks\.(\d+)\.cross_attn\.fn\.mha\.out_proj\.(weight|bias)", r"blocks.\1.attn1.proj.\2"),
+    (r"blocks\.(\d+)\.cross_attn_ff\.norm\.(weight|bias)", r"blocks.\1.norm_mlp1.\2"),
+    (r"blocks\.(\d+)\.cross_attn_ff\.fn\.net\.(0|3)\.(weight|bias)", r"blocks.\1.mlp1.\2.\3"),
+    (r"blocks\.(\d+)\.self_attn\.norm\.(weight|bias)", r"blocks.\1.norm_self.\2"),
+    (r"blocks\.(\d+)\.self_attn\.fn\.mha\.out_proj\.(weight|bias)", r"blocks.\1.attn2.proj.\2"),
+    (r"blocks\.(\d+)\.self_attn_ff\.norm\.(weight|bias)", r"blocks.\1.norm_mlp2.\2"),
+    (r"blocks\.(\d+)\.self_attn_ff\.fn\.net\.(0|3)\.(weight|bias)", r"blocks.\1.mlp2.\2.\3"),
+    (r"last_layer\.(0|1|3)\.(weight|bias)", r"out.\1.\2"),
+    (r"time_embedder\.mlp\.(0|2)\.(weight|bias)", r"time.\1.\2"),
+    (r"adaLN_modulation\.(weight|bias)", r"modulation.\1"),
+]
+_IN_PROJ = re.compile(r"blocks\.(\d+)\.(cross|self)_attn\.fn\.mha\.in_proj_(weight|bias)")
+
+_DIMOO_SHORTCUT = [
+    (r"proj_in\.(weight|bias)", r"proj_in.\1"),
+    (r"proj_out\.(weight|bias)", r"proj_out.\1"),
+    (r"new_token_proj_in\.(weight|bias)", r"proj_tok.\1"),
+    (r"ln_f\.weight", "norm_out.weight"),
+    (r"time_embedder\.mlp\.(0|2)\.(weight|bias)", r"time.\1.\2"),
+    (r"adaLN_modulation\.(weight|bias)", r"modulation.\1"),
+] + [(rf"blocks\.(\d+)\.{part}\.{src}\.weight", rf"{dst}.\1.{prefix}{tgt}.weight")
+     for part, dst, prefix in (("cross_attn", "cross", "block."), ("self_attn", "blocks", ""))
+     for src, tgt in (("attn_norm", "attn_norm"), ("q_proj", "attn.q"), ("k_proj", "attn.k"), ("v_proj", "attn.v"),
+                      ("attn_out", "attn.o"), ("ff_norm", "mlp_norm"), ("ff_proj", "mlp.gate"), ("up_proj", "mlp.up"),
+                      ("ff_out", "mlp.down"))]
+
+
+def _state_dict_file(path: str | Path) -> dict:
+    """A released `.pth` state dict, read as data only (`weights_only=True`: a pickle with code is refused)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated zip, a pickle with foreign objects
+        raise CheckpointError(f"{path} is not a readable torch state dict: {e}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no flat state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_maskgit_shortcut(path: str | Path, base: MaskGIT, heads: int = 16) -> torch.nn.Module:
+    """The released MaskGIT-Shortcut weights (`maskgit-shortcut.pth`, a flat state dict) for `base`:
+    the bottleneck and block count are read from the tensors; the head count is not in them (16 released)."""
+    state = _state_dict_file(path)
+    if "proj_in.weight" not in state:
+        raise CheckpointError(f"{path} is not a MaskGIT-Shortcut state dict (no proj_in.weight)")
+    inner, width = state["proj_in.weight"].shape
+    n_block = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    c = base.cfg
+    cfg = ShortcutConfig(width=width, codebook_size=c.codebook_size, vocab=c.vocab, num_tokens=c.num_tokens,
+                         ratio=round(width / inner), n_block=n_block, heads=heads, layout="upstream")
+    model = Shortcut(cfg)
+    mapped, unexpected = {}, []
+    for key, value in state.items():
+        split = _IN_PROJ.fullmatch(key)
+        if split:  # q, k, v stacked: our attention keeps q apart from the fused k, v
+            i, kind, what = split.groups()
+            attn = f"blocks.{i}.attn{1 if kind == 'cross' else 2}"
+            mapped[f"{attn}.q.{what}"], mapped[f"{attn}.kv.{what}"] = value[:inner], value[inner:]
+        elif (target := _rename(key, _MASKGIT_SHORTCUT)) is not None:
+            mapped[target] = value
+        else:
+            unexpected.append(key)
+    _check(mapped, model, str(path), unexpected)
+    model.load_state_dict(mapped)
+    model.load_base_embeddings(base)
+    return model.eval()
+
+
+def load_dimoo_shortcut(path: str | Path, base: LLaDA) -> torch.nn.Module:
+    """The released DiMOO-Shortcut weights (`dimoo-shortcut.pth`, a flat state dict) for `base`."""
+    state = _state_dict_file(path)
+    if "proj_in.weight" not in state:
+        raise CheckpointError(f"{path} is not a DiMOO-Shortcut state dict (no proj_in.weight)")
+    inner, width = state["proj_in.weight"].shape
+    n_block = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    mlp = state["blocks.0.self_attn.ff_proj.weight"].shape[0] if "blocks.0.self_attn.ff_proj.weight" in state else 0
+    cfg = LLaDAShortcutConfig(base=base.cfg.to_dict(), ratio=round(width / inner), n_block=n_block, mlp=mlp)
+    with torch.device("meta"):
+        model = LLaDAShortcut(cfg)
+    mapped, unexpected = {}, []
+    for key, value in state.items():
+        target = _rename(key, _DIMOO_SHORTCUT)
+        if target is None:
+            unexpected.append(key)
+        else:
+            mapped[target] = value
+    _check(mapped, model, str(path), unexpected)
+    model.load_state_dict(mapped, assign=True)
+    model.init_buffers(state["proj_in.weight"].device)
+    model.load_base_embeddings(base)
     return model.eval()

@@ -4,10 +4,12 @@ Embedding table rows: [0, K) image codes, K the [MASK] token, K+1 .. K+C the cla
 K+C+1 the "no class" token used for classifier-free guidance. The class token is
 prepended to the token grid, so the position embedding has L+1 rows.
 
-    forward(tokens [B, L], labels [B]) -> features [B, L, d], logits [B, L, K]
+    forward(tokens [B, L], labels [B]) -> features [B, L+1, d], logits [B, L, K]
 
-`features` is the output of the final LayerNorm/Linear/GELU/LayerNorm block, the
-quantity the MIGM-Shortcut model predicts; `logits = head(features)`.
+`features` is the output of the final LayerNorm/Linear/GELU/LayerNorm block at every position,
+the quantity the MIGM-Shortcut model predicts: the L grid positions, then the class token (the
+order of Halton-MaskGIT's sequence, which the released shortcut is trained on; inside the model
+the class token comes first). `logits = head(features)` reads the grid rows.
 """
 
 from __future__ import annotations
@@ -130,15 +132,20 @@ class MaskGIT(nn.Module):
         return self.tok_emb(seq) + self.pos_emb
 
     def head(self, features):
-        """Logits over the K image codes: features @ code embeddings.T + per-position bias."""
+        """Logits over the K image codes at the grid rows: features @ code embeddings.T + per-position bias."""
         w = self.tok_emb.weight[: self.cfg.codebook_size]
-        return features @ w.T + self.bias
+        return features[:, : self.cfg.num_tokens] @ w.T + self.bias
+
+    @staticmethod
+    def _grid_first(x):
+        """The model's sequence (class token first) in Halton-MaskGIT's order: the grid, then the class."""
+        return torch.cat([x[:, 1:], x[:, :1]], 1)
 
     def forward(self, tokens, labels):
         x = self.first_layer(self.embed(tokens, labels))
         for block in self.blocks:
             x = block(x)
-        features = self.last_layer(x)[:, 1:]
+        features = self._grid_first(self.last_layer(x))
         return features, self.head(features)
 
     def forward_cached(self, tokens, labels):
@@ -148,7 +155,7 @@ class MaskGIT(nn.Module):
         for block in self.blocks:
             x, kv = block.forward_kv(x)
             cache.append(kv)
-        features = self.last_layer(x)[:, 1:]
+        features = self._grid_first(self.last_layer(x))
         return features, self.head(features), cache
 
     def forward_subset(self, tokens, labels, positions, cache):

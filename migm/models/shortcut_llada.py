@@ -1,28 +1,39 @@
-"""The MIGM-Shortcut model, DiMOO variant (for the `llada` base family).
+"""The MIGM-Shortcut model, DiMOO variant (for the `llada` base family), in the layout of the
+released DiMOO-Shortcut weights (models/loaders.py maps their keys).
 
-The same computation as the MaskGIT variant (models/shortcut.py): bottleneck d -> d/r,
-cross-attention from the features to the newly sampled tokens, MLP, self-attention, MLP,
-a final norm with FiLM on the mask ratio, proj_out and the residual f + delta, with:
+Over the WHOLE sequence the base sees (prompt, special tokens, image tokens, newlines), with
+the base's own block design at a bottleneck width d/r (RMSNorm, SwiGLU, RoPE at absolute
+sequence positions):
 
-  - RMSNorm and SwiGLU MLPs, as the base;
-  - RoPE at absolute sequence positions, in the self-attention and the cross-attention
-    (queries at the image tokens' positions, keys at the new tokens' and the prompt's);
-  - the prompt's tokens as extra cross-attention keys/values: the conditional branch sees
-    its prompt, the unconditional branch (an empty, all-padding prompt) sees none.
+    x = proj_in(f)                                  d -> d/r, every sequence position
+    t = proj_tok(tok_emb[keys])                     keys: the image tokens just sampled and, on the
+                                                    conditional branch, every prompt token
+    block: x += CrossAttn(q=N(x), k=v=N(t))         one RMSNorm N for both, RoPE at each key's position
+           x += SwiGLU(N(x))
+           x = SelfBlock(x)                         the base's block: RMSNorm, RoPE self-attention, SwiGLU
+    x = RMSNorm(x); scale, shift = adaLN(TimeMLP(sinusoid_256(mask_ratio * 1000)))
+    f_next = f + proj_out(x * (1 + scale) + shift)
 
-    forward(features [B, L, d], new_pos [B, M], new_tok [B, M], key_mask [B, M],
-            mask_ratio [B], prompt [B, max_text]) -> next features [B, L, d]
+Prompts are left-padded: padding is no key anywhere, which equals Lumina-DiMOO's unpadded
+sequences (RoPE depends on relative positions only). The unconditional branch (the row equal to
+the model's unconditional prompt) keys on its new image tokens only, as upstream.
+`layout="migm"` is this project's first design (image positions only, separate norms, FiLM),
+kept to compare the two trained from scratch. The base's token embedding is referenced, never
+copied or saved (`load_base_embeddings`).
+
+    forward(features [B, T, d], new_pos [B, M] grid positions, new_tok [B, M] codes, key_mask [B, M],
+            mask_ratio [B], prompt [B, max_text]) -> next features [B, T, d]
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .llada import LLaDAConfig, RMSNorm, SwiGLU, apply_rope, rope_tables
+from .llada import Attention, Block, LLaDAConfig, RMSNorm, SwiGLU, rope_tables
 from .shortcut import timestep_embedding
 
 
@@ -31,8 +42,10 @@ class LLaDAShortcutConfig:
     base: dict  # the base model's LLaDAConfig fields (vocab, layout, RoPE)
     ratio: int = 2
     n_block: int = 1
-    heads: int = 16
-    mlp_ratio: float = 2.75  # SwiGLU hidden = ratio * inner (LLaMA's 8/3, rounded)
+    heads: int = 0  # 0: the base's (upstream keeps it, halving the head width)
+    mlp: int = 0  # SwiGLU hidden size; 0: the base's (upstream keeps it)
+    layout: str = "upstream"
+    mlp_ratio: float = 2.75  # the migm layout's SwiGLU hidden size over its inner width
 
     @property
     def base_cfg(self) -> LLaDAConfig:
@@ -40,7 +53,14 @@ class LLaDAShortcutConfig:
 
     @property
     def inner(self) -> int:
-        return self.base_cfg.width // self.ratio
+        return round(self.base_cfg.width / self.ratio)
+
+    @property
+    def block_cfg(self) -> LLaDAConfig:
+        """The base's config at the bottleneck width (its blocks are the shortcut's)."""
+        b = self.base_cfg
+        mlp = self.mlp or (b.mlp if self.layout == "upstream" else int(self.mlp_ratio * self.inner))
+        return LLaDAConfig(**{**self.base, "width": self.inner, "heads": self.heads or b.heads, "mlp": mlp})
 
     @property
     def num_tokens(self) -> int:
@@ -54,92 +74,119 @@ class LLaDAShortcutConfig:
         return asdict(self)
 
 
-class RopeAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, theta: float):
+class CrossBlock(nn.Module):
+    """The base block with keys/values from the sampled tokens: RMSNorm on both sides (one norm)."""
+
+    def __init__(self, cfg: LLaDAConfig):
         super().__init__()
-        self.heads, self.theta = heads, theta
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.kv = nn.Linear(dim, 2 * dim, bias=False)
-        self.o = nn.Linear(dim, dim, bias=False)
+        self.block = Block(cfg)
 
-    def forward(self, x, x_pos, ctx, ctx_pos, key_mask=None):
-        """x [B, N, D] at sequence positions x_pos [N] attends to ctx [B, M, D] at ctx_pos [B, M] or [M]."""
-        b, n, d = x.shape
-        h, hd = self.heads, d // self.heads
-        q = self.q(x).view(b, n, h, hd).transpose(1, 2)
-        k, v = self.kv(ctx).view(b, ctx.shape[1], 2, h, hd).permute(2, 0, 3, 1, 4)
-        qc, qs = rope_tables(x_pos, hd, self.theta)
-        kc, ks = rope_tables(ctx_pos, hd, self.theta)
-        if kc.dim() == 3:  # per-row key positions [B, M, hd] -> [B, 1, M, hd]
-            kc, ks = kc[:, None], ks[:, None]
-        q, k = apply_rope(q, qc, qs), apply_rope(k, kc, ks)
-        mask = key_mask[:, None, None, :] if key_mask is not None else None
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.o(y.transpose(1, 2).reshape(b, n, d))
-
-
-class LLaDAShortcutBlock(nn.Module):
-    def __init__(self, cfg: LLaDAShortcutConfig):
-        super().__init__()
-        d, eps, theta = cfg.inner, cfg.base_cfg.norm_eps, cfg.base_cfg.rope_theta
-        hidden = int(cfg.mlp_ratio * d)
-        self.norm_q, self.norm_kv = RMSNorm(d, eps), RMSNorm(d, eps)
-        self.cross = RopeAttention(d, cfg.heads, theta)
-        self.norm_mlp1 = RMSNorm(d, eps)
-        self.mlp1 = SwiGLU(d, hidden)
-        self.norm_self = RMSNorm(d, eps)
-        self.attn = RopeAttention(d, cfg.heads, theta)
-        self.norm_mlp2 = RMSNorm(d, eps)
-        self.mlp2 = SwiGLU(d, hidden)
-
-    def forward(self, x, x_pos, ctx, ctx_pos, ctx_mask):
-        x = x + self.cross(self.norm_q(x), x_pos, self.norm_kv(ctx), ctx_pos, ctx_mask)
-        x = x + self.mlp1(self.norm_mlp1(x))
-        h = self.norm_self(x)
-        x = x + self.attn(h, x_pos, h, x_pos)
-        return x + self.mlp2(self.norm_mlp2(x))
+    def forward(self, x, cos, sin, ctx, ctx_cos, ctx_sin, ctx_mask):
+        b = self.block
+        x = x + b.attn(b.attn_norm(x), cos, sin, ctx_mask, b.attn_norm(ctx), ctx_cos, ctx_sin)
+        return x + b.mlp(b.mlp_norm(x))
 
 
 class LLaDAShortcut(nn.Module):
     def __init__(self, cfg: LLaDAShortcutConfig):
         super().__init__()
         self.cfg = cfg
-        bc = cfg.base_cfg
+        bc, ic = cfg.base_cfg, cfg.block_cfg
         d, di = bc.width, cfg.inner
-        # frozen copy of the base's token embedding (a buffer: exported with the shortcut,
-        # never trained); positions come from RoPE, so there is no position table
-        self.register_buffer("tok_emb", torch.zeros(bc.vocab, d))
+        # the base's token embedding: referenced by load_base_embeddings, never saved
+        self.register_buffer("tok_emb", torch.zeros(bc.vocab, d), persistent=False)
         self.init_buffers()
         self.proj_in = nn.Linear(d, di)
         self.proj_tok = nn.Linear(d, di)
-        self.blocks = nn.ModuleList(LLaDAShortcutBlock(cfg) for _ in range(cfg.n_block))
-        self.norm_out = RMSNorm(di, bc.norm_eps)
-        self.film = nn.Sequential(nn.Linear(di, di), nn.SiLU(), nn.Linear(di, 2 * di))
+        self.upstream = cfg.layout == "upstream"
+        if self.upstream:
+            self.cross = nn.ModuleList(CrossBlock(ic) for _ in range(cfg.n_block))
+            self.blocks = nn.ModuleList(Block(ic) for _ in range(cfg.n_block))
+            self.norm_out = RMSNorm(di, bc.norm_eps)
+            mid = round(math.sqrt(di * 256))
+            self.time_dim = 256
+            self.time = nn.Sequential(nn.Linear(256, mid), nn.SiLU(), nn.Linear(mid, di))
+            self.modulation = nn.Linear(di, 2 * di)
+            last = self.modulation
+        else:
+            self.blocks = nn.ModuleList(_MigmBlock(ic) for _ in range(cfg.n_block))
+            self.norm_out = RMSNorm(di, bc.norm_eps)
+            self.time_dim = di
+            self.time = nn.Identity()
+            self.modulation = nn.Sequential(nn.Linear(di, di), nn.SiLU(), nn.Linear(di, 2 * di))
+            last = self.modulation[-1]
         self.proj_out = nn.Linear(di, d)
-        for layer in (self.proj_out, self.film[-1]):  # start as feature reuse
+        for layer in (self.proj_out, last):  # start as feature reuse
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
     def init_buffers(self, device=None) -> None:
-        self.register_buffer("slots", self.cfg.base_cfg.image_slots.to(device), persistent=False)
+        """Index buffers (the image slots, the unconditional prompt); again after `to_empty` from meta."""
+        bc = self.cfg.base_cfg
+        self.register_buffer("slots", bc.image_slots.to(device), persistent=False)
+        uncond = torch.full((bc.max_text,), bc.pad_id, dtype=torch.long)
+        if bc.uncond_ids:
+            uncond[-len(bc.uncond_ids):] = torch.tensor(bc.uncond_ids)
+        self.register_buffer("uncond", uncond.to(device), persistent=False)
 
     @torch.no_grad()
     def load_base_embeddings(self, base) -> None:
-        self.tok_emb.copy_(base.tok_emb.weight)
+        self.tok_emb = base.tok_emb.weight.detach()
 
     def forward(self, features, new_pos, new_tok, key_mask, mask_ratio, prompt):
         bc = self.cfg.base_cfg
-        b = features.shape[0]
-        x = self.proj_in(features)
-        # context: the new image tokens (ids shifted into the code rows) and the prompt's tokens
+        b, t, _ = features.shape
+        text = torch.arange(bc.max_text, device=prompt.device).expand(b, -1)
+        conditional = (prompt != self.uncond).any(-1, keepdim=True)  # upstream: no prompt keys when unconditional
         ids = torch.cat([new_tok + bc.text_vocab, prompt], 1)
-        ctx = self.proj_tok(self.tok_emb[ids].to(x.dtype))
-        text_pos = torch.arange(bc.max_text, device=prompt.device).expand(b, -1)
-        ctx_pos = torch.cat([self.slots[new_pos], text_pos], 1)
-        ctx_mask = torch.cat([key_mask, prompt != bc.pad_id], 1)
-        for block in self.blocks:
-            x = block(x, self.slots, ctx, ctx_pos, ctx_mask)
-        t = timestep_embedding(mask_ratio * 1000, self.cfg.inner).to(x.dtype)
-        scale, shift = self.film(t).unsqueeze(1).chunk(2, -1)
-        x = self.norm_out(x) * (1 + scale) + shift
-        return features + self.proj_out(x)
+        ctx_pos = torch.cat([self.slots[new_pos], text], 1)
+        ctx_mask = torch.cat([key_mask, (prompt != bc.pad_id) & conditional], 1)
+        ctx = self.proj_tok(self.tok_emb[ids].to(features.dtype))
+        hd = self.cfg.block_cfg.width // self.cfg.block_cfg.heads
+        # RoPE tables in fp32: bf16 angles lose whole radians at thousands of positions
+        kc, ks = rope_tables(ctx_pos, hd, bc.rope_theta)
+        kc, ks = kc[:, None], ks[:, None]
+        if self.upstream:
+            x = self.proj_in(features)
+            cos, sin = rope_tables(torch.arange(t, device=features.device), hd, bc.rope_theta)
+            real = torch.ones(b, t, dtype=torch.bool, device=features.device)
+            real[:, : bc.max_text] = prompt != bc.pad_id  # padding is no key for anyone
+            for cross, block in zip(self.cross, self.blocks):
+                x = cross(x, cos, sin, ctx, kc, ks, ctx_mask[:, None, None, :])
+                x = block(x, cos, sin, real[:, None, None, :])
+            out = features
+        else:  # the image positions only
+            x = self.proj_in(features[:, self.slots])
+            cos, sin = rope_tables(self.slots, hd, bc.rope_theta)
+            for block in self.blocks:
+                x = block(x, cos, sin, ctx, kc, ks, ctx_mask[:, None, None, :])
+            out = features[:, self.slots]
+        tm = self.time(timestep_embedding(mask_ratio * 1000, self.time_dim).to(x.dtype))
+        scale, shift = self.modulation(tm).unsqueeze(1).chunk(2, -1)
+        delta = self.proj_out(self.norm_out(x) * (1 + scale) + shift)
+        if self.upstream:
+            return out + delta
+        return features.index_copy(1, self.slots, out + delta)
+
+
+class _MigmBlock(nn.Module):
+    """The migm layout's block: cross-attention with separate query/key norms, SwiGLU, self-attention, SwiGLU."""
+
+    def __init__(self, cfg: LLaDAConfig):
+        super().__init__()
+        d, eps = cfg.width, cfg.norm_eps
+        self.norm_q, self.norm_kv = RMSNorm(d, eps), RMSNorm(d, eps)
+        self.cross = Attention(cfg)
+        self.norm_mlp1 = RMSNorm(d, eps)
+        self.mlp1 = SwiGLU(d, cfg.mlp)
+        self.norm_self = RMSNorm(d, eps)
+        self.attn = Attention(cfg)
+        self.norm_mlp2 = RMSNorm(d, eps)
+        self.mlp2 = SwiGLU(d, cfg.mlp)
+
+    def forward(self, x, cos, sin, ctx, kc, ks, ctx_mask):
+        x = x + self.cross(self.norm_q(x), cos, sin, ctx_mask, self.norm_kv(ctx), kc, ks)
+        x = x + self.mlp1(self.norm_mlp1(x))
+        h = self.norm_self(x)
+        x = x + self.attn(h, cos, sin, None)
+        return x + self.mlp2(self.norm_mlp2(x))

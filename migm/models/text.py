@@ -73,8 +73,11 @@ def load_tokenizer(path: str | Path, files: Sequence[str] | None = None):
         return PreTrainedTokenizerFast.from_pretrained(tmp)
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str], max_text: int, text_vocab: int) -> torch.Tensor:
-    """Prompt ids [n, max_text], left-padded; a clear error for unknown words or long prompts."""
+def encode_prompts(tokenizer, prompts: Sequence[str], max_text: int, text_vocab: int, template: str = "{prompt}",
+                   pad_id: int | None = None) -> torch.Tensor:
+    """Prompt ids [n, max_text], left-padded with `pad_id` (default: the tokenizer's); each prompt
+    written into `template` first (Lumina-DiMOO wraps it in its system/user turns). A clear error
+    for unknown words, control tokens typed into the text, empty or too long prompts."""
     if isinstance(prompts, str):
         prompts = [prompts]
     unk = tokenizer.convert_tokens_to_ids(UNK)
@@ -95,11 +98,15 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_text: int, text_vocab:
             bad = [w for w, _ in words if tokenizer.convert_tokens_to_ids(w) == unk]
             raise PromptError(f"prompt {p!r}: {', '.join(repr(w) for w in bad)} not in the model's vocabulary "
                               f"(known words: {', '.join(known_words(tokenizer))})")
+        if template != "{prompt}":  # the template's own control tokens are the model's, not the user's
+            ids = tokenizer(template.replace("{prompt}", p), add_special_tokens=False)["input_ids"]
         if len(ids) > max_text:
             raise PromptError(f"prompt {p!r} has {len(ids)} tokens; the model takes at most {max_text}")
         rows.append(ids)
-    out = tokenizer.pad({"input_ids": rows}, padding="max_length", max_length=max_text, return_tensors="pt")
-    ids = out["input_ids"].long()
+    pad = tokenizer.pad_token_id if pad_id is None else pad_id
+    ids = torch.full((len(rows), max_text), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, max_text - len(row):] = torch.tensor(row, dtype=torch.long)
     if ids.max() >= text_vocab:
         raise PromptError(f"the tokenizer gives ids up to {int(ids.max())}, beyond the model's {text_vocab} text ids")
     return ids

@@ -34,8 +34,19 @@ from ..models.checkpoint import BASE_KINDS, load_checkpoint, load_shortcut
 from ..models.text import load_tokenizer, tokenizer_path
 from ..sampling.config import SamplerConfig
 from ..sampling.loop import HybridStats, ProbeFn, check_strategy, generate_tokens
+from . import saved
 from .backends import BACKENDS, Backend, OrtBackend, TorchBackend, TrtBackend
 from .graphs import GraphedLoop
+from .images import to_pil
+
+
+@dataclass
+class PipelineOutput:
+    """What `Pipeline.__call__` returns (diffusers' shape): the images, and the tokens and sampling
+    statistics behind them."""
+    images: Any  # list of PIL images, or a tensor / array (output_type)
+    tokens: torch.Tensor  # [n, L]
+    stats: HybridStats
 
 
 @dataclass
@@ -47,6 +58,7 @@ class Pipeline:
     defaults: SamplerConfig = field(default_factory=SamplerConfig)
     use_graphs: bool = True  # whole-loop CUDA graphs where the backend allows them
     tokenizer: Any = None  # text-to-image: the prompt tokenizer (text prompts -> ids)
+    models: dict = field(default_factory=dict)  # the torch models (base, vq, shortcut) where built from them
 
     def __post_init__(self):
         self._lock = threading.RLock()  # re-entrant: decode() inside an iter_tokens() loop
@@ -73,7 +85,7 @@ class Pipeline:
         vq_model = load_checkpoint(vq or d / "vq", kinds=("vqvae",))
         if shortcut is None and base is None and assets.has_checkpoint(d / "shortcut"):
             shortcut = d / "shortcut"
-        sc = load_shortcut(shortcut, base_path) if shortcut is not None else None
+        sc = load_shortcut(shortcut, base_path, base_model) if shortcut is not None else None
         pipe = cls.from_models(base_model, vq_model, sc, device=device, precision=precision)
         if pipe.family.text and tokenizer_path(base_path).is_dir():
             pipe.tokenizer = load_tokenizer(tokenizer_path(base_path))
@@ -89,10 +101,76 @@ class Pipeline:
             raise ConfigError(f"base model (codebook {spec.codebook_size}, grid {spec.grid}) does not match "
                               f"the VQ-VAE (codebook {vq.cfg.codebook_size}, grid {vq.cfg.grid})")
         meta = getattr(base, "meta", {})
+        models = {"base": base, "vq": vq, **({"shortcut": shortcut} if shortcut is not None else {})}
         return cls(backend=TorchBackend(base, vq.decoder, shortcut, device=device, precision=precision),
                    family=fam, spec=spec, class_names=tuple(meta.get("class_names", ())),
                    defaults=SamplerConfig.from_dict(meta.get("sampling"), default=fam.sampler)
-                   .validate(spec.num_tokens))
+                   .validate(spec.num_tokens), models=models)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, torch_dtype: torch.dtype | None = None,
+                        device: str | None = None, backend: str = "auto") -> "Pipeline":
+        """The Hugging Face way in: a shipped model's name ("tiny-animals", "tiny-scenes"), a bundle
+        (NAME.plan/), or a saved pipeline directory (`save_pretrained`'s layout: model_index.json and a
+        folder per component; a Hub snapshot directory of that layout too). `torch_dtype` float32 or
+        bfloat16 (the default) picks the torch backend's precision."""
+        precisions = {None: "bf16", torch.bfloat16: "bf16", torch.float16: "bf16", torch.float32: "fp32"}
+        precision = precisions.get(torch_dtype)
+        if precision is None:
+            raise ConfigError(f"torch_dtype {torch_dtype} is not one migm runs; use torch.float32 or torch.bfloat16")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if isinstance(name_or_path, str) and name_or_path in assets.MODELS:
+            return cls.from_checkpoints(model=name_or_path, device=device, precision=precision)
+        path = Path(name_or_path)
+        if (path / "manifest.json").exists():
+            return cls.from_bundle(path, backend=backend)
+        if not (path / saved.INDEX).is_file():
+            raise ConfigError(f"{path} is neither a shipped model ({', '.join(assets.MODELS)}), a bundle, nor a saved "
+                              f"pipeline directory ({saved.INDEX} missing)")
+        models, tokenizer = saved.load(path)
+        pipe = cls.from_models(models["base"], models["vq"], models.get("shortcut"), device=device,
+                               precision=precision)
+        pipe.tokenizer = tokenizer
+        return pipe
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the pipeline as a directory `from_pretrained` reads: model_index.json and base/, vq/,
+        shortcut/ (config.json + model.safetensors each), tokenizer/ (for a text model)."""
+        if not self.models:
+            raise ConfigError("save_pretrained writes the torch models, and this pipeline runs a bundle's graphs: "
+                              "load it with backend='torch' (or from checkpoints) to save it")
+        return saved.save(directory, self.models, self.family, self.tokenizer)
+
+    def __call__(self, prompt: str | Sequence[str] | None = None, class_labels: Sequence[int | str] | int | None = None,
+                 *, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 generator: torch.Generator | None = None, num_images_per_prompt: int = 1, budget: int | None = None,
+                 strategy: str | None = None, seed: int | None = None, batch_size: int = 64,
+                 output_type: str = "pil", return_dict: bool = True) -> "PipelineOutput | tuple":
+        """diffusers-style generation: `prompt` (text-to-image) or `class_labels`, each repeated
+        `num_images_per_prompt` times; the seed is drawn from `generator` (or given as `seed`; 0 by
+        default); `budget` B < N runs the shortcut. Returns `PipelineOutput(images=...)`, PIL images
+        for output_type "pil", a [n, C, H, W] tensor for "pt", a [n, H, W, C] array for "np"."""
+        if output_type not in ("pil", "pt", "np"):
+            raise ConfigError(f"output_type must be pil, pt or np, not {output_type!r}")
+        given = prompt if self.family.text else class_labels
+        if isinstance(given, (str, int)):
+            given = [given]
+        if given is None:
+            raise ConfigError(f"give {'prompt' if self.family.text else 'class_labels'} for this model")
+        given = [g for g in given for _ in range(num_images_per_prompt)]
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else 0
+        stats = HybridStats()
+        kw = {"prompts": given} if self.family.text else {"classes": given}
+        tokens = self.generate_tokens(**kw, steps=num_inference_steps, guidance=guidance_scale, seed=seed,
+                                      budget=budget, strategy=strategy, stats=stats, batch_size=batch_size)
+        images = self.decode(tokens)
+        if output_type == "pil":
+            images = [to_pil(img) for img in images]
+        elif output_type == "np":
+            images = images.permute(0, 2, 3, 1).numpy()
+        out = PipelineOutput(images=images, tokens=tokens, stats=stats)
+        return out if return_dict else (out.images,)
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "auto", device: str | None = None) -> "Pipeline":
@@ -284,4 +362,7 @@ def _bundle_checkpoints(path: Path, doc: dict) -> dict:
     entries = doc.get("checkpoints")
     if not entries:
         raise BundleError(f"bundle {path} holds no torch checkpoints (built by an older migm): rebuild it")
-    return {name: load_checkpoint(path / e["file"]) for name, e in entries.items()}
+    models = {name: load_checkpoint(path / e["file"]) for name, e in entries.items()}
+    if "shortcut" in models:  # its frozen embeddings are the base's, not stored with it
+        models["shortcut"].load_base_embeddings(models["base"])
+    return models

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
-from ..families import Family, family_of
+from ..families import Family, ModelSpec, family_of
 from ..sampling.config import SamplerConfig
 from ..sampling.plan import full_step_plan
 from .dist import DistInfo, barrier
@@ -97,50 +97,66 @@ def new_tokens(batch: Batch, step: torch.Tensor):
     return order, batch.tokens.gather(1, order), keys
 
 
-def chain(model, batch: Batch, k: int, branches: int, family: Family, uncond: torch.Tensor):
-    """Run k shortcut steps from f[s]; yields (j, predicted f[s+j+1] [b, br, L, d], still-masked [b, L]).
-    Rows are interleaved by branch (the conditional row, then its unconditional one)."""
+@dataclass
+class Model:
+    """What a chain needs to know of the base: its family, spec, unconditional input and head."""
+    family: Family
+    spec: ModelSpec
+    uncond: torch.Tensor
+    head: object  # features [B, T, d] -> logits [B, L, K], the frozen base head
+
+    @classmethod
+    def of(cls, base) -> "Model":
+        fam = family_of(base)
+        spec = fam.spec(base.cfg)
+        return cls(fam, spec, fam.uncond(spec), base.head)
+
+
+def chain(model, batch: Batch, k: int, branches: int, m: Model):
+    """Run k shortcut steps from f[s]; yields (j, predicted f[s+j+1] [b, br, T, d], still-masked grid
+    positions [b, L], loss rows [b, br, T]). Rows are interleaved by branch (the conditional row,
+    then its unconditional one)."""
     b, _, _, n, d = batch.feats.shape
     x = batch.feats[:, :, 0].reshape(b * branches, n, d)
     cond = batch.cond
     if branches == 2:
-        cond = torch.stack([cond, uncond.to(cond.device).expand_as(cond)], 1).flatten(0, 1)
+        cond = torch.stack([cond, m.uncond.to(cond.device).expand_as(cond)], 1).flatten(0, 1)
     for j in range(k):
         step = batch.start + j
         pos, tok, keys = new_tokens(batch, step)
         masked = batch.reveal > step[:, None]  # still masked after this step
         ratio = masked.float().mean(1)
         rep = lambda t: t.repeat_interleave(branches, 0)
-        x = family.run_shortcut(model, x, rep(pos), rep(tok), rep(keys), rep(ratio), cond)
-        yield j, x.view(b, branches, n, d), masked
+        x = m.family.run_shortcut(model, x, rep(pos), rep(tok), rep(keys), rep(ratio), cond)
+        rows = m.family.loss_rows(m.spec, rep(masked), cond).view(b, branches, n)
+        yield j, x.view(b, branches, n, d), masked, rows
 
 
 def _guided_logp(head, f: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities the sampler draws from: f [b, br, L, d] -> [b, L, K] (CFG with weight w [b])."""
-    logits = head(f.float())
-    if f.shape[1] == 2:  # (1 + w) * cond - w * uncond, per sample
+    """Log-probabilities the sampler draws from: f [b, br, T, d] -> [b, L, K] (CFG with weight w [b])."""
+    b, br = f.shape[:2]
+    logits = head(f.float().flatten(0, 1))
+    logits = logits.view(b, br, *logits.shape[1:])
+    if br == 2:  # (1 + w) * cond - w * uncond, per sample
         logits = logits[:, 1] + (logits[:, 0] - logits[:, 1]) * (1 + w.to(logits.device))[:, None, None]
     else:
         logits = logits[:, 0]
     return torch.log_softmax(logits, -1)
 
 
-def window_losses(model, head, batch: Batch, k: int, sampler: SamplerConfig, branches: int, kl_weight: float,
-                  uncond: torch.Tensor):
-    """Mean MSE and KL over the k chained steps of a batch (masked positions only); the KL is on
-    the logits guided as the sampler guides them at each step. `uncond`: the unconditional input."""
-    family = family_of(model)
+def window_losses(model, batch: Batch, k: int, sampler: SamplerConfig, branches: int, kl_weight: float, m: Model):
+    """Mean MSE (over the family's loss rows) and KL (over the still-masked positions) of the k
+    chained steps of a batch; the KL is on the logits guided as the sampler guides them at each step."""
     mse_total, kl_total = 0.0, 0.0
-    for j, pred, masked in chain(model, batch, k, branches, family, uncond):
+    for j, pred, masked, rows in chain(model, batch, k, branches, m):
         target = batch.feats[:, :, j + 1]
-        m = masked[:, None, :, None].expand_as(pred)
-        mse = F.mse_loss(pred.float()[m], target[m])
-        mse_total = mse_total + mse
+        sel = rows[..., None].expand_as(pred)
+        mse_total = mse_total + F.mse_loss(pred.float()[sel], target[sel])
         if kl_weight:
             step = batch.start + j + 1
             w = torch.tensor([sampler.guidance_at(int(i)) for i in step])
-            lp_true = _guided_logp(head, target, w)
-            lp_pred = _guided_logp(head, pred, w)
+            lp_true = _guided_logp(m.head, target, w)
+            lp_pred = _guided_logp(m.head, pred, w)
             kl = (lp_true.exp() * (lp_true - lp_pred)).sum(-1)[masked].mean()
             kl_total = kl_total + kl
     return mse_total / k, kl_total / k
@@ -150,43 +166,43 @@ class WindowLoss(torch.nn.Module):
     """A batch's whole chained loss in one forward call, so DistributedDataParallel sees
     exactly one forward per backward however many shortcut steps a window chains."""
 
-    def __init__(self, shortcut: torch.nn.Module, head, sampler: SamplerConfig, branches: int, kl_weight: float,
-                 uncond: torch.Tensor):
+    def __init__(self, shortcut: torch.nn.Module, m: Model, sampler: SamplerConfig, branches: int, kl_weight: float):
         super().__init__()
         self.shortcut = shortcut
-        self.head = head  # the frozen base head: a plain attribute, not a submodule DDP would sync
-        self.sampler, self.branches, self.kl_weight, self.uncond = sampler, branches, kl_weight, uncond
+        self.m = m  # holds the frozen base head: a plain attribute, not a submodule DDP would sync
+        self.sampler, self.branches, self.kl_weight = sampler, branches, kl_weight
 
     def forward(self, feats, tokens, reveal, start, cond, k: int):
-        return window_losses(self.shortcut, self.head, Batch(feats, tokens, reveal, start, cond), k, self.sampler,
-                             self.branches, self.kl_weight, self.uncond)
+        return window_losses(self.shortcut, Batch(feats, tokens, reveal, start, cond), k, self.sampler,
+                             self.branches, self.kl_weight, self.m)
 
 
 @torch.no_grad()
-def validate(model, head, ts: TrajectorySet, items: list[int], uncond: torch.Tensor, chained: int = 3,
+def validate(model, ts: TrajectorySet, items: list[int], m: Model, chained: int = 3,
              starts: list[int] | None = None) -> dict:
     """One-step and chained feature error and guided logit KL, against feature reuse.
 
-    Relative error = ||f_hat - f|| / ||f|| over the still-masked positions of each sample.
+    Relative error = ||f_hat - f|| / ||f|| over the still-masked image positions of each sample.
     """
     branches, steps, sampler = ts.branches, ts.steps, ts.sampler
-    family = family_of(model)
+    image = m.family.image_rows(m.spec)
     starts = starts or list(range(0, steps - chained, max(1, (steps - chained) // 8)))
     acc = {key: [] for key in ("rel_err_1", "rel_err_chain", "kl_1", "kl_chain",
                                "reuse_rel_err_1", "reuse_rel_err_chain", "reuse_kl_1", "reuse_kl_chain")}
     for s in starts:
         batch = load_batch(ts, [(i, s) for i in items], chained, device=next(model.parameters()).device.type)
-        for j, pred, masked in chain(model, batch, chained, branches, family, uncond):
+        for j, pred, masked, _ in chain(model, batch, chained, branches, m):
             if j not in (0, chained - 1):
                 continue
             suffix = "1" if j == 0 else "chain"
             target = batch.feats[:, :, j + 1]
             w = torch.full((len(items),), sampler.guidance_at(s + j + 1))
-            lp_true = _guided_logp(head, target, w)
+            lp_true = _guided_logp(m.head, target, w)
             for name, f in (("", pred.float()), ("reuse_", batch.feats[:, :, 0])):
-                m = masked[:, None, :, None]
-                err = ((f - target) ** 2 * m).sum((1, 2, 3)).sqrt() / ((target ** 2) * m).sum((1, 2, 3)).sqrt()
-                kl = (lp_true.exp() * (lp_true - _guided_logp(head, f, w))).sum(-1)
+                keep = masked[:, None, :, None]
+                diff, ref = (f - target)[:, :, image], target[:, :, image]
+                err = (diff ** 2 * keep).sum((1, 2, 3)).sqrt() / (ref ** 2 * keep).sum((1, 2, 3)).sqrt()
+                kl = (lp_true.exp() * (lp_true - _guided_logp(m.head, f, w))).sum(-1)
                 kl = (kl * masked).sum(1) / masked.sum(1).clamp(min=1)
                 acc[f"{name}rel_err_{suffix}"].append(err.mean().item())
                 acc[f"{name}kl_{suffix}"].append(kl.mean().item())
@@ -205,6 +221,10 @@ def train_shortcut(out: str, base: torch.nn.Module, ts: TrajectorySet, cfg, s: S
     sampler = ts.sampler
     if ts.manifest["width"] != spec.width or ts.num_tokens != spec.num_tokens:
         raise ConfigError("the trajectories were recorded with a base model of another width or grid")
+    if ts.features[0].shape[-2] != spec.feature_rows:
+        raise DataError(f"the trajectories in {ts.path} hold {ts.features[0].shape[-2]} feature rows, the base has "
+                        f"{spec.feature_rows} (recorded by an older migm, at the image positions only): record them "
+                        "again with `migm-train trajectories`")
     if family_of(cfg) is not fam:
         raise ConfigError(f"a {fam.name} base takes its own shortcut variant ({fam.shortcut_config_cls.__name__}), "
                           f"not {type(cfg).__name__}")
@@ -214,8 +234,7 @@ def train_shortcut(out: str, base: torch.nn.Module, ts: TrajectorySet, cfg, s: S
     base.to(s.device).eval()
     for p in base.parameters():
         p.requires_grad_(False)
-    head = base.head
-    uncond = fam.uncond(spec)
+    m = Model.of(base)
     ema = EMA(model, s.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     # what a resume must share with the run it continues (not the step count, eval cadence or device)
@@ -223,7 +242,7 @@ def train_shortcut(out: str, base: torch.nn.Module, ts: TrajectorySet, cfg, s: S
                                             if k not in ("steps", "eval_every", "device")},
                 "trajectories": {"num": len(ts), **sampler.to_dict()}}
     start = load_train_state(out, model, opt, ema, settings=settings)
-    loss_fn = WindowLoss(model, head, sampler, ts.branches, s.kl, uncond)
+    loss_fn = WindowLoss(model, m, sampler, ts.branches, s.kl)
     if info.world > 1:
         loss_fn = torch.nn.parallel.DistributedDataParallel(
             loss_fn, device_ids=[info.local_rank] if s.device.startswith("cuda") else None)
@@ -244,7 +263,7 @@ def train_shortcut(out: str, base: torch.nn.Module, ts: TrajectorySet, cfg, s: S
     def evaluate_and_save(step):
         nonlocal last_val
         if info.main:
-            last_val = validate(ema.module, head, ts, val_items, uncond)
+            last_val = validate(ema.module, ts, val_items, m)
             save_train_state(out, model, opt, step, ema, meta={**meta, "validation": last_val}, settings=settings)
         barrier(info)
 
@@ -273,5 +292,5 @@ def train_shortcut(out: str, base: torch.nn.Module, ts: TrajectorySet, cfg, s: S
         if done % s.eval_every == 0 or done == s.steps:
             evaluate_and_save(done)
     if start >= s.steps and info.main:  # nothing left to do: still report validation
-        last_val = validate(ema.module, head, ts, val_items, uncond)
+        last_val = validate(ema.module, ts, val_items, m)
     return ema.module, last_val

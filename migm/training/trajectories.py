@@ -120,7 +120,8 @@ def collect_trajectories(base: torch.nn.Module, out: str | Path, sampler: Sample
             "format": FORMAT, "version": VERSION, "num": num, "steps": sampler.steps, "seed": seed,
             "sampling": sampler.to_dict(), "family": fam.name,
             "branches": ["cond", "uncond"] if sampler.guidance != 0 else ["cond"],
-            "num_tokens": spec.num_tokens, "width": spec.width, "codebook_size": spec.codebook_size,
+            "num_tokens": spec.num_tokens, "feature_rows": spec.feature_rows, "width": spec.width,
+            "codebook_size": spec.codebook_size,
             "reveal_counts": counts,
             "mask_ratio_after": [(spec.num_tokens - sum(counts[:i + 1])) / spec.num_tokens
                                  for i in range(sampler.steps)],
