@@ -144,7 +144,8 @@ def _dimoo_shapes(d=32, di=16, mlp=48, n_block=1):
             p = f"blocks.{i}.{a}"
             s.update({f"{p}.attn_norm.weight": (di,), f"{p}.ff_norm.weight": (di,),
                       **{f"{p}.{x}.weight": (di, di) for x in ("q_proj", "k_proj", "v_proj", "attn_out")},
-                      f"{p}.ff_proj.weight": (mlp, di), f"{p}.up_proj.weight": (mlp, di), f"{p}.ff_out.weight": (di, mlp)})
+                      f"{p}.ff_proj.weight": (mlp, di), f"{p}.up_proj.weight": (mlp, di),
+                      f"{p}.ff_out.weight": (di, mlp)})
     return s
 
 
