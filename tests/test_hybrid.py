@@ -102,3 +102,18 @@ def test_mlcache_needs_the_cached_base():
     with pytest.raises(ValueError, match="mlcache strategy needs"):
         generate_tokens(Fns(base, base.head), torch.tensor([0]), UNCOND, SamplerConfig(steps=8), num_tokens=16,
                         mask_id=CFG.mask_id, budget=3, strategy="mlcache")
+
+
+@pytest.mark.parametrize("strategy", ["reuse", "extrapolate", "mlcache", "shortcut"])
+def test_strategies_draw_the_same_noise_as_vanilla(strategy):
+    """Paired fidelity rests on this: at the same N every strategy draws the same random numbers at
+    the same steps as vanilla sampling (the generator ends in the same state, having made the same
+    draws in the same order), so a hybrid sample and its full-N reference share all their noise."""
+    base, sc = _setup()
+    states = []
+    for strat, budget in (("vanilla", None), (strategy, 3)):
+        g = torch.Generator().manual_seed(4)
+        generate_tokens(_models(base, sc), torch.tensor([0, 1, 2]), UNCOND, SamplerConfig(steps=8, guidance=1.0),
+                        num_tokens=16, mask_id=CFG.mask_id, budget=budget, strategy=strat, generator=g)
+        states.append(g.get_state())
+    assert torch.equal(states[0], states[1])

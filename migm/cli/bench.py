@@ -115,15 +115,19 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
         write()
         err = f"{row['feature_rel_err']:.3f}" if row["feature_rel_err"] is not None else "-"
         click.echo(f"{tag}: FD {row['fd']:.2f}  acc {row['class_acc']:.3f}  feat err {err}  "
-                   f"cost {row['cost']:.2f}  {row['ms_per_image']:.1f} ms/img")
+                   f"paired: tokens {row['token_agreement']:.3f} pixels {row['pixel_mae']:.4f} "
+                   f"features {row['feature_dist']:.3f}  cost {row['cost']:.2f}  {row['ms_per_image']:.1f} ms/img")
 
     summary = summarize(rows)
-    click.echo("\n| strategy | N | B | FD | class acc | feature rel err | base cost | ms/img |")
-    click.echo("|---|---|---|---|---|---|---|---|")
+    click.echo("\n| strategy | N | B | FD | class acc | paired: tokens | pixel MAE | feature dist | "
+               "feature rel err | base cost | ms/img |")
+    click.echo("|---|---|---|---|---|---|---|---|---|---|---|")
+    fmt = lambda v, f: "-" if v is None else format(v, f)
     for s in sorted(summary, key=lambda s: (s["steps"], s["budget"], label(s))):
-        err = f"{s['feature_rel_err']:.3f}" if s["feature_rel_err"] is not None else "-"
         click.echo(f"| {label(s)} | {s['steps']} | {s['budget']} | {s['fd_mean']:.2f} ± {s['fd_sd']:.2f} | "
-                   f"{s['class_acc_mean']:.3f} | {err} | {s['cost']:.2f} | {s['ms_per_image']:.1f} |")
+                   f"{s['class_acc_mean']:.3f} | {fmt(s['token_agreement'], '.3f')} | {fmt(s['pixel_mae'], '.4f')} | "
+                   f"{fmt(s['feature_dist'], '.3f')} | {fmt(s['feature_rel_err'], '.3f')} | {s['cost']:.2f} | "
+                   f"{s['ms_per_image']:.1f} |")
     used = ",".join(str(x) for x in sorted({r["seed"] for r in rows}))
     pareto_plot(summary, plot, title=f"tiny-animals, {num} images per point, seeds {used} (mean ± sd)")
     click.echo(f"wrote {out} and {plot}")

@@ -51,3 +51,13 @@ class Evaluator:
         if labels is not None:
             out["class_acc"] = (preds == labels.cpu()).float().mean().item()
         return out
+
+    def paired(self, images: torch.Tensor, reference: torch.Tensor) -> dict:
+        """How close each image is to its own reference (the full N-step sample of the same seed and
+        noise): mean absolute pixel error, and the classifier-feature distance relative to the
+        reference's feature norm, both averaged over the pairs."""
+        a, _ = classify(self.classifier, images)
+        b, _ = classify(self.classifier, reference)
+        dist = np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-12)
+        return {"pixel_mae": float((images.float() - reference.float()).abs().mean()),
+                "feature_dist": float(dist.mean())}

@@ -33,6 +33,7 @@ class Sweep:
     err_num: int = 100
     batch_size: int = 100
     pipes: dict = field(default_factory=dict)  # NAME -> Pipeline with another shortcut (same base)
+    references: dict = field(default_factory=dict)  # (N, seed, num) -> the full N-step images (paired metrics)
 
 
 def row_key(row: dict) -> tuple:
@@ -70,9 +71,23 @@ class _FeatureError:
         self.errors.extend((num / den).tolist())
 
 
+def reference(pipe: Pipeline, sweep: Sweep, steps: int, seed: int, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, images) of vanilla N-step sampling for a seed: what every strategy at that N is paired
+    with. The loop draws the same random numbers at the same steps whatever the strategy (every step
+    samples from [b, L, K] Gumbel noise and adds [b, L] confidence noise), so a hybrid sample and its
+    reference share all their noise; `fewer` runs other steps and shares none."""
+    key = (steps, seed, num)
+    if key not in sweep.references:
+        labels = [i % pipe.num_classes for i in range(num)]
+        tokens = pipe.generate_tokens(labels, steps=steps, seed=seed, batch_size=sweep.batch_size)
+        sweep.references[key] = (tokens, pipe.decode(tokens))
+    return sweep.references[key]
+
+
 def run_row(pipe: Pipeline, evaluate: Evaluator, row: dict, sweep: Sweep,
             progress: Callable[[int, int], None] | None = None) -> dict:
-    """Sample and score one row in place (fills fd, class_acc, feature_rel_err, base_calls, cost, seconds)."""
+    """Sample and score one row in place (fills fd, class_acc, feature_rel_err, base_calls, cost, seconds,
+    and the paired metrics against vanilla N: token_agreement, pixel_mae, feature_dist)."""
     if row["strategy"] == "shortcut" and row["shortcut"] != "shipped":
         pipe = sweep.pipes[row["shortcut"]]
     labels = [i % pipe.num_classes for i in range(row["num"])]
@@ -83,13 +98,20 @@ def run_row(pipe: Pipeline, evaluate: Evaluator, row: dict, sweep: Sweep,
     tokens = pipe.generate_tokens(labels, stats=stats, progress=progress, **opts)
     seconds = time.perf_counter() - t0
     chunks = -(-row["num"] // sweep.batch_size)
-    m = evaluate(pipe.decode(tokens), torch.tensor(labels))
+    images = pipe.decode(tokens)
+    m = evaluate(images, torch.tensor(labels))
+    if row["strategy"] == "vanilla":
+        sweep.references[(row["steps"], row["seed"], row["num"])] = (tokens, images)
+    ref_tokens, ref_images = reference(pipe, sweep, row["steps"], row["seed"], row["num"])
+    paired = {"token_agreement": float((tokens == ref_tokens).float().mean()),
+              **evaluate.paired(images, ref_images), "noise_shared": row["strategy"] != "fewer"}
     err = None
     if sweep.err_num and stats.predicted_steps:
         probe = _FeatureError(pipe)
         pipe.generate_tokens(labels[: sweep.err_num], probe=probe, **{**opts, "batch_size": sweep.err_num})
         err = statistics.mean(probe.errors)
-    row.update(fd=m["fd"], class_acc=m["class_acc"], feature_rel_err=err, base_calls=stats.base_calls / chunks,
+    row.update(fd=m["fd"], class_acc=m["class_acc"], **paired, feature_rel_err=err,
+               base_calls=stats.base_calls / chunks,
                cost=stats.cost(pipe.spec.num_tokens) / chunks, seconds=seconds,
                ms_per_image=1000 * seconds / row["num"], full_steps=stats.full_steps)
     return row
@@ -105,9 +127,11 @@ def summarize(rows: list[dict]) -> list[dict]:
     for (strategy, sc, n, b), rs in groups.items():
         fds, accs = [r["fd"] for r in rs], [r["class_acc"] for r in rs]
         errs = [r["feature_rel_err"] for r in rs if r.get("feature_rel_err") is not None]
+        paired = {k: statistics.mean(r[k] for r in rs) if all(k in r for r in rs) else None
+                  for k in ("token_agreement", "pixel_mae", "feature_dist")}
         out.append({"strategy": strategy, "shortcut": sc, "steps": n, "budget": b, "seeds": len(rs),
                     "fd_mean": statistics.mean(fds), "fd_sd": sd(fds), "class_acc_mean": statistics.mean(accs),
-                    "class_acc_sd": sd(accs), "feature_rel_err": statistics.mean(errs) if errs else None,
+                    "class_acc_sd": sd(accs), "feature_rel_err": statistics.mean(errs) if errs else None, **paired,
                     "cost": rs[0]["cost"], "ms_per_image": statistics.mean(r["ms_per_image"] for r in rs)})
     return out
 
