@@ -21,7 +21,7 @@ from ..evaluation.speed import SpeedSettings, markdown, measure
 from ..families.presets import preset as get_preset
 from ..families.presets import random_models
 from ..fileio import atomic_path
-from ..models.checkpoint import BASE_KINDS, load_checkpoint, load_shortcut, save_checkpoint
+from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shortcut, save_checkpoint
 from ..runtime.cache import cache_dir, default_bundle
 from ..runtime.pipeline import Pipeline
 from ..sampling.loop import STRATEGIES
@@ -82,7 +82,7 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
         if s.startswith("shortcut="):
             path = s.partition("=")[2]
             sc = load_shortcut(path, base_path or assets.BASE, pipe.backend.base_model)
-            vq = load_checkpoint(vq_path or assets.VQ, kinds=("vqvae",))
+            vq = load_checkpoint(vq_path or assets.VQ, kinds=VQ_KINDS)
             extra[Path(path).stem] = Pipeline.from_models(pipe.backend.base_model, vq, sc)
     names = [f"shortcut={Path(s.partition('=')[2]).stem}" if s.startswith("shortcut=") else s for s in names]
     if "shortcut" in names and not pipe.has_shortcut:
@@ -211,7 +211,7 @@ def _speed_pipeline(preset, backend, engine, device, depth=None):
     dev = torch.device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     if preset == "tiny-animals":
-        base, vq = load_checkpoint(assets.BASE, kinds=BASE_KINDS), load_checkpoint(assets.VQ, kinds=("vqvae",))
+        base, vq = load_checkpoint(assets.BASE, kinds=BASE_KINDS), load_checkpoint(assets.VQ, kinds=VQ_KINDS)
         sc = load_shortcut(assets.SHORTCUT, assets.BASE, base)
     else:
         base, vq, sc = random_models(preset, device=dev, dtype=dtype, depth=depth)

@@ -17,7 +17,7 @@ from ..export.onnx import components, export_component
 from ..export.precision import PRECISIONS
 from ..families import family, family_of
 from ..fileio import atomic_path
-from ..models.checkpoint import BASE_KINDS, load_checkpoint, load_shortcut
+from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shortcut
 from ..sampling.config import SamplerConfig
 from .common import debug_option, one_line_errors
 
@@ -63,7 +63,7 @@ def _model_options(fn):
 def onnx(out, model, base_path, vq_path, shortcut_path, no_shortcut):
     """Export each component to FP32 ONNX and check it against torch in ONNX Runtime (batch 1, 3, 16)."""
     base_path, vq_path, shortcut_path = _models(model, base_path, vq_path, shortcut_path, no_shortcut)
-    base, vq = load_checkpoint(base_path, kinds=BASE_KINDS), load_checkpoint(vq_path, kinds=("vqvae",))
+    base, vq = load_checkpoint(base_path, kinds=BASE_KINDS), load_checkpoint(vq_path, kinds=VQ_KINDS)
     shortcut = load_shortcut(shortcut_path, base_path, base) if shortcut_path else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,14 @@ from ..export.onnx import (
 from ..export.precision import component_precisions, to_fp16
 from ..families import Family, family_of
 from ..fileio import atomic_dir, check_replaceable
-from ..models.checkpoint import BASE_KINDS, checkpoint_digest, checkpoint_files, load_checkpoint, load_shortcut
+from ..models.checkpoint import (
+    BASE_KINDS,
+    VQ_KINDS,
+    checkpoint_digest,
+    checkpoint_files,
+    load_checkpoint,
+    load_shortcut,
+)
 from ..models.text import tokenizer_path
 from ..sampling.config import SamplerConfig
 from . import trt
@@ -71,7 +78,7 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
         trt.import_tensorrt()
         trt.gpu_arch()
     base = load_checkpoint(base_path, kinds=BASE_KINDS)
-    vq = load_checkpoint(vq_path, kinds=("vqvae",))
+    vq = load_checkpoint(vq_path, kinds=VQ_KINDS)
     fam = family_of(base)
     spec = fam.spec(base.cfg)
     if (vq.cfg.codebook_size, vq.cfg.grid) != (spec.codebook_size, spec.grid):

@@ -23,6 +23,7 @@ from .llada import LLaDA, LLaDAConfig
 from .maskgit import MaskGIT, MaskGITConfig
 from .shortcut import Shortcut, ShortcutConfig
 from .shortcut_llada import LLaDAShortcut, LLaDAShortcutConfig
+from .vq_diffusers import AmusedVQ, AmusedVQConfig, HaltonVQGAN, HaltonVQGANConfig
 from .vqvae import VQVAE, VQConfig
 
 # checkpoint kind -> (config class, model class)
@@ -33,10 +34,14 @@ KINDS = {
     "shortcut": (ShortcutConfig, Shortcut),
     "llada": (LLaDAConfig, LLaDA),
     "llada-shortcut": (LLaDAShortcutConfig, LLaDAShortcut),
+    "halton-vqgan": (HaltonVQGANConfig, HaltonVQGAN),
+    "amused-vq": (AmusedVQConfig, AmusedVQ),
 }
 _KIND_OF = {model_cls: kind for kind, (_, model_cls) in KINDS.items()}
 BASE_KINDS = ("maskgit", "llada")
 SHORTCUT_KINDS = ("shortcut", "llada-shortcut")
+# the decoders a pipeline can turn tokens into images with (only "vqvae" also encodes images)
+VQ_KINDS = ("vqvae", "halton-vqgan", "amused-vq")
 
 
 def kind_of(model: torch.nn.Module) -> str:

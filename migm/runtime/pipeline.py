@@ -30,7 +30,7 @@ from ..engines import trt
 from ..engines.bundle import BundleError, verify_bundle
 from ..errors import BackendUnavailable, ConfigError
 from ..families import Family, ModelSpec, family, family_of
-from ..models.checkpoint import BASE_KINDS, load_checkpoint, load_shortcut
+from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shortcut
 from ..models.text import load_tokenizer, tokenizer_path
 from ..sampling.config import SamplerConfig
 from ..sampling.loop import HybridStats, ProbeFn, check_strategy, generate_tokens
@@ -82,7 +82,7 @@ class Pipeline:
         d = assets.model_dir(model)
         base_path = base or d / "base"
         base_model = load_checkpoint(base_path, kinds=BASE_KINDS)
-        vq_model = load_checkpoint(vq or d / "vq", kinds=("vqvae",))
+        vq_model = load_checkpoint(vq or d / "vq", kinds=VQ_KINDS)
         if shortcut is None and base is None and assets.has_checkpoint(d / "shortcut"):
             shortcut = d / "shortcut"
         sc = load_shortcut(shortcut, base_path, base_model) if shortcut is not None else None

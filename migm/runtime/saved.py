@@ -19,12 +19,19 @@ from .. import __version__
 from ..errors import CheckpointError
 from ..families import Family
 from ..fileio import atomic_dir
-from ..models.checkpoint import BASE_KINDS, checkpoint_digest, kind_of, load_checkpoint, load_shortcut, save_checkpoint
+from ..models.checkpoint import (
+    BASE_KINDS,
+    VQ_KINDS,
+    checkpoint_digest,
+    kind_of,
+    load_checkpoint,
+    load_shortcut,
+    save_checkpoint,
+)
 from ..models.text import load_tokenizer
 
 INDEX = "model_index.json"
 CLASS = "MigmPipeline"
-VQ_KINDS = ("vqvae",)
 
 
 def is_saved(path: Path) -> bool:
