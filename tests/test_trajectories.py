@@ -74,3 +74,29 @@ def test_refuses_finished_set_and_reports_missing(tmp_path):
 def test_unguided_has_one_branch(tmp_path):
     _, ts = _collect(tmp_path / "t", num=2, cfg=0.0)
     assert ts.branches == 1 and ts.window(0, 0, 2).shape == (1, 2, 17, 32)
+
+
+def test_on_policy_trajectories_follow_the_hybrid_sampler(tmp_path):
+    """With a shortcut and a budget the tokens are the hybrid sampler's, and the features recorded at
+    every step are still the base model's on those tokens (the targets the shortcut should hit)."""
+    from migm.models.shortcut import Shortcut, ShortcutConfig
+
+    torch.manual_seed(0)
+    base = MaskGIT(CFG).eval()
+    sc = Shortcut(ShortcutConfig(width=32, codebook_size=16, vocab=CFG.vocab, num_tokens=16, heads=2)).eval()
+    sc.load_base_embeddings(base)
+    torch.nn.init.normal_(sc.proj_out.weight, std=3.0)  # far from reuse: its own token paths
+    s = SamplerConfig(steps=6, guidance=2.0)
+    collect_trajectories(base, tmp_path / "on", s, torch.arange(3), 4, shard_size=4, shortcut=sc, budget=2)
+    collect_trajectories(base, tmp_path / "off", s, torch.arange(3), 4, shard_size=4)
+    on, off = TrajectorySet(tmp_path / "on"), TrajectorySet(tmp_path / "off")
+    assert on.manifest["policy"]["budget"] == 2 and off.manifest["policy"] is None
+    assert any(not torch.equal(on.record(i)[0], off.record(i)[0]) for i in range(4))  # other token paths
+    tokens, reveal, label = on.record(1)
+    for step in (1, 4):  # shortcut steps (the plan is [0, 3])
+        seq = torch.where(reveal >= step, torch.tensor(CFG.mask_id), tokens)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            f, _ = base(torch.stack([seq, seq]), torch.tensor([int(label), CFG.no_class_id]))
+        torch.testing.assert_close(on.window(1, step, step + 1)[:, 0], f.float(), atol=2e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="budget B < N"):
+        collect_trajectories(base, tmp_path / "x", s, torch.arange(3), 4, shortcut=sc, budget=6)

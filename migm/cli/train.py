@@ -192,9 +192,13 @@ def ship(vq_path, classifier_path, base_path, model, steps, guidance, tau, out_d
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--shard-size", type=click.IntRange(1, 100_000), default=50, show_default=True,
               help="Images per shard (one sampling batch).")
+@click.option("--shortcut", "shortcut_path", default=None,
+              help="On-policy data: follow the hybrid sampler with this shortcut (and --budget); the base still "
+                   "runs on every step to record the features it would have computed.")
+@click.option("--budget", type=click.IntRange(1, 4096), default=None, help="B of N for --shortcut.")
 @DEVICE
 @one_line_errors
-def trajectories(base_path, out, num, steps, guidance, tau, seed, shard_size, device):
+def trajectories(base_path, out, num, steps, guidance, tau, seed, shard_size, shortcut_path, budget, device):
     """Record the base model's sampling trajectories: the shortcut's training data.
 
     A class-conditional base samples every class in turn; a text-to-image base every caption of
@@ -214,13 +218,17 @@ def trajectories(base_path, out, num, steps, guidance, tau, seed, shard_size, de
                                     spec.max_text, spec.text_vocab)
     else:
         conditions = torch.arange(spec.num_classes)
+    if (shortcut_path is None) != (budget is None):
+        raise click.UsageError("--shortcut and --budget go together (on-policy trajectories)")
+    sc = load_shortcut(shortcut_path, path, model).to(device).eval() if shortcut_path else None
     info = init_distributed(device)
     note = f" (process {info.rank + 1}/{info.world})" if info.world > 1 else ""
     bar = Bar("trajectories" + note)
     try:
         manifest = collect_trajectories(model.to(device), out, sampler, conditions, num, seed=seed,
                                         shard_size=shard_size, base_digest=checkpoint_digest(path), info=info,
-                                        progress=lambda i, n: bar(i, n))
+                                        progress=lambda i, n: bar(i, n), shortcut=sc, budget=budget,
+                                        shortcut_digest=checkpoint_digest(shortcut_path) if sc else "")
     finally:
         bar.close()
         close_distributed(info)

@@ -38,20 +38,32 @@ def autocast_bf16(base: BaseFn) -> BaseFn:
 
 @torch.no_grad()
 def record_sampling(base: BaseFn, cond: torch.Tensor, uncond: torch.Tensor, sampler: SamplerConfig, *,
-                    num_tokens: int, mask_id: int, generator: torch.Generator) -> Recording:
-    """Sample conditions `cond` [n, ...] with the base model on every step and record the trajectories
-    (on the CPU)."""
+                    num_tokens: int, mask_id: int, generator: torch.Generator, head=None, shortcut=None,
+                    budget: int | None = None) -> Recording:
+    """Sample conditions `cond` [n, ...] and record the trajectories (on the CPU): the features the base
+    model computes at every step.
+
+    With a `shortcut` (and the base `head`) and a budget B < N, the tokens follow the hybrid sampler
+    (the shortcut's predictions pick them on its steps, chained as at inference) while the base still
+    runs on every step to record what it would have computed there: the states the hybrid sampler
+    visits, with the features a shortcut should predict on them."""
     n = len(cond)
     inputs, feats = [], []
 
+    def record(tokens, f):
+        inputs.append(tokens[:n].clone())
+        feats.append(f.to(torch.float16).view(-1, n, *f.shape[1:]).transpose(0, 1))  # [n, branches, T, d]
+
     def recording(tokens, both):
         f, logits = base(tokens, both)
-        inputs.append(tokens[:n].clone())
-        feats.append(f.to(torch.float16).view(-1, n, *f.shape[1:]).transpose(0, 1))  # [n, branches, L, d]
+        record(tokens, f)
         return f, logits
 
-    final = generate_tokens(Fns(recording), cond, uncond, sampler, num_tokens=num_tokens, mask_id=mask_id,
-                            generator=generator)
+    models = Fns(recording, head, shortcut)
+    probe = (lambda step, predicted, tokens, both: record(tokens, base(tokens, both)[0])) if shortcut else None
+    final = generate_tokens(models, cond, uncond, sampler, num_tokens=num_tokens, mask_id=mask_id,
+                            generator=generator, strategy="shortcut" if shortcut else "vanilla", budget=budget,
+                            probe=probe)
     # a position masked in the inputs of steps 0..i was unmasked at step i
     reveal = torch.stack([t == mask_id for t in inputs]).sum(0) - 1
     return Recording(torch.stack(feats, dim=2).cpu(), final.cpu(), reveal.cpu())

@@ -70,9 +70,14 @@ def _claim(out: Path, settings: dict, info: DistInfo) -> None:
 
 def collect_trajectories(base: torch.nn.Module, out: str | Path, sampler: SamplerConfig, conditions: torch.Tensor,
                          num: int, seed: int = 0, shard_size: int = 50, base_digest: str = "",
-                         info: DistInfo | None = None, progress: Callable[[int, int], None] | None = None) -> Path:
+                         info: DistInfo | None = None, progress: Callable[[int, int], None] | None = None,
+                         shortcut: torch.nn.Module | None = None, budget: int | None = None,
+                         shortcut_digest: str = "") -> Path:
     """Sample `num` trajectories into `out`, the conditions [P, ...] in turn (image i has condition
-    i mod P); resumes shard by shard. Returns the manifest path."""
+    i mod P); resumes shard by shard. Returns the manifest path.
+
+    With a `shortcut` and `budget`, the tokens follow the hybrid sampler (on-policy data: the states it
+    visits, with the base's features on them as targets)."""
     info = info or DistInfo()
     out = Path(out)
     fam = family_of(base)
@@ -86,9 +91,12 @@ def collect_trajectories(base: torch.nn.Module, out: str | Path, sampler: Sample
     counts = mask_schedule(sampler.schedule, sampler.steps, spec.num_tokens)
     if (out / "manifest.json").exists():
         raise DataError(f"{out} already holds a finished trajectory set; choose another --out or delete it")
+    policy = {"shortcut": shortcut_digest, "budget": budget} if shortcut is not None else None
+    if shortcut is not None and not (budget and 1 <= budget < sampler.steps):
+        raise ConfigError(f"on-policy trajectories need a budget B < N={sampler.steps}, got {budget}")
     _claim(out, {"sampling": sampler.to_dict(), "num": num, "seed": seed, "shard_size": shard_size,
-                 "base_digest": base_digest, "conditions": hashlib.sha256(conditions.numpy().tobytes()).hexdigest()},
-           info)
+                 "base_digest": base_digest, "conditions": hashlib.sha256(conditions.numpy().tobytes()).hexdigest(),
+                 "policy": policy}, info)
     n_shards = (num + shard_size - 1) // shard_size
     mine = [k for k in range(n_shards) if k % info.world == info.rank]
     total = sum(min(shard_size, num - k * shard_size) for k in mine)
@@ -104,7 +112,8 @@ def collect_trajectories(base: torch.nn.Module, out: str | Path, sampler: Sample
             cond = conditions[order % len(conditions)]
             g = torch.Generator(device=device).manual_seed(seed * 1_000_003 + k)
             rec = record_sampling(autocast_bf16(base), cond.to(device), uncond, sampler, num_tokens=spec.num_tokens,
-                                  mask_id=spec.mask_id, generator=g)
+                                  mask_id=spec.mask_id, generator=g, head=base.head, budget=budget,
+                                  shortcut=_shortcut_fn(fam, shortcut) if shortcut is not None else None)
             # features first, labels last: a shard counts as whole only when all four exist
             _save_npy(files["features"], rec.features.numpy())
             _save_npy(files["tokens"], rec.tokens.to(torch.int16).numpy())
@@ -122,7 +131,7 @@ def collect_trajectories(base: torch.nn.Module, out: str | Path, sampler: Sample
             "branches": ["cond", "uncond"] if sampler.guidance != 0 else ["cond"],
             "num_tokens": spec.num_tokens, "feature_rows": spec.feature_rows, "width": spec.width,
             "codebook_size": spec.codebook_size,
-            "reveal_counts": counts,
+            "reveal_counts": counts, "policy": policy,
             "mask_ratio_after": [(spec.num_tokens - sum(counts[:i + 1])) / spec.num_tokens
                                  for i in range(sampler.steps)],
             "base": {"config": base.cfg.to_dict(), "digest": base_digest},
@@ -132,6 +141,15 @@ def collect_trajectories(base: torch.nn.Module, out: str | Path, sampler: Sample
             tmp.write_text(json.dumps(doc, indent=2) + "\n")
     barrier(info)
     return manifest
+
+
+def _shortcut_fn(fam, model):
+    """The loop's shortcut call for a torch shortcut (bf16 autocast, as the base is recorded)."""
+    def fn(features, new_pos, new_tok, key_mask, mask_ratio, cond):
+        with torch.autocast(features.device.type, dtype=torch.bfloat16):
+            nxt = fam.run_shortcut(model, features, new_pos, new_tok, key_mask, mask_ratio, cond)
+        return nxt.float(), None
+    return fn
 
 
 class TrajectorySet:
