@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
+import torch
 from tqdm import tqdm
 
 from .. import assets
@@ -18,6 +20,18 @@ from ..export.precision import PRECISIONS
 from ..families import family, family_of
 from ..fileio import atomic_path
 from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shortcut
+from ..models.loaders import (
+    DIMOO_TEMPLATE,
+    dimoo_config,
+    halton_config,
+    load_dimoo,
+    load_dimoo_shortcut,
+    load_halton_maskgit,
+    load_maskgit_shortcut,
+)
+from ..models.text import load_tokenizer
+from ..models.vq_loaders import halton_vqgan_config, load_amused_vq, load_halton_vqgan
+from ..runtime import saved
 from ..sampling.config import SamplerConfig
 from .common import debug_option, one_line_errors
 
@@ -32,7 +46,12 @@ def main():
     """
 
 
-def _models(model, base, vq, shortcut, no_shortcut):
+def _models(model, base, vq, shortcut, no_shortcut, pretrained=None):
+    if pretrained:  # a saved pipeline: DIR/base, DIR/vq, DIR/shortcut
+        d = Path(pretrained)
+        if not (d / "base").is_dir():
+            raise click.BadParameter(f"{d} is no saved pipeline (no base/ inside)", param_hint="--pretrained")
+        return d / "base", d / "vq", None if no_shortcut or not (d / "shortcut").is_dir() else d / "shortcut"
     d = assets.model_dir(model)
     shipped = base is None
     base = base or d / "base"
@@ -45,6 +64,8 @@ def _models(model, base, vq, shortcut, no_shortcut):
 
 
 def _model_options(fn):
+    fn = click.option("--pretrained", default=None, type=click.Path(file_okay=False),
+                      help="A saved pipeline directory (save_pretrained / `migm-export convert`).")(fn)
     fn = click.option("--no-shortcut", is_flag=True, help="Leave the shortcut out.")(fn)
     fn = click.option("--shortcut", "shortcut_path", default=None,
                       help="Shortcut checkpoint (default: the shipped one, with the shipped base).")(fn)
@@ -60,9 +81,9 @@ def _model_options(fn):
               help="Directory for base.onnx, shortcut.onnx, decoder.onnx and parity.json.")
 @_model_options
 @one_line_errors
-def onnx(out, model, base_path, vq_path, shortcut_path, no_shortcut):
+def onnx(out, model, base_path, vq_path, shortcut_path, no_shortcut, pretrained):
     """Export each component to FP32 ONNX and check it against torch in ONNX Runtime (batch 1, 3, 16)."""
-    base_path, vq_path, shortcut_path = _models(model, base_path, vq_path, shortcut_path, no_shortcut)
+    base_path, vq_path, shortcut_path = _models(model, base_path, vq_path, shortcut_path, no_shortcut, pretrained)
     base, vq = load_checkpoint(base_path, kinds=BASE_KINDS), load_checkpoint(vq_path, kinds=VQ_KINDS)
     shortcut = load_shortcut(shortcut_path, base_path, base) if shortcut_path else None
     out = Path(out)
@@ -123,10 +144,10 @@ def calibrate(base_path, count, steps, seed, out):
 @click.option("--hardware-compat", default=None, help="TensorRT hardware compatibility level, e.g. ampere_plus.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="TensorRT timing cache file.")
 @one_line_errors
-def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_shortcut, calibration,
+def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_shortcut, pretrained, calibration,
           calibration_size, max_batch, opt_batch, opt_level, hardware_compat, timing_cache):
     """Build a bundle: export, convert precision, verify against torch, (engines), manifest."""
-    base_path, vq_path, shortcut_path = _models(model, base_path, vq_path, shortcut_path, no_shortcut)
+    base_path, vq_path, shortcut_path = _models(model, base_path, vq_path, shortcut_path, no_shortcut, pretrained)
     if not out.endswith(".plan"):
         raise click.BadParameter("a bundle is a directory named NAME.plan", param_hint="--out")
     s = BuildSettings(precision=precision, backend=backend, calibration=Path(calibration) if calibration else None,
@@ -147,6 +168,76 @@ def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_
             bar[0].close()
     click.echo(f"built {path} ({precision}, {backend})")
     _print_manifest(path)
+
+
+@main.group()
+def convert():
+    """Convert the paper's released files (already on disk: nothing is downloaded) into a saved
+    pipeline directory that `migm-run --pretrained` and `migm-export build --pretrained` take."""
+
+
+@convert.command("maskgit")
+@click.option("--base", "base_path", required=True, type=click.Path(dir_okay=False),
+              help="Halton-MaskGIT v1.0 checkpoint, e.g. MaskGIT_ImageNet_512.pth.")
+@click.option("--vqgan", "vqgan_path", required=True, type=click.Path(dir_okay=False),
+              help="Its VQGAN, pretrained_maskgit/VQGAN/last.ckpt.")
+@click.option("--shortcut", "shortcut_path", default=None, type=click.Path(dir_okay=False),
+              help="The released MaskGIT-Shortcut weights, maskgit-shortcut.pth.")
+@click.option("--heads", type=click.IntRange(1, 1024), default=16, show_default=True,
+              help="The base's attention heads (not in the file).")
+@click.option("--shortcut-heads", type=click.IntRange(1, 1024), default=16, show_default=True)
+@click.option("--codebook-size", type=click.IntRange(2, 1 << 20), default=None,
+              help="Codes of the VQGAN (default: read from it).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The saved pipeline directory.")
+@one_line_errors
+def convert_maskgit(base_path, vqgan_path, shortcut_path, heads, shortcut_heads, codebook_size, out):
+    """Halton-MaskGIT (ImageNet-512) + its VQGAN (+ MaskGIT-Shortcut), sampling as the paper does:
+    N = 32, guidance 2.8 ramped, tau 7 (512 px), arccos."""
+    vq_cfg = halton_vqgan_config(vqgan_path)
+    cfg = halton_config(base_path, codebook_size or vq_cfg.codebook_size, heads)
+    vq = load_halton_vqgan(vqgan_path, replace(vq_cfg, grid=cfg.grid))
+    base = load_halton_maskgit(base_path, cfg)
+    base.meta = {"sampling": SamplerConfig(steps=32, schedule="arccos", sampler="halton", tau=7.0,
+                                           guidance=2.8).to_dict()}
+    models = {"base": base, "vq": vq}
+    if shortcut_path:
+        models["shortcut"] = load_maskgit_shortcut(shortcut_path, base, shortcut_heads)
+    saved.save(out, models, family_of(base))
+    click.echo(f"wrote {out}: maskgit {cfg.grid}x{cfg.grid} tokens, {cfg.depth} x {cfg.width}, "
+               f"{'with' if shortcut_path else 'without'} the shortcut")
+
+
+@convert.command("dimoo")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False),
+              help="The Lumina-DiMOO directory: safetensors shards + index, tokenizer.json, vqvae/.")
+@click.option("--shortcut", "shortcut_path", default=None, type=click.Path(dir_okay=False),
+              help="The released DiMOO-Shortcut weights, dimoo-shortcut.pth.")
+@click.option("--heads", type=click.IntRange(1, 1024), default=32, show_default=True,
+              help="The base's attention heads (not in the files).")
+@click.option("--grid", type=click.IntRange(1, 512), default=64, show_default=True,
+              help="Image tokens per side (64: 1024 px).")
+@click.option("--max-text", type=click.IntRange(1, 8192), default=128, show_default=True,
+              help="Prompt tokens (left-padded; the system/user template included).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The saved pipeline directory.")
+@one_line_errors
+def convert_dimoo(model_dir, shortcut_path, heads, grid, max_text, out):
+    """Lumina-DiMOO (+ DiMOO-Shortcut) with its aMUSEd VQ and tokenizer, sampling as the paper does:
+    N = 64, constant guidance 4, Gumbel tau 1, its cosine schedule; prompts in its system/user
+    template and its <uncondition> prompt for guidance."""
+    tokenizer = load_tokenizer(model_dir)
+    vq = load_amused_vq(model_dir, grid=grid)
+    uncond = tokenizer(DIMOO_TEMPLATE.replace("{prompt}", "<uncondition>"), add_special_tokens=False)["input_ids"]
+    cfg = dimoo_config(model_dir, codebook_size=vq.cfg.codebook_size, heads=heads, grid=grid, max_text=max_text,
+                       uncond_ids=uncond)
+    base = load_dimoo(model_dir, cfg, dtype=torch.float32)
+    base.meta = {"sampling": SamplerConfig(steps=64, schedule="dimoo", sampler="dimoo", tau=1.0,
+                                           guidance=4.0).to_dict()}
+    models = {"base": base, "vq": vq}
+    if shortcut_path:
+        models["shortcut"] = load_dimoo_shortcut(shortcut_path, base)
+    saved.save(out, models, family_of(base), tokenizer)
+    click.echo(f"wrote {out}: llada {grid}x{grid} tokens, {cfg.depth} x {cfg.width}, "
+               f"{'with' if shortcut_path else 'without'} the shortcut")
 
 
 @main.command()

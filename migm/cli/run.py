@@ -47,6 +47,8 @@ GRID_MAX = 100  # the grid shows at most this many images
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--out", default="migm-out", show_default=True, type=click.Path(file_okay=False),
               help="Output directory: grid.png plus one PNG per image.")
+@click.option("--pretrained", default=None, type=click.Path(file_okay=False),
+              help="A saved pipeline directory (save_pretrained / `migm-export convert`), on the torch backend.")
 @click.option("--base", "base_path", default=None,
               help="Run these checkpoints on the torch backend instead of a bundle.")
 @click.option("--vq", "vq_path", default=None, help="VQ-VAE checkpoint (with --base; default: shipped).")
@@ -55,7 +57,7 @@ GRID_MAX = 100  # the grid shows at most this many images
 @debug_option
 @one_line_errors
 def main(engine, backend, classes, prompts, model, num, steps, budget, strategy, guidance, tau, seed, batch_size, out,
-         base_path, vq_path, shortcut_path):
+         pretrained, base_path, vq_path, shortcut_path):
     """Generate images for classes (tiny-animals) or text prompts (tiny-scenes).
 
     `migm-run --num 8 --steps 16 --budget 6` runs the base model on 6 of 16 steps and the
@@ -68,18 +70,20 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
         raise click.UsageError("give --classes (class-conditional model) or --prompt (text-to-image), not both")
     folder = ImageFolder(out)  # refused now, before any work, if it holds files migm-run did not write
 
-    checkpoints = base_path or vq_path or shortcut_path or model
+    checkpoints = base_path or vq_path or shortcut_path or model or pretrained
     if checkpoints and engine:
-        raise click.UsageError("give either --engine or checkpoints (--model, --base/--vq/--shortcut), not both")
+        raise click.UsageError("give either --engine or checkpoints (--model, --pretrained, --base/--vq/--shortcut), "
+                               "not both")
     if checkpoints:
         if backend not in ("auto", "torch"):
             raise click.BadParameter("checkpoints run on the torch backend only; build a bundle for "
                                      f"{backend} with `migm-export build`", param_hint="--backend")
-        pipe = Pipeline.from_checkpoints(base_path, vq_path, shortcut_path, model=model or "tiny-animals")
+        pipe = Pipeline.from_pretrained(pretrained) if pretrained else \
+            Pipeline.from_checkpoints(base_path, vq_path, shortcut_path, model=model or "tiny-animals")
     else:
         engine = engine or default_bundle(say=click.echo)
         pipe = Pipeline.from_bundle(engine, backend=backend)
-    source = engine or base_path or model
+    source = engine or pretrained or base_path or model
     text = pipe.family.text
     if text and not prompts:
         instead = " instead of --classes" if classes else ""

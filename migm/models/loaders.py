@@ -37,6 +37,7 @@ missing or unexpected key is an error naming it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -120,9 +121,19 @@ def halton_to_maskgit(state: dict, cfg: MaskGITConfig, source: str = "checkpoint
     return model.eval()
 
 
-def load_halton_maskgit(path: str | Path, cfg: MaskGITConfig | None = None) -> MaskGIT:
-    """`MaskGIT_ImageNet_512.pth` (or any v1.0 checkpoint of that layout) onto maskgit-imagenet512."""
-    path = Path(path)
+def halton_config(path: str | Path, codebook_size: int = 1024, heads: int = 16) -> MaskGITConfig:
+    """A Halton-MaskGIT checkpoint's config, read from its tensors' shapes (the head count and the
+    codebook size are not in them: 16 and the VQGAN's 1,024 codes for the released model)."""
+    state = _halton_state(Path(path))
+    vocab, width = state["tok_emb.weight"].shape
+    grid = round(math.sqrt(state["pos_emb"].shape[1] - 1))
+    depth = len({k.split(".")[2] for k in state if k.startswith("transformer.layers.")})
+    mlp = state["transformer.layers.0.1.fn.net.0.weight"].shape[0]
+    return MaskGITConfig(codebook_size=codebook_size, num_classes=vocab - codebook_size - 2, grid=grid, width=width,
+                         depth=depth, heads=heads, mlp=mlp, io_norm_eps=1e-12)
+
+
+def _halton_state(path: Path) -> dict:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -132,7 +143,13 @@ def load_halton_maskgit(path: str | Path, cfg: MaskGITConfig | None = None) -> M
     state = ckpt.get("model_state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds no state dict (expected a dict with 'model_state_dict')")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_halton_maskgit(path: str | Path, cfg: MaskGITConfig | None = None) -> MaskGIT:
+    """`MaskGIT_ImageNet_512.pth` (or any v1.0 checkpoint of that layout) onto maskgit-imagenet512."""
+    path = Path(path)
+    state = _halton_state(path)
     return halton_to_maskgit(state, cfg or HALTON_IMAGENET512, str(path))
 
 
@@ -154,6 +171,45 @@ _DIMOO = [
 
 
 
+def dimoo_config(directory: str | Path, codebook_size: int = 8192, heads: int = 32, grid: int = 64,
+                 max_text: int = 128, uncond_ids: list[int] | None = None) -> LLaDAConfig:
+    """A Lumina-DiMOO checkpoint's config: its width, depth and SwiGLU size from the tensors' shapes,
+    the layout (special ids, RoPE) of Lumina-DiMOO; the head count and the grid are not in the tensors."""
+    shapes = {}
+    for f in _dimoo_shards(Path(directory)):
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                shapes.update({k: fh.get_slice(k).get_shape() for k in fh.keys()})
+        except Exception as e:  # safetensors raises its own error types on corrupt headers
+            raise CheckpointError(f"{f} is not a readable safetensors file: {e}") from None
+    if "model.transformer.wte.weight" not in shapes:
+        raise CheckpointError(f"{directory} holds no model.transformer.wte.weight: not a Lumina-DiMOO checkpoint")
+    width = shapes["model.transformer.wte.weight"][1]
+    depth = len({k.split(".")[3] for k in shapes if k.startswith("model.transformer.blocks.")})
+    mlp = shapes["model.transformer.blocks.0.ff_proj.weight"][0]
+    return replace(DIMOO_8B, width=width, depth=depth, heads=heads, mlp=mlp, grid=grid, max_text=max_text,
+                   codebook_size=codebook_size, uncond_ids=list(DIMOO_UNCOND if uncond_ids is None else uncond_ids))
+
+
+def _dimoo_shards(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index} is not a safetensors index (no weight_map): {e}") from None
+        shards = sorted(set(weight_map.values()))
+        if not all(isinstance(n, str) and n == Path(n).name and n.endswith(".safetensors") for n in shards):
+            raise CheckpointError(f"{index} names shards outside its directory; a checkpoint names its own files only")
+        for n in shards:
+            if not (directory / n).is_file():
+                raise CheckpointError(f"shard {n} named in {index.name} is missing from {directory}")
+        return [directory / n for n in shards]
+    if (directory / "model.safetensors").exists():
+        return [directory / "model.safetensors"]
+    raise CheckpointError(f"{directory} has neither model.safetensors.index.json nor model.safetensors")
+
+
 def load_dimoo(directory: str | Path, cfg: LLaDAConfig | None = None, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.bfloat16) -> LLaDA:
     """A Lumina-DiMOO checkpoint directory (sharded safetensors + index JSON) onto dimoo-8b.
@@ -162,26 +218,11 @@ def load_dimoo(directory: str | Path, cfg: LLaDAConfig | None = None, device: st
     the weights themselves are ever in memory (16 GB in bf16 for the 8B)."""
     cfg = cfg or DIMOO_8B
     directory = Path(directory)
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index} is not a safetensors index (no weight_map): {e}") from None
-        shards = sorted(set(weight_map.values()))
-        if not all(isinstance(n, str) and n == Path(n).name and n.endswith(".safetensors") for n in shards):
-            raise CheckpointError(f"{index} names shards outside its directory; a checkpoint names its own files only")
-    elif (directory / "model.safetensors").exists():
-        shards = ["model.safetensors"]
-    else:
-        raise CheckpointError(f"{directory} has neither model.safetensors.index.json nor model.safetensors")
+    shards = _dimoo_shards(directory)
     with torch.device("meta"):
         model = LLaDA(cfg)
     mapped, unexpected = {}, []
-    for shard in shards:
-        f = directory / shard
-        if not f.exists():
-            raise CheckpointError(f"shard {shard} named in {index.name} is missing from {directory}")
+    for f in shards:
         try:
             with safe_open(str(f), framework="pt", device=str(device)) as fh:
                 for key in fh.keys():

@@ -47,8 +47,10 @@ def build_tokenizer(words: Sequence[str], text_vocab: int, max_text: int):
 
 
 def tokenizer_path(checkpoint: str | Path) -> Path:
-    """Where a base checkpoint's tokenizer lives: the directory CHECKPOINT.tokenizer/ beside it."""
-    return Path(f"{checkpoint}.tokenizer")
+    """Where a base checkpoint's tokenizer lives: CHECKPOINT.tokenizer/ beside it, or, for a checkpoint
+    directory inside a saved pipeline (DIR/base/), the pipeline's DIR/tokenizer/."""
+    p = Path(checkpoint)
+    return p.parent / "tokenizer" if p.is_dir() else Path(f"{checkpoint}.tokenizer")
 
 
 def save_tokenizer(tokenizer, path: str | Path) -> Path:
@@ -81,7 +83,10 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_text: int, text_vocab:
     if isinstance(prompts, str):
         prompts = [prompts]
     unk = tokenizer.convert_tokens_to_ids(UNK)
-    specials = set(tokenizer.all_special_ids) - {unk}
+    # every control token the tokenizer knows (its special tokens, and added ones marked special:
+    # Lumina-DiMOO's <system>, <uncondition>, ...): typed into a prompt they would steer the sequence
+    added = {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
+    specials = (set(tokenizer.all_special_ids) | added) - {unk}
     rows = []
     for p in prompts:
         if not isinstance(p, str):

@@ -98,10 +98,23 @@ def halton_to_vqgan(state: dict, cfg: HaltonVQGANConfig, source: str = "checkpoi
     return model.eval()
 
 
-def load_halton_vqgan(path: str | Path, cfg: HaltonVQGANConfig | None = None) -> HaltonVQGAN:
-    """Halton-MaskGIT's `pretrained_maskgit/VQGAN/last.ckpt` (taming VQGAN f16-1024) as a HaltonVQGAN;
-    `cfg` defaults to the released model at 512 px (grid 32)."""
-    path = Path(path)
+def halton_vqgan_config(path: str | Path, grid: int = 32) -> HaltonVQGANConfig:
+    """The VQGAN's config read from its checkpoint's shapes (codebook, latent width, the channels of
+    each decoder level, blocks per level); `grid`: the tokens per side the base samples."""
+    state = _lightning_state(Path(path))
+    try:
+        codes, code_dim = state["quantize.embedding.weight"].shape
+        latent = state["post_quant_conv.weight"].shape[0]
+        levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("decoder.up.")})
+        channels = [state[f"decoder.up.{i}.block.0.conv2.weight"].shape[0] for i in levels]
+        blocks = len({k.split(".")[4] for k in state if k.startswith("decoder.up.0.block.")})
+    except (KeyError, IndexError, ValueError) as e:
+        raise CheckpointError(f"{path} does not hold a taming VQGAN decoder ({e})") from None
+    return HaltonVQGANConfig(grid=grid, codebook_size=codes, code_dim=code_dim, latent_channels=latent,
+                             block_out_channels=tuple(channels), layers_per_block=blocks - 1)
+
+
+def _lightning_state(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -111,6 +124,14 @@ def load_halton_vqgan(path: str | Path, cfg: HaltonVQGANConfig | None = None) ->
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds no state dict (expected a Lightning checkpoint: a dict with 'state_dict')")
+    return state
+
+
+def load_halton_vqgan(path: str | Path, cfg: HaltonVQGANConfig | None = None) -> HaltonVQGAN:
+    """Halton-MaskGIT's `pretrained_maskgit/VQGAN/last.ckpt` (taming VQGAN f16-1024) as a HaltonVQGAN;
+    `cfg` defaults to the released model at 512 px (grid 32)."""
+    path = Path(path)
+    state = _lightning_state(path)
     return halton_to_vqgan(state, cfg or HaltonVQGANConfig(), str(path))
 
 
