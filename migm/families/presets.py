@@ -46,7 +46,7 @@ PRESETS = {p.name: p for p in [
     # stand-in for VQGAN's, of a similar per-pixel cost class
     Preset("maskgit-imagenet512", "maskgit", HALTON_IMAGENET512,
            VQConfig(image_size=512, channels=3, n_down=4, width=128, codebook_size=1024, code_dim=256),
-           shortcut_heads=8, sampler=_MASKGIT_RANDOM),
+           shortcut_heads=16, sampler=_MASKGIT_RANDOM),  # the released MaskGIT-Shortcut: 16 heads
     # the tiny text-to-image model: 16x16 tokens of 64x64 scenes, 64 codes, a byte-level-size vocabulary
     Preset("tiny-scenes", "llada",
            LLaDAConfig(text_vocab=256, codebook_size=64, grid=16, width=256, depth=4, heads=4, mlp=688, max_text=16),
