@@ -16,6 +16,7 @@ from migm.training.train_shortcut import (
     ShortcutTrainSettings,
     load_batch,
     new_tokens,
+    plateaued,
     train_shortcut,
     window_losses,
     windows,
@@ -71,11 +72,29 @@ def test_training_lowers_the_loss_and_saves_a_loadable_checkpoint(data, tmp_path
     loaded = load_checkpoint(tmp_path / "sc")
     assert isinstance(loaded, Shortcut) and loaded.meta["step"] == 60 and loaded.meta["base_digest"] == "x"
     assert loaded.meta["train"]["rollout"] == 2 and "validation" in loaded.meta
+    assert [e["step"] for e in loaded.meta["curve"]] == [30, 60]  # the validation curve
+    assert loaded.meta["curve"][-1]["kl_chain"] == pytest.approx(val["kl_chain"], rel=1e-4)
     # resuming a finished run does no more steps
     s.steps = 60
     again, _ = train_shortcut(str(tmp_path / "sc"), base, ts, SC, s)
     for a, b in zip(again.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_plateau_rule():
+    curve = [{"kl_chain": v} for v in (1.0, 0.8, 0.7, 0.7, 0.71)]
+    assert not plateaued(curve, 0)  # off
+    assert plateaued(curve, 2)  # the last two brought nothing below 0.7
+    assert not plateaued(curve, 3)  # 0.7 at the third-last is below 0.8
+    assert not plateaued(curve[:2], 2)  # too few evaluations to tell
+
+
+def test_patience_stops_training_that_no_longer_improves(data, tmp_path):
+    root, base, ts = data
+    # lr 0: the validation KL cannot fall, so patience 1 stops at the second evaluation
+    s = ShortcutTrainSettings(steps=60, batch_size=4, lr=0.0, eval_every=10, patience=1)
+    train_shortcut(str(tmp_path / "sc"), base, ts, SC, s)
+    assert [e["step"] for e in load_checkpoint(tmp_path / "sc").meta["curve"]] == [10, 20]
 
 
 def test_rejects_trajectories_of_another_base(data, tmp_path):
@@ -109,8 +128,8 @@ def test_torchrun_two_processes_collect_and_train(data, tmp_path):
 
     res = _torchrun(["shortcut", "--trajectories", str(tmp_path / "t"), "--base", str(root / "base"),
                      "--out", str(tmp_path / "sc"), "--steps", "6", "--batch-size", "4", "--eval-every", "3",
-                     "--heads", "2", "--rollout", "2", "--kl", "0.1"], tmp_path)
+                     "--heads", "2", "--rollout", "2", "--kl", "0.1", "--layout", "migm"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("saved") == 1  # only rank 0 reports and writes
     sc = load_checkpoint(tmp_path / "sc")
-    assert isinstance(sc, Shortcut) and sc.meta["step"] == 6
+    assert isinstance(sc, Shortcut) and sc.meta["step"] == 6 and sc.cfg.layout == "migm"

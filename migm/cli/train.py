@@ -17,6 +17,7 @@ from ..families.presets import preset
 from ..fileio import staged_files
 from ..models.checkpoint import BASE_KINDS, checkpoint_digest, load_checkpoint, load_shortcut, save_checkpoint
 from ..models.classifier import ClassifierConfig
+from ..models.shortcut import LAYOUTS
 from ..models.text import build_tokenizer, encode_prompts, load_tokenizer, save_tokenizer, tokenizer_path
 from ..models.vqvae import VQConfig
 from ..sampling.config import SamplerConfig
@@ -265,12 +266,19 @@ def trajectories(base_path, out, num, steps, guidance, tau, seed, shard_size, sh
               help="Ablation: self-attention instead of attending to sampled tokens.")
 @click.option("--max-trajectories", type=click.IntRange(0, 10_000_000), default=0, show_default=True,
               help="Train on only the first n trajectories (0 = all; the held-out 5% stay the same).")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="upstream", show_default=True,
+              help="upstream: the released MIGM-Shortcut's layout (its weights load into it); migm: this "
+                   "project's first design, kept for comparison.")
 @click.option("--eval-every", type=click.IntRange(1, 10_000_000), default=500, show_default=True)
+@click.option("--patience", type=click.IntRange(0, 10_000), default=0, show_default=True,
+              help="Stop when this many evaluations in a row bring the validation KL no lower (0: train all "
+                   "--steps).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @one_line_errors
 def shortcut(traj_path, base_path, out, steps, batch_size, lr, weight_decay, decay_at, ema_decay, rollout, plan_budgets,
-             kl, ratio, n_block, heads, no_cross_attention, max_trajectories, eval_every, device, seed):
+             kl, ratio, n_block, heads, no_cross_attention, max_trajectories, layout, eval_every, patience, device,
+             seed):
     """Train the MIGM-Shortcut feature predictor on recorded trajectories (resumable).
 
     Runs under torchrun with DistributedDataParallel (gloo on CPU, nccl on CUDA).
@@ -289,11 +297,12 @@ def shortcut(traj_path, base_path, out, steps, batch_size, lr, weight_decay, dec
     if c.width % ratio or (c.width // ratio) % heads:
         raise click.BadParameter(f"width {c.width} / ratio {ratio} must split into {heads} heads", param_hint="--ratio")
     cfg = family_of(base_model).shortcut_config(c, ratio=ratio, n_block=n_block, heads=heads,
-                                                cross_attention=not no_cross_attention)
+                                                cross_attention=not no_cross_attention, layout=layout)
     settings = ShortcutTrainSettings(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                      decay_at=decay_at, ema_decay=ema_decay, rollout=rollout,
                                      plan_budgets=int_list(plan_budgets, "--plan-budgets", required=False), kl=kl,
-                                     max_trajectories=max_trajectories, eval_every=eval_every, seed=seed,
+                                     max_trajectories=max_trajectories, eval_every=eval_every, patience=patience,
+                                     seed=seed,
                                      device=device)
     info = init_distributed(device)
     bar = Bar("shortcut")

@@ -133,7 +133,7 @@ class Family:
     # ---- the shortcut ----
 
     def shortcut_config(self, base_cfg, *, ratio: int = 2, n_block: int = 1, heads: int = 4,
-                        cross_attention: bool = True, mlp_ratio: float | None = None):
+                        cross_attention: bool = True, mlp_ratio: float | None = None, layout: str = "upstream"):
         raise NotImplementedError
 
     def new_shortcut(self, base, cfg) -> nn.Module:

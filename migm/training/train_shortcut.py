@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from ..families import Family, ModelSpec, family_of
+from ..models.checkpoint import read_config
 from ..sampling.config import SamplerConfig
 from ..sampling.plan import full_step_plan
 from .dist import DistInfo, barrier
@@ -44,6 +45,7 @@ class ShortcutTrainSettings:
     val_fraction: float = 0.05
     max_trajectories: int = 0  # train on only the first n (0 = all); the held-out ones stay the same
     eval_every: int = 500
+    patience: int = 0  # stop after this many evaluations without a lower validation KL (0: run all steps)
     seed: int = 0
     device: str = "cpu"
 
@@ -209,6 +211,15 @@ def validate(model, ts: TrajectorySet, items: list[int], m: Model, chained: int 
     return {key: sum(v) / len(v) for key, v in acc.items()}
 
 
+def plateaued(curve: list[dict], patience: int, key: str = "kl_chain", min_drop: float = 1e-3) -> bool:
+    """The last `patience` evaluations brought no validation KL below the best before them (by a
+    relative `min_drop`): training has stopped improving."""
+    if patience < 1 or len(curve) <= patience:
+        return False
+    best_before = min(e[key] for e in curve[:-patience])
+    return min(e[key] for e in curve[-patience:]) > best_before * (1 - min_drop)
+
+
 def train_shortcut(out: str, base: torch.nn.Module, ts: TrajectorySet, cfg, s: ShortcutTrainSettings,
                    meta: dict | None = None, info: DistInfo | None = None,
                    progress: Progress | None = None) -> tuple[torch.nn.Module, dict]:
@@ -239,7 +250,7 @@ def train_shortcut(out: str, base: torch.nn.Module, ts: TrajectorySet, cfg, s: S
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     # what a resume must share with the run it continues (not the step count, eval cadence or device)
     settings = {"config": cfg.to_dict(), **{k: v for k, v in s.to_dict().items()
-                                            if k not in ("steps", "eval_every", "device")},
+                                            if k not in ("steps", "eval_every", "patience", "device")},
                 "trajectories": {"num": len(ts), **sampler.to_dict()}}
     start = load_train_state(out, model, opt, ema, settings=settings)
     loss_fn = WindowLoss(model, m, sampler, ts.branches, s.kl)
@@ -259,13 +270,23 @@ def train_shortcut(out: str, base: torch.nn.Module, ts: TrajectorySet, cfg, s: S
     meta = {**(meta or {}), "train": s.to_dict(),
             "trajectories": {"num": ts.manifest.get("num"), "seed": ts.manifest.get("seed"), **sampler.to_dict()}}
     last_val: dict = {}
+    # the validation curve, kept in the checkpoint's meta (a resume continues it)
+    curve = [e for e in (read_config(out)["meta"].get("curve", []) if start else []) if e["step"] <= start]
 
-    def evaluate_and_save(step):
+    def evaluate_and_save(step) -> bool:
+        """Validate and save; True when the validation KL has not fallen for `patience` evaluations."""
         nonlocal last_val
+        stop = torch.zeros(1)
         if info.main:
             last_val = validate(ema.module, ts, val_items, m)
-            save_train_state(out, model, opt, step, ema, meta={**meta, "validation": last_val}, settings=settings)
+            curve.append({"step": step, **{k: float(f"{v:.6g}") for k, v in last_val.items()}})
+            save_train_state(out, model, opt, step, ema, settings=settings,
+                             meta={**meta, "validation": last_val, "curve": curve})
+            stop[0] = float(plateaued(curve, s.patience))
+        if info.world > 1:
+            torch.distributed.broadcast(stop, 0)
         barrier(info)
+        return bool(stop[0])
 
     model.train()
     for step in range(start, s.steps):
@@ -289,8 +310,8 @@ def train_shortcut(out: str, base: torch.nn.Module, ts: TrajectorySet, cfg, s: S
         done = step + 1
         if progress and info.main:
             progress(done, s.steps, {"mse": mse.item(), **({"kl": kl.item()} if s.kl else {})})
-        if done % s.eval_every == 0 or done == s.steps:
-            evaluate_and_save(done)
+        if (done % s.eval_every == 0 or done == s.steps) and evaluate_and_save(done):
+            break
     if start >= s.steps and info.main:  # nothing left to do: still report validation
         last_val = validate(ema.module, ts, val_items, m)
     return ema.module, last_val
