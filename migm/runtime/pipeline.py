@@ -187,7 +187,8 @@ class Pipeline:
                         prompts: torch.Tensor | Sequence[str] | str | None = None, cond: torch.Tensor | None = None,
                         sampler: SamplerConfig | None = None, steps: int | None = None,
                         guidance: float | None = None, tau: float | None = None, temperature: float | None = None,
-                        schedule: str | None = None, seed: int = 0, batch_size: int = 64, strategy: str | None = None,
+                        schedule: str | None = None, seed: int | Sequence[int] = 0, batch_size: int = 64,
+                        strategy: str | None = None,
                         budget: int | None = None, stats: HybridStats | None = None, probe: ProbeFn | None = None,
                         progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Token grids [n, L] (on the CPU) for the given classes (names or indices), or for
@@ -196,10 +197,18 @@ class Pipeline:
         `sampler` (default: the model's) with `steps`, `guidance`, `tau`, `temperature`, `schedule`
         overriding it; `budget` B < N runs the base model on B steps and `strategy` (default: the
         shortcut) on the others; `stats` collects base calls, `probe` sees predicted steps.
+        `seed`: one for the whole call, or one per condition; then each image depends on its own
+        condition and seed only (not on the others in the call, `batch_size` or the chunking),
+        and equals what a call with that one condition and seed gives (up to the backend's
+        arithmetic at another batch size; exact on the CPU backends, tested).
         """
         cfg = self.sampler(sampler, steps=steps, guidance=guidance, tau=tau, temperature=temperature,
                            schedule=schedule)
         conds = cond if cond is not None else self.conditions(classes, prompts)
+        row_seeds = [int(s) for s in seed] if isinstance(seed, (list, tuple)) else None
+        if row_seeds is not None and len(row_seeds) != len(conds):
+            raise ConfigError(f"{len(row_seeds)} seeds for {len(conds)} conditions: give one seed or one per "
+                              "condition")
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         if budget is not None and not 1 <= budget <= cfg.steps:
@@ -224,21 +233,27 @@ class Pipeline:
         # one graph replays a whole chunk: no per-step callbacks, probes or mlcache (it syncs)
         graphed = self._graphs is not None and self.use_graphs and probe is None and strategy != "mlcache"
         with self._lock:
-            if graphed:
-                self._graphs.seed(seed)
-            else:
-                g = torch.Generator(device=self.device).manual_seed(seed)
+            g = gens = None  # one generator for the call, or one per row (made per chunk below)
+            if row_seeds is None and graphed:
+                self._graphs.seed(int(seed))
+            elif row_seeds is None:
+                g = torch.Generator(device=self.device).manual_seed(int(seed))
             out, done, total = [], 0, len(conds) * cfg.steps
             for start in range(0, len(conds), batch_size):
                 chunk = conds[start:start + batch_size].to(self.device)
+                if row_seeds is not None:
+                    seeds = row_seeds[start:start + len(chunk)]
+                    gens = self._graphs.seed_rows(seeds) if graphed else \
+                        [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
                 if graphed:
-                    key = (tuple(chunk.shape), cfg, strategy, budget)
-                    tokens = self._graphs(key, chunk, lambda c, gen, key=key: self._graph_loop(c, gen, cfg, loop, key))
+                    key = (tuple(chunk.shape), cfg, strategy, budget, gens is not None)
+                    tokens = self._graphs(key, chunk, lambda c, gen, key=key: self._graph_loop(c, gen, cfg, loop, key),
+                                          row_generators=gens)
                     if stats is not None:
                         stats.add(self._graph_stats[key])
                 else:
                     step_cb = (lambda i, n: progress(done + i * len(chunk), total)) if progress else None
-                    tokens = generate_tokens(self.backend, chunk, self._uncond, cfg, generator=g, stats=stats,
+                    tokens = generate_tokens(self.backend, chunk, self._uncond, cfg, generator=gens or g, stats=stats,
                                              probe=probe, on_step=step_cb, **loop)
                 done += len(chunk) * cfg.steps
                 if graphed and progress:
