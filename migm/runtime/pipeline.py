@@ -94,13 +94,16 @@ class Pipeline:
                    defaults=SamplerConfig.from_dict(meta.get("sampling"), default=fam.sampler))
 
     @classmethod
-    def from_bundle(cls, path: str | Path, backend: str = "auto", device: str | None = None) -> "Pipeline":
+    def from_bundle(cls, path: str | Path, backend: str = "auto", device: str | None = None,
+                    threads: int = 0) -> "Pipeline":
         """A `NAME.plan/` bundle on a backend.
 
         auto: TensorRT for a trt bundle; for an ort bundle the torch backend with CUDA graphs
         where a GPU is present; on a CPU ONNX Runtime for fp32/int8 bundles and torch (bf16) for
         fp16/best ones (the faster of the two for each, see benchmarks/RESULTS.md).
         torch runs the bundle's own checkpoints (fp32 for fp32/int8 bundles, bf16 otherwise).
+        `threads`: ONNX Runtime's threads per session (0: one per core), for several pipelines on one
+        machine (torch's are process-wide: torch.set_num_threads).
         """
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -131,7 +134,7 @@ class Pipeline:
             impl = TorchBackend(models["base"], models["vq"].decoder, models.get("shortcut"), device=device,
                                 precision=precision)
         elif backend == "ort":
-            impl = OrtBackend(path, doc, spec, fam, device=device)
+            impl = OrtBackend(path, doc, spec, fam, device=device, threads=threads)
         else:
             impl = TrtBackend(path, doc, spec, fam, device=device)
         tokenizer = load_tokenizer(path / doc["tokenizer"]["dir"]) if doc.get("tokenizer") else None
@@ -178,6 +181,22 @@ class Pipeline:
         """The model's sampler defaults (or `sampler`) with `overrides` (None = keep), validated."""
         return (sampler or self.defaults).replace(**overrides).validate(self.spec.num_tokens)
 
+    def resolve(self, sampler: SamplerConfig | None = None, *, strategy: str | None = None,
+                budget: int | None = None, **overrides) -> tuple[SamplerConfig, str, int | None]:
+        """The settings a call runs with, checked against this pipeline: (sampler with `overrides`,
+        strategy, budget). Raises ConfigError naming the first bad one; `generate_tokens` starts here."""
+        cfg = self.sampler(sampler, **overrides)
+        if budget is not None and not 1 <= budget <= cfg.steps:
+            raise ConfigError(f"budget B={budget} must be between 1 and the number of steps N={cfg.steps}")
+        strategy = self.resolve_strategy(strategy, cfg.steps, budget)
+        if strategy == "shortcut" and not self.has_shortcut:
+            raise ConfigError("the shortcut strategy needs a shortcut model (none loaded)")
+        if strategy == "mlcache" and not self.backend.caps.mlcache:
+            raise ConfigError(f"the mlcache strategy needs the torch backend and a maskgit model (this pipeline "
+                              f"runs {self.family.name} on {self.backend.name})")
+        check_strategy(strategy, cfg.steps, budget, self.backend)
+        return cfg, strategy, budget
+
     def example_conditions(self, n: int, seed: int = 0) -> torch.Tensor:
         """n conditions (benchmarks): every class in turn, or random prompts of half the prompt length."""
         return self.family.example_conditions(self.spec, n, torch.Generator().manual_seed(seed))
@@ -202,8 +221,9 @@ class Pipeline:
         and equals what a call with that one condition and seed gives (up to the backend's
         arithmetic at another batch size; exact on the CPU backends, tested).
         """
-        cfg = self.sampler(sampler, steps=steps, guidance=guidance, tau=tau, temperature=temperature,
-                           schedule=schedule)
+        cfg, strategy, budget = self.resolve(sampler, steps=steps, guidance=guidance, tau=tau,
+                                             temperature=temperature, schedule=schedule, strategy=strategy,
+                                             budget=budget)
         conds = cond if cond is not None else self.conditions(classes, prompts)
         row_seeds = [int(s) for s in seed] if isinstance(seed, (list, tuple)) else None
         if row_seeds is not None and len(row_seeds) != len(conds):
@@ -211,15 +231,6 @@ class Pipeline:
                               "condition")
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        if budget is not None and not 1 <= budget <= cfg.steps:
-            raise ConfigError(f"budget B={budget} must be between 1 and the number of steps N={cfg.steps}")
-        strategy = self.resolve_strategy(strategy, cfg.steps, budget)
-        if strategy == "shortcut" and not self.has_shortcut:
-            raise ConfigError("the shortcut strategy needs a shortcut model (none loaded)")
-        if strategy == "mlcache" and not self.backend.caps.mlcache:
-            raise ConfigError(f"the mlcache strategy needs the torch backend and a maskgit model (this pipeline "
-                              f"runs {self.family.name} on {self.backend.name})")
-        check_strategy(strategy, cfg.steps, budget, self.backend)
         if probe is not None and not self.backend.caps.probes:
             raise ConfigError(f"probes run the base model beside the loop, which the {self.backend.name} backend "
                               "cannot (it reuses its output buffers): use the torch backend")
