@@ -151,8 +151,9 @@ def serve(model: ServedModel, config: ServerConfig, say: Callable[[str], None]) 
         metrics_address=c.host, metrics_port=c.metrics_port, exit_timeout_secs=c.drain_timeout_s,
         log_verbose=0, log_file=c.triton_log))
     inputs, outputs = tensors(model)
-    batcher = DynamicBatcher(max_queue_delay_microseconds=int(c.queue_delay_ms * 1000),
-                             preferred_batch_size=model.sizes)
+    # no preferred sizes for Triton: with 1 among them it would dispatch every request at once;
+    # batches fill up to max_batch within the delay, and each settings group is padded in infer
+    batcher = DynamicBatcher(max_queue_delay_microseconds=int(c.queue_delay_ms * 1000))
     triton.bind(model_name=model.name, infer_func=fill_optionals(**model.defaults())(batch(model.infer)),
                 inputs=inputs, outputs=outputs,
                 config=ModelConfig(max_batch_size=max(model.sizes), batcher=batcher), strict=True)
@@ -163,6 +164,9 @@ def serve(model: ServedModel, config: ServerConfig, say: Callable[[str], None]) 
     signalled = []
 
     def interrupt(signum, frame):
+        if signalled:  # already stopping: a second signal must not cut the drain or the clean-up short
+            say(f"{signal.Signals(signum).name}: already stopping")
+            return
         signalled.append(signum)
         say(f"{signal.Signals(signum).name}: taking no new requests, finishing those in flight "
             f"(up to {c.drain_timeout_s} s)")
@@ -174,7 +178,8 @@ def serve(model: ServedModel, config: ServerConfig, say: Callable[[str], None]) 
     try:
         triton.run()  # returns once the model is ready
         say(f"ready: model {model.name!r} on http://{c.host}:{c.http_port} and grpc {c.host}:{c.grpc_port}, "
-            f"metrics http://{c.host}:{c.metrics_port}/metrics, batches of {'/'.join(map(str, model.sizes))}")
+            f"metrics http://{c.host}:{c.metrics_port}/metrics; up to {max(model.sizes)} rows a batch, "
+            f"settings groups padded to {'/'.join(map(str, model.sizes))}")
         triton.serve()  # blocks; returns after a signal (in-flight requests done) or if Triton dies
     except KeyboardInterrupt:
         pass  # a signal during start-up
