@@ -226,6 +226,7 @@ def main():
     ap.add_argument("--out", default="benchmarks/results/serving/load")
     args = ap.parse_args()
 
+    load_before = os.getloadavg()[0]  # this machine is shared: say how busy it was
     settings = {k: v for k, v in (("steps", args.steps), ("budget", args.budget)) if v is not None}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -257,7 +258,7 @@ def main():
         r.pop("tokens", None)
     doc = {"settings": settings or "the model's defaults", "clients": args.clients, "requests": args.requests,
            "machine": f"{os.cpu_count()} CPUs", "max_batch": args.max_batch, "queue_delay_ms": args.queue_delay_ms,
-           "date": time.strftime("%Y-%m-%d"), "rows": rows}
+           "date": time.strftime("%Y-%m-%d"), "load_average_1min": [load_before, os.getloadavg()[0]], "rows": rows}
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
     out.with_suffix(".md").write_text(table(rows) + "\n")
     print(table(rows))

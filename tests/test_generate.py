@@ -24,6 +24,11 @@ def _generate(*args):
     return result.exit_code, result.output
 
 
+def test_help():
+    code, text = _generate("--help")
+    assert code == 0 and "--ray" in text and "deterministic shards" in text
+
+
 def test_shards_are_fixed_by_the_job_alone():
     j = job(["cat", "dog", "zebra"], [0, 1, 2], "tiny-animals", shard_size=4)
     assert j.num_rows == 9 and j.num_shards == 3

@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
+from migm.cli.serve import main as serve_main
 from migm.engines.build import BuildSettings, build_bundle
 from migm.runtime import Pipeline
 from migm.serving.rows import generate_rows, padded_size, preferred_sizes, read_row
@@ -116,3 +118,11 @@ def test_served_text_model_names_unknown_words():
                                 steps=[2, 2]))
     assert out["error"][0, 0] == b"" and b"unicorn" in out["error"][1, 0]
     assert out["image"].shape == (2, 64, 64, 1) and out["image"][0].any()
+
+
+def test_serve_help_and_usage_errors():
+    result = CliRunner().invoke(serve_main, ["--help"])
+    assert result.exit_code == 0 and "--drain-timeout" in result.output and "/v2/models/NAME/ready" in result.output
+    result = CliRunner().invoke(serve_main, ["--engine", "x.plan", "--model", "tiny-animals"])
+    assert result.exit_code != 0 and ("give --engine or --model, not both" in result.output
+                                      or "needs PyTriton" in result.output)
