@@ -73,6 +73,8 @@ def main(classes, prompts, seeds, out, engine, model, backend, steps, budget, st
         raise click.UsageError("give --classes (class-conditional model) or --prompt (text-to-image), one of them")
     if engine and model:
         raise click.UsageError("give --engine or --model, not both")
+    if model and backend not in ("auto", "torch"):
+        raise click.BadParameter("checkpoints run on the torch backend only", param_hint="--backend")
     if workers is not None and workers < 1:
         raise click.BadParameter("must be >= 1", param_hint="--workers")
     if cpus_per_worker <= 0:

@@ -37,8 +37,6 @@ from ..runtime.images import png_bytes, to_uint8
 from ..runtime.pipeline import Pipeline
 from .rows import condition_kind, generate_rows, preferred_sizes, read_row
 
-OPTIONAL = ("steps", "budget", "strategy", "guidance")
-
 
 @dataclass
 class ServerConfig:
@@ -46,7 +44,7 @@ class ServerConfig:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
-    queue_delay_ms: float = 5.0  # how long the batcher waits to fill a preferred batch
+    queue_delay_ms: float = 5.0  # how long Triton's batcher waits for more requests to fill a batch
     drain_timeout_s: int = 30  # on SIGTERM: how long in-flight requests may take to finish
     triton_log: Path | None = None  # tritonserver's own log (None: PyTriton prints it)
 
@@ -103,11 +101,9 @@ class ServedModel:
                         strategy=strategy or None, guidance=float(inputs["guidance"][i, 0]))
 
     def _batch_line(self, rows, results, seconds: float) -> str:
-        groups: dict[str, int] = {}
-        for r, res in zip(rows, results):
-            if res.error is None:
-                key = f"{r.settings.describe()} x{res.stats['rows']}->{res.stats['padded_to']}"
-                groups[key] = groups.get(key, 0) + 1
+        # one entry per chunk run: its settings, its rows and the size it was padded to
+        groups = dict.fromkeys(f"{r.settings.describe()} x{res.stats['rows']}->{res.stats['padded_to']}"
+                               for r, res in zip(rows, results) if res.error is None)
         failed = sum(res.error is not None for res in results)
         done = len(rows) - failed
         return (f"batch {self.batches}: {len(rows)} rows, {done} images in {seconds:.2f} s"
