@@ -5,7 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint install data clean
+SERVE_VENV ?= .venv-serve
+SBIN := $(SERVE_VENV)/bin
+
+.PHONY: demo test test-serve lint install data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,5 +35,22 @@ lint: install
 test: install lint
 	$(BIN)/python -m pytest -q
 
+# The serving extras live in a venv of their own: PyTriton pins numpy < 2, the main venv has numpy 2.
+$(SBIN)/python:
+	$(PY) -m venv $(SERVE_VENV)
+	$(SBIN)/pip install -q --upgrade pip
+
+$(SERVE_VENV)/.installed: pyproject.toml | $(SBIN)/python
+	$(SBIN)/pip install -q "$(TORCH)"
+	$(SBIN)/pip install -q -e ".[dev,serve,ray]"
+	touch $@
+
+## The serving tests with a real Triton server and a real local Ray cluster (venv .venv-serve)
+test-serve: $(SERVE_VENV)/.installed
+	# fail, not skip, when an extra is missing
+	$(SBIN)/python -c "import pytriton, tritonclient.http, tritonclient.grpc, ray"
+	$(SBIN)/python -m pytest -q -rs tests/test_serving.py tests/test_generate.py tests/test_serve_triton.py \
+		tests/test_serve_ray.py
+
 clean:
-	rm -rf $(VENV) migm-out .pytest_cache
+	rm -rf $(VENV) $(SERVE_VENV) migm-out .pytest_cache

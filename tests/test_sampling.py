@@ -2,7 +2,7 @@ import torch
 
 from migm.models.maskgit import MaskGIT, MaskGITConfig
 from migm.sampling.config import SamplerConfig
-from migm.sampling.kernel import guide, sample_step
+from migm.sampling.kernel import guide, gumbel, sample_step
 from migm.sampling.loop import Fns, generate_tokens
 from migm.sampling.schedules import mask_schedule
 
@@ -62,3 +62,10 @@ def test_guidance_formula():
     c, u = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 3.0])
     assert torch.allclose(guide(c, u, 2.0), 3 * c - 2 * u)
     assert torch.equal(guide(c, u, 0.0), c)
+
+
+def test_row_generators_draw_what_a_batch_of_one_draws():
+    rows = [torch.Generator().manual_seed(s) for s in (3, 9, 3)]
+    got = gumbel((3, 5, 4), rows, "cpu")
+    alone = gumbel((1, 5, 4), torch.Generator().manual_seed(9), "cpu")
+    assert torch.equal(got[1:2], alone) and torch.equal(got[0], got[2]) and not torch.equal(got[0], got[1])

@@ -9,52 +9,70 @@ the graph's private memory pool, allocated at capture and reused by every replay
 
 Randomness comes from one CUDA generator registered with every graph: seeding it and
 replaying consumes the same Philox stream, in the same order, as the eager loop does, so
-a seed gives the same tokens with and without graphs.
+a seed gives the same tokens with and without graphs. With one seed per row, row r of every
+chunk draws from the r-th of a fixed list of row generators (the same objects at capture and
+at every replay), each seeded with its row's seed before the replay.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Sequence
 
 import torch
 
-LoopFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, generator) -> tokens
+# (labels, generator or one generator per row) -> tokens
+LoopFn = Callable[[torch.Tensor, "torch.Generator | list[torch.Generator]"], torch.Tensor]
 
 
 class GraphedLoop:
     def __init__(self, device: torch.device):
         self.device = device
         self.generator = torch.Generator(device=device)
+        self.row_generators: list[torch.Generator] = []
         self._graphs: dict[Hashable, tuple] = {}
 
     def seed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
 
-    def __call__(self, key: Hashable, labels: torch.Tensor, loop: LoopFn) -> torch.Tensor:
-        """Tokens for `labels` from the graph for `key`, captured from `loop` on first use."""
+    def seed_rows(self, seeds: Sequence[int]) -> list[torch.Generator]:
+        """One seeded generator per row of a chunk: always the first len(seeds) row generators."""
+        while len(self.row_generators) < len(seeds):
+            self.row_generators.append(torch.Generator(device=self.device))
+        gens = self.row_generators[:len(seeds)]
+        for g, s in zip(gens, seeds):
+            g.manual_seed(s)
+        return gens
+
+    def __call__(self, key: Hashable, labels: torch.Tensor, loop: LoopFn,
+                 row_generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        """Tokens for `labels` from the graph for `key`, captured from `loop` on first use.
+        `row_generators` (from `seed_rows`): per-row randomness; the key must say so."""
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._graphs[key] = self._capture(labels, loop)
+            entry = self._graphs[key] = self._capture(labels, loop, row_generators or self.generator)
         graph, static_labels, out = entry
         static_labels.copy_(labels)
         graph.replay()
         return out.clone()
 
-    def _capture(self, labels: torch.Tensor, loop: LoopFn):
-        state = self.generator.get_state()
+    def _capture(self, labels: torch.Tensor, loop: LoopFn, generator):
+        gens = generator if isinstance(generator, list) else [generator]
+        states = [g.get_state() for g in gens]
         static_labels = labels.clone()
         # warm-up outside the graph (cuBLAS handles, autotuning, lazy inits) on a side stream
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            loop(static_labels, self.generator)
+            loop(static_labels, generator)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        graph.register_generator_state(self.generator)
+        for g in gens:
+            graph.register_generator_state(g)
         with torch.cuda.graph(graph):
-            out = loop(static_labels, self.generator)
+            out = loop(static_labels, generator)
         # capture and warm-up consumed no numbers the caller sees: rewind to where we were
-        self.generator.set_state(state)
+        for g, state in zip(gens, states):
+            g.set_state(state)
         return graph, static_labels, out
 
     def clear(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -32,6 +33,18 @@ def make_grid(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> to
         y, x = pad + r * (h + pad), pad + col * (w + pad)
         grid[:, y:y + h, x:x + w] = images[i]
     return grid
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """[C, H, W] in [0, 1] -> uint8 [H, W, C] (the layout image files and servers use)."""
+    return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def png_bytes(image: torch.Tensor, scale: int = 1) -> bytes:
+    """[C, H, W] in [0, 1] -> the bytes of a PNG file."""
+    buf = io.BytesIO()
+    to_pil(image, scale).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def save_png(image: torch.Tensor, path: str | Path, scale: int = 1) -> None:

@@ -173,13 +173,16 @@ class Pipeline:
         return out if return_dict else (out.images,)
 
     @classmethod
-    def from_bundle(cls, path: str | Path, backend: str = "auto", device: str | None = None) -> "Pipeline":
+    def from_bundle(cls, path: str | Path, backend: str = "auto", device: str | None = None,
+                    threads: int = 0) -> "Pipeline":
         """A `NAME.plan/` bundle on a backend.
 
         auto: TensorRT for a trt bundle; for an ort bundle the torch backend with CUDA graphs
         where a GPU is present; on a CPU ONNX Runtime for fp32/int8 bundles and torch (bf16) for
         fp16/best ones (the faster of the two for each, see benchmarks/RESULTS.md).
         torch runs the bundle's own checkpoints (fp32 for fp32/int8 bundles, bf16 otherwise).
+        `threads`: ONNX Runtime's threads per session (0: one per core), for several pipelines on one
+        machine (torch's are process-wide: torch.set_num_threads).
         """
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -210,7 +213,7 @@ class Pipeline:
             impl = TorchBackend(models["base"], models["vq"].decoder, models.get("shortcut"), device=device,
                                 precision=precision)
         elif backend == "ort":
-            impl = OrtBackend(path, doc, spec, fam, device=device)
+            impl = OrtBackend(path, doc, spec, fam, device=device, threads=threads)
         else:
             impl = TrtBackend(path, doc, spec, fam, device=device)
         tok = doc.get("tokenizer")  # its files were confined and hashed by verify_bundle: read only those
@@ -258,6 +261,22 @@ class Pipeline:
         """The model's sampler defaults (or `sampler`) with `overrides` (None = keep), validated."""
         return (sampler or self.defaults).replace(**overrides).validate(self.spec.num_tokens)
 
+    def resolve(self, sampler: SamplerConfig | None = None, *, strategy: str | None = None,
+                budget: int | None = None, **overrides) -> tuple[SamplerConfig, str, int | None]:
+        """The settings a call runs with, checked against this pipeline: (sampler with `overrides`,
+        strategy, budget). Raises ConfigError naming the first bad one; `iter_tokens` starts here."""
+        cfg = self.sampler(sampler, **overrides)
+        if budget is not None and not 1 <= budget <= cfg.steps:
+            raise ConfigError(f"budget B={budget} must be between 1 and the number of steps N={cfg.steps}")
+        strategy = self.resolve_strategy(strategy, cfg.steps, budget)
+        if strategy == "shortcut" and not self.has_shortcut:
+            raise ConfigError("the shortcut strategy needs a shortcut model (none loaded)")
+        if strategy == "mlcache" and not self.backend.caps.mlcache:
+            raise ConfigError(f"the mlcache strategy needs the torch backend and a maskgit model (this pipeline "
+                              f"runs {self.family.name} on {self.backend.name})")
+        check_strategy(strategy, cfg.steps, budget, self.backend)
+        return cfg, strategy, budget
+
     def example_conditions(self, n: int, seed: int = 0) -> torch.Tensor:
         """n conditions (benchmarks): every class in turn, or random prompts of half the prompt length."""
         return self.family.example_conditions(self.spec, n, torch.Generator().manual_seed(seed))
@@ -272,8 +291,9 @@ class Pipeline:
                     prompts: torch.Tensor | Sequence[str] | str | None = None, cond: torch.Tensor | None = None,
                     sampler: SamplerConfig | None = None, steps: int | None = None,
                     guidance: float | None = None, tau: float | None = None, temperature: float | None = None,
-                    schedule: str | None = None, seed: int = 0, batch_size: int = 64, strategy: str | None = None,
-                    budget: int | None = None, stats: HybridStats | None = None, probe: ProbeFn | None = None,
+                    schedule: str | None = None, seed: int | Sequence[int] = 0, batch_size: int = 64,
+                    strategy: str | None = None, budget: int | None = None, stats: HybridStats | None = None,
+                    probe: ProbeFn | None = None,
                     progress: Callable[[int, int], None] | None = None) -> Iterator[torch.Tensor]:
         """Token grids batch by batch ([<= batch_size, L] on the CPU), so a long run can be written as it
         goes; the same tokens as one `generate_tokens` call. Everything is checked before the first batch.
@@ -281,23 +301,24 @@ class Pipeline:
         `sampler` (default: the model's) with `steps`, `guidance`, `tau`, `temperature`, `schedule`
         overriding it; `budget` B < N runs the base model on B steps and `strategy` (default: the
         shortcut) on the others; `stats` collects base calls, `probe` sees predicted steps.
+        `seed`: one for the whole call, or one per condition; then each image depends on its own
+        condition and seed only (not on the others in the call, `batch_size` or the chunking),
+        and equals what a call with that one condition and seed gives (up to the backend's
+        arithmetic at another batch size; exact on the CPU backends, tested).
         """
-        cfg = self.sampler(sampler, steps=steps, guidance=guidance, tau=tau, temperature=temperature,
-                           schedule=schedule)
+        cfg, strategy, budget = self.resolve(sampler, steps=steps, guidance=guidance, tau=tau,
+                                             temperature=temperature, schedule=schedule, strategy=strategy,
+                                             budget=budget)
         conds = cond if cond is not None else self.conditions(classes, prompts)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ConfigError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+        row_seeds = list(seed) if isinstance(seed, (list, tuple)) else None
+        for s in row_seeds if row_seeds is not None else [seed]:
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63:
+                raise ConfigError(f"seed must be an integer in 0..2**63-1, got {s!r}")
+        if row_seeds is not None and len(row_seeds) != len(conds):
+            raise ConfigError(f"{len(row_seeds)} seeds for {len(conds)} conditions: give one seed or one per "
+                              "condition")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 65536:
             raise ConfigError(f"batch size must be an integer in 1..65536, got {batch_size!r}")
-        if budget is not None and not 1 <= budget <= cfg.steps:
-            raise ConfigError(f"budget B={budget} must be between 1 and the number of steps N={cfg.steps}")
-        strategy = self.resolve_strategy(strategy, cfg.steps, budget)
-        if strategy == "shortcut" and not self.has_shortcut:
-            raise ConfigError("the shortcut strategy needs a shortcut model (none loaded)")
-        if strategy == "mlcache" and not self.backend.caps.mlcache:
-            raise ConfigError(f"the mlcache strategy needs the torch backend and a maskgit model (this pipeline "
-                              f"runs {self.family.name} on {self.backend.name})")
-        check_strategy(strategy, cfg.steps, budget, self.backend)
         if probe is not None and not self.backend.caps.probes:
             raise ConfigError(f"probes run the base model beside the loop, which the {self.backend.name} backend "
                               "cannot (it reuses its output buffers): use the torch backend")
@@ -308,30 +329,37 @@ class Pipeline:
                               f"{' with guidance' if cfg.guidance != 0 else ''}, but the engines' profile allows at "
                               f"most {max_rows}: lower the batch size or rebuild the bundle with a larger --max-batch")
         loop = dict(num_tokens=self.spec.num_tokens, mask_id=self.spec.mask_id, strategy=strategy, budget=budget)
-        return self._batches(conds, cfg, loop, seed, batch_size, stats, probe, progress)
+        return self._batches(conds, cfg, loop, seed, row_seeds, batch_size, stats, probe, progress)
 
     @torch.no_grad()
-    def _batches(self, conds, cfg, loop, seed, batch_size, stats, probe, progress) -> Iterator[torch.Tensor]:
+    def _batches(self, conds, cfg, loop, seed, row_seeds, batch_size, stats, probe,
+                 progress) -> Iterator[torch.Tensor]:
         # one graph replays a whole chunk: no per-step callbacks, probes or mlcache (it syncs)
         graphed = self._graphs is not None and self.use_graphs and probe is None and loop["strategy"] != "mlcache"
         # the lock is held for the whole run (the random stream flows from batch to batch); a caller
         # that stops iterating releases it when the generator is closed
         with self._lock:
-            if graphed:
-                self._graphs.seed(seed)
-            else:
-                g = torch.Generator(device=self.device).manual_seed(seed)
+            g = gens = None  # one generator for the call, or one per row (made per chunk below)
+            if row_seeds is None and graphed:
+                self._graphs.seed(int(seed))
+            elif row_seeds is None:
+                g = torch.Generator(device=self.device).manual_seed(int(seed))
             done, total = 0, len(conds) * cfg.steps
             for start in range(0, len(conds), batch_size):
                 chunk = conds[start:start + batch_size].to(self.device)
+                if row_seeds is not None:
+                    seeds = row_seeds[start:start + len(chunk)]
+                    gens = self._graphs.seed_rows(seeds) if graphed else \
+                        [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
                 if graphed:
-                    key = (tuple(chunk.shape), cfg, loop["strategy"], loop["budget"])
-                    tokens = self._graphs(key, chunk, lambda c, gen, key=key: self._graph_loop(c, gen, cfg, loop, key))
+                    key = (tuple(chunk.shape), cfg, loop["strategy"], loop["budget"], gens is not None)
+                    tokens = self._graphs(key, chunk, lambda c, gen, key=key: self._graph_loop(c, gen, cfg, loop, key),
+                                          row_generators=gens)
                     if stats is not None:
                         stats.add(self._graph_stats[key])
                 else:
                     step_cb = (lambda i, n: progress(done + i * len(chunk), total)) if progress else None
-                    tokens = generate_tokens(self.backend, chunk, self._uncond, cfg, generator=g, stats=stats,
+                    tokens = generate_tokens(self.backend, chunk, self._uncond, cfg, generator=gens or g, stats=stats,
                                              probe=probe, on_step=step_cb, **loop)
                 done += len(chunk) * cfg.steps
                 if graphed and progress:

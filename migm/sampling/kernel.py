@@ -10,12 +10,19 @@ Lumina-DiMOO's sampler is the same kernel with `anneal=False` (confidence noise 
 at every step, tau = temperature = 1), a constant guidance weight and the "dimoo" schedule.
 Guidance is `guide()`: (1 + w) * cond - w * uncond, with w from `SamplerConfig.guidance_at`.
 
-All randomness comes from an explicit `torch.Generator`, so a seed fixes the tokens.
+All randomness comes from an explicit `torch.Generator`, so a seed fixes the tokens. A sequence
+of generators, one per row, makes each row draw exactly the numbers a batch of one seeded alike
+draws: a row's tokens then depend on its own seed, never on its batch mates (serving).
 """
 
 from __future__ import annotations
 
+from typing import Sequence, Union
+
 import torch
+
+# one generator for the batch, one per row, or None (torch's global one)
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
@@ -23,15 +30,21 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
     return torch.lerp(uncond, cond, 1.0 + w) if w != 0 else cond
 
 
-def gumbel(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+def gumbel(shape, generator: Generators, device, dtype=torch.float32) -> torch.Tensor:
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} row generators for {shape[0]} rows")
+        # row r consumes its own stream in the order a batch of one would: the same numbers
+        u = torch.stack([torch.rand(shape[1:], generator=g, device=device, dtype=dtype) for g in generator])
+    else:
+        u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
     # clamp keeps -log(-log(u)) finite at u = 0 or 1
     eps = torch.finfo(dtype).tiny
     return -torch.log(-torch.log(u.clamp(eps, 1 - torch.finfo(dtype).eps)))
 
 
 def sample_step(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, reveal: int, ratio: float,
-                temperature: float = 1.0, tau: float = 4.5, generator: torch.Generator | None = None,
+                temperature: float = 1.0, tau: float = 4.5, generator: Generators = None,
                 anneal: bool = True):
     """Reveal `reveal` masked positions per row.
 

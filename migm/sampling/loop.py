@@ -27,7 +27,7 @@ import torch
 
 from ..errors import ConfigError
 from .config import SamplerConfig, step_ratio
-from .kernel import guide, sample_step
+from .kernel import Generators, guide, sample_step
 from .plan import full_step_plan
 from .schedules import mask_schedule
 
@@ -112,7 +112,7 @@ def check_strategy(strategy: str, steps: int, budget: int | None, models: StepMo
 @torch.no_grad()
 def generate_tokens(models: StepModels, cond: torch.Tensor, uncond: torch.Tensor, sampler: SamplerConfig, *,
                     num_tokens: int, mask_id: int, budget: int | None = None, strategy: str = "vanilla",
-                    generator: torch.Generator | None = None, stats: HybridStats | None = None,
+                    generator: Generators = None, stats: HybridStats | None = None,
                     on_step: Callable[[int, int], None] | None = None, probe: ProbeFn | None = None,
                     recompute: float = 0.1) -> torch.Tensor:
     """Sample token grids [b, num_tokens] for conditions `cond` [b, ...] (class ids, or prompt ids).
@@ -120,6 +120,7 @@ def generate_tokens(models: StepModels, cond: torch.Tensor, uncond: torch.Tensor
     The unconditional branch (guidance != 0) gets `uncond` (one row, broadcast). `strategy`
     and `budget` (B full steps) choose hybrid sampling; `recompute` is mlcache's least-confident
     share; `probe` is called on every predicted step (evaluation of feature error).
+    `generator`: one for the batch, or one per row (a row's tokens then depend on its seed alone).
     """
     sampler.validate(num_tokens)
     strategy, steps, budget = check_strategy(strategy, sampler.steps, budget, models)
