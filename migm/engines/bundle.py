@@ -3,10 +3,12 @@
     NAME.plan/
       manifest.json      format, family and config, token grid, vocab, sampling defaults,
                          components (file, precision, backend, inputs/outputs with shapes,
-                         sha256), tool versions, GPU arch for TensorRT engines
+                         sha256), tool versions; for TensorRT the flavour, its version and
+                         the compute capabilities the engines target (`trt`)
       base.onnx | base.engine
       shortcut.onnx | shortcut.engine
       decoder.onnx | decoder.engine
+      onnx/              (TensorRT bundles) the graphs the engines were built from, for rebuilds
       calibration.npz    (INT8 builds) the shortcut's calibration inputs, reused on rebuild
       torch/             the source checkpoints (base, vq, shortcut: .safetensors + .json),
                          run by the torch backend; the others take the base head from them
@@ -42,11 +44,14 @@ def write_bundle(out: str | Path, manifest: dict, files: dict[str, Path]) -> Pat
             (stage / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, stage / name)
         for entry in manifest.get("components", {}).values():
-            p = stage / entry["file"]
-            entry["sha256"], entry["bytes"] = sha256(p), p.stat().st_size
-            if entry.get("data_file"):  # ONNX weights over 2 GB, beside the graph
-                d = stage / entry["data_file"]
-                entry["data_sha256"], entry["bytes"] = sha256(d), entry["bytes"] + d.stat().st_size
+            for e in (entry, entry.get("onnx")):  # the artifact, and a TensorRT engine's source graph
+                if e is None:
+                    continue
+                p = stage / e["file"]
+                e["sha256"], e["bytes"] = sha256(p), p.stat().st_size
+                if e.get("data_file"):  # ONNX weights over 2 GB, beside the graph
+                    d = stage / e["data_file"]
+                    e["data_sha256"], e["bytes"] = sha256(d), e["bytes"] + d.stat().st_size
         for entry in manifest.get("checkpoints", {}).values():  # a checkpoint is two files: weights, config
             entry["sha256"] = {ext: sha256(stage / f"{entry['file']}.{ext}") for ext in ("safetensors", "json")}
         if manifest.get("tokenizer"):
@@ -90,9 +95,12 @@ def verify_bundle(path: str | Path) -> dict:
                               "(corrupt or modified; rebuild the bundle)")
 
     for name, entry in doc.get("components", {}).items():
-        check(entry["file"], entry["sha256"], f"component {name} file")
-        if entry.get("data_file"):
-            check(entry["data_file"], entry["data_sha256"], f"component {name} weights")
+        for e in (entry, entry.get("onnx")):
+            if e is None:
+                continue
+            check(e["file"], e["sha256"], f"component {name} file")
+            if e.get("data_file"):
+                check(e["data_file"], e["data_sha256"], f"component {name} weights")
     for entry in doc.get("checkpoints", {}).values():
         for ext, digest in entry["sha256"].items():
             check(f"{entry['file']}.{ext}", digest, "checkpoint file")
