@@ -322,3 +322,34 @@ def test_trt_pipeline_matches_torch_on_gpu(tiny, tmp_path):
     assert (a == b).float().mean() >= 0.99
     images = pipe.decode(a)
     assert images.shape == (9, 1, 8, 8) and np.isfinite(images.numpy()).all()
+
+
+@needs_rtx
+def test_gpu_benchmark_dry_run(tmp_path):
+    """benchmarks/trt_gpu.py --dry-run: real builds and manifest checks, the torch side of the comparison,
+    the GPU rows planned, every table written; its arguments checked."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "trt_gpu.py"
+    spec = importlib.util.spec_from_file_location("trt_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--dry-run", "--models", "tiny-cats"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            bench.parse_args([])  # a GPU run without a GPU
+    out = tmp_path / "out"
+    bench.main(["--dry-run", "--models", "tiny-animals", "--precisions", "fp32", "--dry-num", "2", "--flavours",
+                RTX, "--out", str(out), "--work", str(tmp_path / "work")])
+    build = json.loads((out / "build.json").read_text())
+    assert [(r["component"], r["result"]) for r in build] == [("base", "builds"), ("shortcut", "builds"),
+                                                              ("decoder", "builds")]
+    assert all(r["engine_mb"] > 0 and r["build_s"] > 0 and r["flavour"] == RTX for r in build)
+    agree = json.loads((out / "agree.json").read_text())
+    assert len(agree) == 1 and agree[0]["result"].startswith("not run: no GPU") and agree[0]["num"] == 2
+    speed = json.loads((out / "speed.json").read_text())
+    assert {(r["backend"], r["precision"]) for r in speed} == {("trt", "fp32"), ("torch", "fp32")}
+    table = (out / "build.md").read_text()
+    assert "| tiny-animals | fp32 | shortcut | fp32 | tensorrt-rtx | builds |" in table and "dry run" in table
