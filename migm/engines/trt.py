@@ -123,7 +123,10 @@ def targets(opts: BuildOptions) -> list[str]:
         if opts.compute_capabilities:
             raise ConfigError("TensorRT builds for the GPU it runs on: --compute-capability is for "
                               "--trt-flavour tensorrt-rtx (use --hardware-compat ampere_plus for portable engines)")
-        import_flavour(opts.flavour)
+        trt = import_flavour(opts.flavour)
+        if opts.hardware_compat and not hasattr(trt.HardwareCompatibilityLevel, opts.hardware_compat.upper()):
+            raise ConfigError(f"unknown hardware compatibility level {opts.hardware_compat!r}; TensorRT "
+                              f"{trt.__version__} has {', '.join(trt.HardwareCompatibilityLevel.__members__).lower()}")
         return [gpu_capability()]
     if opts.hardware_compat or opts.timing_cache:
         raise ConfigError("TensorRT for RTX takes neither --hardware-compat nor --timing-cache (it compiles kernels "
@@ -145,7 +148,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: BuildOpti
     the engine atomically. Returns what it was built with. A failure raises BundleError naming the
     component, the precision and (for a parse failure) the node; nothing is written then."""
     trt = import_flavour(opts.flavour)
-    loaders = _polygraphy(opts.flavour)
+    loaders, create_config = _polygraphy(opts.flavour)
     cc = targets(opts)
     label, what = f"{LABELS[opts.flavour]} {trt.__version__}", f"the {component} graph ({precision})"
     start = time.perf_counter()
@@ -161,17 +164,13 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: BuildOpti
         common = dict(profiles=[profile], builder_optimization_level=opts.opt_level,
                       memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(opts.workspace_gb * (1 << 30))})
         if opts.flavour == RTX:
-            make_config = loaders.CreateConfigRTX(
-                compute_capabilities=[tuple(map(int, c.split("."))) for c in cc], **common)
+            make_config = create_config(compute_capabilities=[tuple(map(int, c.split("."))) for c in cc], **common)
         else:
-            level = None
-            if opts.hardware_compat:
-                level = getattr(trt.HardwareCompatibilityLevel, opts.hardware_compat.upper(), None)
-                if level is None:
-                    raise ConfigError(f"unknown hardware compatibility level {opts.hardware_compat!r}")
+            level = getattr(trt.HardwareCompatibilityLevel, opts.hardware_compat.upper()) if opts.hardware_compat \
+                else None
             cache = opts.timing_cache if opts.timing_cache and opts.timing_cache.exists() else None
-            make_config = loaders.CreateConfig(hardware_compatibility_level=level,
-                                               load_timing_cache=str(cache) if cache else None, **common)
+            make_config = create_config(hardware_compatibility_level=level,
+                                        load_timing_cache=str(cache) if cache else None, **common)
         try:
             config = make_config(builder, network)
             data = loaders.EngineBytesFromNetwork((builder, network, parser), config=config)()
@@ -267,7 +266,8 @@ def load_engine(path: str | Path, flavour: str):
 # ---- Polygraphy and TensorRT plumbing ----
 
 def _polygraphy(flavour: str):
-    """Polygraphy's TensorRT loaders, bound to the flavour's module (first import decides)."""
+    """Polygraphy's TensorRT loaders bound to the flavour's module (the first import decides), and
+    the flavour's config loader (CreateConfigRTX takes the compute capabilities)."""
     want = flavour == RTX
     if "polygraphy.backend.trt" in sys.modules and bool(polygraphy_config.USE_TENSORRT_RTX) != want:
         other = LABELS[RTX if polygraphy_config.USE_TENSORRT_RTX else "tensorrt"]
@@ -276,11 +276,11 @@ def _polygraphy(flavour: str):
     polygraphy_config.USE_TENSORRT_RTX = want
     import polygraphy.backend.trt as loaders  # binds to tensorrt or tensorrt_rtx now, by USE_TENSORRT_RTX
 
-    if want:
-        import polygraphy.backend.tensorrt_rtx as rtx  # TensorRT for RTX's config loader (compute capabilities)
+    if not want:
+        return loaders, loaders.CreateConfig
+    import polygraphy.backend.tensorrt_rtx as rtx  # TensorRT for RTX's config loader (compute capabilities)
 
-        loaders.CreateConfigRTX = rtx.CreateConfigRTX
-    return loaders
+    return loaders, rtx.CreateConfigRTX
 
 
 @contextlib.contextmanager
