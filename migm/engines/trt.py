@@ -111,7 +111,7 @@ class BuildOptions:
     # input name -> (min, opt, max) shapes
     profiles: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     opt_level: int = 3  # builder optimization level 0..5
-    workspace_gb: float = 4.0
+    workspace_gb: float | None = None  # the builder's scratch memory limit; None: TensorRT's default
     compute_capabilities: tuple[str, ...] = ()  # tensorrt-rtx targets, e.g. ("8.6", "8.9"); () = all but Turing
     hardware_compat: str | None = None  # tensorrt: e.g. "ampere_plus" (engines for any Ampere+ GPU)
     timing_cache: Path | None = None  # tensorrt: read before and written after the build
@@ -161,8 +161,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: BuildOpti
         profile = loaders.Profile()
         for name, (lo, mid, hi) in opts.profiles.items():
             profile.add(name, min=lo, opt=mid, max=hi)
-        common = dict(profiles=[profile], builder_optimization_level=opts.opt_level,
-                      memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(opts.workspace_gb * (1 << 30))})
+        common = dict(profiles=[profile], builder_optimization_level=opts.opt_level)
+        if opts.workspace_gb is not None:
+            common["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(opts.workspace_gb * (1 << 30))}
         if opts.flavour == RTX:
             make_config = create_config(compute_capabilities=[tuple(map(int, c.split("."))) for c in cc], **common)
         else:
@@ -318,7 +319,10 @@ def _parse_error(trt, path) -> str:
 
 def _build_error(log: str, exc: Exception) -> str:
     errors = [line for line in log.splitlines() if line.startswith("[E]")]
-    return _one_line(errors[0][3:]) if errors else _one_line(str(exc))
+    msg = _one_line(errors[0][3:]) if errors else _one_line(str(exc))
+    if "OutOfMemory" in msg:  # activations at the profile's largest shapes
+        msg += " (the optimization profile's largest batch needs that much: lower --max-batch)"
+    return msg
 
 
 def _collecting_logger(trt):
