@@ -16,7 +16,8 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	# trt-rtx: TensorRT for RTX builds engines without a GPU, so the tests build real ones here
+	$(BIN)/pip install -q -e ".[dev,trt-rtx]"
 	# training/evaluation data; --no-deps because its metadata pulls TensorFlow
 	$(BIN)/pip install -q --no-deps animal-mnist==0.4
 	touch $@

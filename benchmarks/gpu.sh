@@ -6,9 +6,10 @@
 #   3. the same at batch 128, shortcut B=12 only (the base step near the matrix peak)
 #   4. tiny-animals (the shipped model) on the GPU, batch 1 and 32
 #   5. dimoo-8b (random weights, full 32 layers) at batch 1, N=64 vs B=9/11/14; tiny-scenes
+#   6. TensorRT (benchmarks/trt_gpu.py): engines built and run, tokens and FD against torch, speed
 # Results go to $OUT (or benchmarks/results/gpu) as JSON + markdown + plots, and a log.
 #   bash benchmarks/gpu.sh            # on the GPU machine, from the repository root (all sections)
-#   bash benchmarks/gpu.sh dimoo      # only some: tests maskgit tiny dimoo
+#   bash benchmarks/gpu.sh dimoo      # only some: tests maskgit tiny dimoo trt
 #   QUICK=1 bash benchmarks/gpu.sh    # tiny sizes: checks the script itself (CPU is fine)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,8 @@ fi
 want() { [ $# -eq 0 ] || [[ " $SECTIONS " == *" $1 "* ]]; }
 SECTIONS="$*"
 if [ -z "$SECTIONS" ] || want tests; then
-  $PY -m pytest -q -p no:cacheprovider tests/test_runtime.py tests/test_export.py -k "cuda or tensorrt or ort_matches" 2>&1 \
+  $PY -m pytest -q -p no:cacheprovider tests/test_runtime.py tests/test_export.py tests/test_trt.py \
+    -k "cuda or gpu or ort_matches" 2>&1 \
     | tail -5 | tee -a "$LOG"
 fi
 if [ -z "$SECTIONS" ] || want maskgit; then
@@ -52,5 +54,8 @@ if [ -z "$SECTIONS" ] || want dimoo; then
     --repeats 1 --warmup 1 --json "$OUT/dimoo8b.json"
   bench --preset tiny-scenes --backend torch --batch 1,32 --steps 32 --budget 6,9 --strategies shortcut,reuse \
     --repeats 3 --json "$OUT/scenes.json"
+fi
+if [ -z "$SECTIONS" ] || want trt; then
+  $PY benchmarks/trt_gpu.py --out "${OUT%/gpu}/trt" 2>&1 | grep -v Warning | tee -a "$LOG"
 fi
 date -u | tee -a "$LOG"

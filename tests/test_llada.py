@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,13 +126,17 @@ def scenes_checkpoints(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_llada_bundle_ort_matches_torch(scenes_checkpoints, tmp_path, precision):
     from migm.engines.build import BuildSettings, build_bundle
 
     root = scenes_checkpoints
-    out = build_bundle(tmp_path / "scenes.plan", BuildSettings(precision=precision, backend="ort"), root / "base",
-                       root / "vq", root / "sc")
+    out = build_bundle(tmp_path / "scenes.plan", BuildSettings(precision=precision, backend="ort",
+                                                                calibration_size=32), root / "base", root / "vq",
+                       root / "sc")
+    if precision == "int8":  # the DiMOO shortcut reads the prompt: calibrated with each record's branch prompt
+        calib = np.load(out / "calibration.npz")
+        assert calib["cond"].shape == (32, CFG.max_text) and (calib["cond"] == CFG.pad_id).all(1).any()
     ort = Pipeline.from_bundle(out, backend="ort")
     ref = Pipeline.from_bundle(out, backend="torch", device="cpu")
     assert ort.spec.family == "llada" and ort.backend.spec_io["base"]["inputs"][1]["name"] == "prompt"
@@ -139,7 +144,7 @@ def test_llada_bundle_ort_matches_torch(scenes_checkpoints, tmp_path, precision)
     for budget in (None, 3):
         a = ort.generate_tokens(prompts=prompts, steps=6, budget=budget, seed=2)
         b = ref.generate_tokens(prompts=prompts, steps=6, budget=budget, seed=2)
-        # fp32: the same tokens; fp16 runs the torch side in bf16 and ORT in fp16
+        # fp32: the same tokens; fp16 runs the torch side in bf16 and ORT in fp16; int8 torch in fp32
         assert (a == b).float().mean() >= (0.99 if precision == "fp32" else 0.5)
     assert ort.generate(prompts=prompts[:2], steps=4).shape == (2, 1, 6, 6)
     from click.testing import CliRunner

@@ -11,8 +11,9 @@ import torch
 from tqdm import tqdm
 
 from .. import assets
-from ..engines.build import BuildSettings, build_bundle
+from ..engines.build import BuildSettings, build_bundle, rebuild_bundle
 from ..engines.bundle import verify_bundle
+from ..engines.trt import FLAVOURS, LABELS
 from ..engines.verify import parity, save_polygraphy_reference
 from ..export.calibration import sample_calibration, save_calibration
 from ..export.onnx import components, export_component
@@ -76,6 +77,41 @@ def _model_options(fn):
     return fn
 
 
+def _trt_options(opt_level_default):
+    """The TensorRT build settings `build` and `rebuild` share."""
+    def wrap(fn):
+        fn = click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+                          help="TensorRT timing cache file (read, then updated; tensorrt flavour).")(fn)
+        fn = click.option("--hardware-compat", default=None,
+                          help="tensorrt flavour: hardware compatibility level, e.g. ampere_plus (engines for any "
+                               "Ampere-or-later GPU).")(fn)
+        fn = click.option("--opt-level", default=opt_level_default, show_default=opt_level_default is not None,
+                          type=click.IntRange(0, 5),
+                          help="TensorRT builder optimization level" +
+                               (" (default: the bundle's)." if opt_level_default is None else "."))(fn)
+        fn = click.option("--compute-capability", default=None,
+                          help="tensorrt-rtx flavour: the GPUs' compute capabilities to build for, e.g. 8.6,8.9 "
+                               "(default: every one it supports but Turing 7.5).")(fn)
+        fn = click.option("--trt-flavour", type=click.Choice(["auto", *FLAVOURS]), default="auto", show_default=True,
+                          help="tensorrt: NVIDIA TensorRT 10/11, builds on the GPU it is for; tensorrt-rtx: "
+                               "TensorRT for RTX, builds without a GPU (engines run on RTX and Ampere-or-later "
+                               "GPUs); auto: tensorrt where it is installed with a GPU, else tensorrt-rtx.")(fn)
+        return fn
+    return wrap
+
+
+def _capabilities(value: str | None) -> tuple[str, ...] | None:
+    """--compute-capability 8.6,8.9 -> ("8.6", "8.9")."""
+    if value is None:
+        return None
+    caps = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [c for c in caps if not c.replace(".", "", 1).isdigit() or "." not in c]
+    if bad or not caps:
+        raise click.BadParameter(f"expected compute capabilities like 8.6,8.9, got {value!r}",
+                                 param_hint="--compute-capability")
+    return caps
+
+
 @main.command()
 @click.option("--out", default="migm-export", show_default=True, type=click.Path(file_okay=False),
               help="Directory for base.onnx, shortcut.onnx, decoder.onnx and parity.json.")
@@ -127,7 +163,7 @@ def calibrate(base_path, count, steps, seed, out):
               help="fp16: FP16 graphs (norms, softmax, reductions in FP32); int8: INT8 shortcut; "
                    "best: FP16 base and decoder + INT8 shortcut.")
 @click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
-              help="ort: ONNX files for ONNX Runtime (any machine); trt: TensorRT engines (NVIDIA GPU + tensorrt).")
+              help="ort: ONNX files for ONNX Runtime (any machine); trt: TensorRT engines (see --trt-flavour).")
 @click.option("--out", required=True, help="Bundle directory, e.g. tiny.plan")
 @_model_options
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
@@ -139,21 +175,20 @@ def calibrate(base_path, count, steps, seed, out):
               help="TensorRT profile: largest batch (CFG doubles it).")
 @click.option("--opt-batch", type=click.IntRange(1, 65536), default=16, show_default=True,
               help="TensorRT profile: the batch to tune for.")
-@click.option("--opt-level", default=3, show_default=True, type=click.IntRange(0, 5),
-              help="TensorRT builder optimization level.")
-@click.option("--hardware-compat", default=None, help="TensorRT hardware compatibility level, e.g. ampere_plus.")
-@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="TensorRT timing cache file.")
+@_trt_options(opt_level_default=3)
 @one_line_errors
 def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_shortcut, pretrained, calibration,
-          calibration_size, max_batch, opt_batch, opt_level, hardware_compat, timing_cache):
+          calibration_size, max_batch, opt_batch, trt_flavour, compute_capability, opt_level, hardware_compat,
+          timing_cache):
     """Build a bundle: export, convert precision, verify against torch, (engines), manifest."""
     base_path, vq_path, shortcut_path = _models(model, base_path, vq_path, shortcut_path, no_shortcut, pretrained)
     if not out.endswith(".plan"):
         raise click.BadParameter("a bundle is a directory named NAME.plan", param_hint="--out")
     s = BuildSettings(precision=precision, backend=backend, calibration=Path(calibration) if calibration else None,
                       calibration_size=calibration_size, max_batch=max_batch, opt_batch=opt_batch,
-                      opt_level=opt_level, hardware_compat=hardware_compat,
-                      timing_cache=Path(timing_cache) if timing_cache else None)
+                      opt_level=opt_level, trt_flavour=trt_flavour,
+                      compute_capabilities=_capabilities(compute_capability) or (),
+                      hardware_compat=hardware_compat, timing_cache=Path(timing_cache) if timing_cache else None)
     bar = []  # made on the first progress message: an error before any work prints alone
 
     def say(msg):
@@ -242,6 +277,23 @@ def convert_dimoo(model_dir, shortcut_path, heads, grid, max_text, out):
 
 @main.command()
 @click.argument("bundle", type=click.Path())
+@_trt_options(opt_level_default=None)
+@one_line_errors
+def rebuild(bundle, trt_flavour, compute_capability, opt_level, hardware_compat, timing_cache):
+    """Fresh TensorRT engines for a trt BUNDLE, from the ONNX it keeps: for this machine's TensorRT
+    release and GPU, or another flavour or compute capabilities. Settings not given are the
+    bundle's own; the bundle is replaced only once the new engines are built."""
+    caps, cache = _capabilities(compute_capability), Path(timing_cache) if timing_cache else None
+    with tqdm(desc="rebuild", bar_format="{desc}: {elapsed} {postfix}") as bar:
+        path = rebuild_bundle(bundle, flavour=trt_flavour, compute_capabilities=caps, opt_level=opt_level,
+                              hardware_compat=hardware_compat, timing_cache=cache,
+                              progress=lambda msg: bar.set_postfix_str(msg))
+    click.echo(f"rebuilt {path}")
+    _print_manifest(path)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
 @one_line_errors
 def inspect(bundle):
     """Print a bundle's components, precisions, shapes and versions (after checking its hashes)."""
@@ -253,9 +305,15 @@ def _print_manifest(path: Path):
     c = doc["config"]["base"]
     click.echo(f"{path}: {doc['family']} {c['grid']}x{c['grid']} tokens, {c['codebook_size']} codes, "
                f"{family(doc['family']).describe(c)}; precision {doc['precision']}, backend {doc['backend']}")
+    if doc.get("trt"):
+        t = doc["trt"]
+        compat = f", {t['hardware_compat']}" if t.get("hardware_compat") else ""
+        click.echo(f"  engines: {LABELS[t['flavour']]} {t['version']}, compute capabilities "
+                   f"{', '.join(t['compute_capabilities'])}{compat}, optimization level {t['opt_level']}; "
+                   "their ONNX kept under onnx/")
     for name, e in doc["components"].items():
         io = lambda specs: ", ".join(f"{s['name']} {s['dtype']}{s['shape']}" for s in specs)
-        extra = f", TensorRT {e['tensorrt']} {e['gpu_arch']}" if "tensorrt" in e else ""
+        extra = f", built in {e['build_seconds']:.1f} s" if "build_seconds" in e else ""
         if e.get("data_file"):
             extra += f", weights in {e['data_file']}"
         click.echo(f"  {name:9s} {e['file']:15s} {e['precision']:5s} {e['bytes'] / 1e6:9.2f} MB  "

@@ -3,7 +3,9 @@
     export (FP32 ONNX, constant-folded)  ->  precision per component (fp16 graph
     conversion; INT8 Q/DQ for the shortcut from calibration)  ->  verify in ONNX
     Runtime against torch  ->  ort: the ONNX files are the artifacts; trt: one
-    TensorRT engine per component  ->  bundle (written atomically)
+    TensorRT engine per component, the ONNX kept beside it under onnx/ (so
+    `rebuild_bundle` makes fresh engines for another GPU or TensorRT release)
+    ->  bundle (written atomically)
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ class BuildSettings:
     max_batch: int = 64  # TensorRT profile: batch 1..max_batch (CFG doubles the batch)
     opt_batch: int = 16
     opt_level: int = 3
-    hardware_compat: str | None = None
-    timing_cache: Path | None = None
+    trt_flavour: str = "auto"  # tensorrt | tensorrt-rtx | auto (engines/trt.py)
+    compute_capabilities: tuple[str, ...] = ()  # tensorrt-rtx targets; () = all it has but Turing
+    hardware_compat: str | None = None  # tensorrt
+    timing_cache: Path | None = None  # tensorrt
 
 
 def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut_path=None,
@@ -74,9 +78,10 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
     if not 1 <= s.calibration_size <= 100_000:
         raise ConfigError(f"calibration size must be in 1..100000, got {s.calibration_size}")
     check_replaceable(Path(out), is_bundle, "bundle")  # before any work: never someone else's folder
-    if s.backend == "trt":  # fail before any work when TensorRT or the GPU is missing
-        trt.import_tensorrt()
-        trt.gpu_arch()
+    trt_info = None
+    if s.backend == "trt":  # fail before any work when TensorRT (or its GPU) is missing or a setting is wrong
+        flavour = trt.choose_flavour(s.trt_flavour)
+        trt_info = _trt_info(flavour, s.opt_level, s.compute_capabilities, s.hardware_compat, s.timing_cache)
     base = load_checkpoint(base_path, kinds=BASE_KINDS)
     vq = load_checkpoint(vq_path, kinds=VQ_KINDS)
     fam = family_of(base)
@@ -100,26 +105,29 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
         files, entries = {}, {}
         for comp in components(base, vq.decoder, shortcut):
             prec = precisions[comp.name]
-            final = _graph(comp, prec, work, say, lambda: _calibration(s, out, digests, base, sampler, say))
+            final = component_graph(comp, prec, work, say, lambda: _calibration(s, out, digests, base, sampler, say))
             if prec == "int8":
                 files["calibration.npz"] = work / "calibration.npz"
             inputs, outputs = io_spec(final)
             entry = {"precision": prec, "backend": s.backend, "inputs": inputs, "outputs": outputs,
                      "rel_error_vs_torch": rel_error(comp, final)}
+            onnx_entry = {"file": f"{comp.name}.onnx"}
+            if data_file(final) is not None:
+                onnx_entry["data_file"] = data_file(final).name
             if s.backend == "trt":
-                say(f"engine {comp.name}")
+                say(f"engine {comp.name} ({trt.LABELS[trt_info['flavour']]})")
+                entry["profile"] = {k: [list(x) for x in v] for k, v in _profiles(comp, s, spec.num_tokens).items()}
                 engine = work / f"{comp.name}.engine"
-                profiles = _profiles(comp, s, spec.num_tokens)
-                entry.update(trt.build_engine(final, engine, trt.BuildOptions(
-                    profiles=profiles, opt_level=s.opt_level, hardware_compat=s.hardware_compat,
-                    timing_cache=s.timing_cache)))
-                entry["profile"] = {k: [list(x) for x in v] for k, v in profiles.items()}
+                _engine(final, engine, entry, comp.name, trt_info, s.timing_cache)
                 files[f"{comp.name}.engine"], entry["file"] = engine, f"{comp.name}.engine"
+                # the graph the engine was built from, for `rebuild_bundle`
+                onnx_entry = {k: f"onnx/{v}" for k, v in onnx_entry.items()}
+                entry["onnx"] = onnx_entry
             else:
-                files[f"{comp.name}.onnx"], entry["file"] = final, f"{comp.name}.onnx"
-                if data_file(final) is not None:
-                    files[data_file(final).name] = data_file(final)
-                    entry["data_file"] = data_file(final).name
+                entry.update(onnx_entry)
+            files[onnx_entry["file"]] = final
+            if "data_file" in onnx_entry:
+                files[onnx_entry["data_file"]] = data_file(final)
             entries[comp.name] = entry
         # the source checkpoints travel too: the torch backend runs them, and the ort/trt
         # backends take the base head from them for reuse/extrapolate steps
@@ -136,6 +144,7 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
             "spec": spec.to_dict(), "class_names": list(base.meta.get("class_names", [])),
             "sampling": sampler.to_dict(), "sources": digests, "components": entries, "checkpoints": checkpoints,
             "tools": _versions(), **({"tokenizer": tokenizer} if tokenizer else {}),
+            **({"trt": trt_info} if trt_info else {}),
         }
         say("bundle")
         fill_bundle(stage, manifest, files)
@@ -143,21 +152,106 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
     return Path(out)
 
 
-def _graph(comp: Component, precision: str, work: Path, say, calibration: Callable[[], dict]) -> Path:
+def rebuild_bundle(path: str | Path, flavour: str = "auto", compute_capabilities: tuple[str, ...] | None = None,
+                   opt_level: int | None = None, hardware_compat: str | None = None, timing_cache: Path | None = None,
+                   progress: Callable[[str], None] | None = None) -> Path:
+    """Fresh engines for a TensorRT bundle from the ONNX graphs it keeps, for this machine's TensorRT
+    (or another flavour) and GPU; everything else (graphs, profiles, calibration, checkpoints) is kept.
+    Settings left None are the bundle's own where they apply to the flavour. Replaces the bundle
+    atomically: a failed rebuild leaves the old one as it was."""
+    say = progress or (lambda msg: None)
+    path = Path(path)
+    doc = verify_bundle(path)
+    if doc.get("backend") != "trt":
+        raise BundleError(f"{path} holds ONNX files for ONNX Runtime: there are no engines to rebuild")
+    if "trt" not in doc or any("onnx" not in e for e in doc["components"].values()):
+        raise BundleError(f"{path} does not keep the ONNX its engines were built from (built by an older migm): "
+                          "build it again with `migm-export build --backend trt`")
+    old = doc["trt"]
+    new_flavour = trt.choose_flavour(flavour)
+    same = new_flavour == old["flavour"]
+    if compute_capabilities is None:
+        compute_capabilities = tuple(old["compute_capabilities"]) if same and new_flavour == trt.RTX else ()
+    if hardware_compat is None and same:
+        hardware_compat = old.get("hardware_compat")
+    info = _trt_info(new_flavour, old["opt_level"] if opt_level is None else opt_level, compute_capabilities,
+                     hardware_compat, timing_cache)
+    files = {rel: bundle_file(path, rel, "bundle file") for rel in _kept_files(doc)}  # only what it names
+    with atomic_dir(path, ours=is_bundle, what="bundle") as stage:
+        work = stage / ".work"
+        work.mkdir()
+        for name, entry in doc["components"].items():
+            say(f"engine {name} ({trt.LABELS[new_flavour]})")
+            engine = work / entry["file"]
+            _engine(path / entry["onnx"]["file"], engine, entry, name, info, timing_cache)
+            files[entry["file"]] = engine
+        manifest = {k: v for k, v in doc.items() if k not in ("format", "version", "digest", "calibration")}
+        manifest["trt"], manifest["tools"] = info, {**doc["tools"], **_versions()}
+        say("bundle")
+        fill_bundle(stage, manifest, files)
+        shutil.rmtree(work)
+    return path
+
+
+def _kept_files(doc: dict) -> list[str]:
+    """The files a rebuild carries over: every file the manifest names but the engines."""
+    out = []
+    for entry in doc["components"].values():
+        out += [entry["onnx"][k] for k in ("file", "data_file") if k in entry["onnx"]]
+    for entry in doc["checkpoints"].values():
+        out += [f"{entry['file']}.safetensors", f"{entry['file']}.json"]
+    if doc.get("tokenizer"):
+        out += [f"{doc['tokenizer']['dir']}/{f}" for f in doc["tokenizer"]["files"]]
+    if doc.get("calibration"):
+        out.append(doc["calibration"]["file"])
+    return out
+
+
+def _trt_info(flavour: str, opt_level: int, compute_capabilities, hardware_compat, timing_cache) -> dict:
+    """The manifest's `trt` entry: flavour, its version, the compute capabilities the engines target
+    (validated here, before anything is built), and the builder settings."""
+    opts = trt.BuildOptions(flavour=flavour, opt_level=opt_level, compute_capabilities=tuple(compute_capabilities),
+                            hardware_compat=hardware_compat, timing_cache=timing_cache)
+    return {"flavour": flavour, "version": trt.version(flavour), "compute_capabilities": trt.targets(opts),
+            "hardware_compat": hardware_compat, "opt_level": opt_level}
+
+
+def _engine(onnx_path: Path, engine: Path, entry: dict, name: str, info: dict, timing_cache: Path | None) -> None:
+    """Build one component's engine as `info` says, with the entry's profile; its build time into the entry."""
+    opts = trt.BuildOptions(flavour=info["flavour"], opt_level=info["opt_level"],
+                            profiles={k: tuple(tuple(x) for x in v) for k, v in entry["profile"].items()},
+                            compute_capabilities=tuple(info["compute_capabilities"]) if info["flavour"] == trt.RTX
+                            else (), hardware_compat=info["hardware_compat"], timing_cache=timing_cache)
+    built = trt.build_engine(onnx_path, engine, opts, component=name, precision=entry["precision"],
+                             inputs=entry["inputs"], outputs=entry["outputs"])
+    entry["build_seconds"] = built["seconds"]
+
+
+def component_graph(comp: Component, precision: str, work: Path, say=lambda msg: None,
+                    calibration: Callable[[], dict] | None = None) -> Path:
     """The component's ONNX graph at its precision. One directory per stage, every file under its
     bundle name (external data is referenced by file name, NAME.onnx.data: never renamed)."""
     say(f"export {comp.name}")
     fp32 = export_component(comp, work / "fp32" / f"{comp.name}.onnx")
     fold_constants(fp32)
+    return convert_precision(fp32, precision, work, say, calibration)
+
+
+def convert_precision(fp32: Path, precision: str, work: Path, say=lambda msg: None,
+                      calibration: Callable[[], dict] | None = None) -> Path:
+    """An exported FP32 graph at `precision` (fp32: itself), under work/PRECISION/; an INT8 graph's
+    calibration inputs are saved as work/calibration.npz."""
     final = fp32
     if precision == "fp16":
-        say(f"fp16 {comp.name}")
-        final = to_fp16(fp32, work / "fp16" / f"{comp.name}.onnx")
+        say(f"fp16 {fp32.stem}")
+        final = to_fp16(fp32, work / "fp16" / fp32.name)
     elif precision == "int8":
+        if calibration is None:
+            raise ConfigError("an INT8 graph needs calibration inputs")
         calib = calibration()
         save_calibration(work / "calibration.npz", calib)
-        say(f"int8 {comp.name} ({len(calib['counts'])} calibration inputs)")
-        final = quantize_int8(fp32, work / "int8" / f"{comp.name}.onnx", calib)
+        say(f"int8 {fp32.stem} ({len(calib['counts'])} calibration inputs)")
+        final = quantize_int8(fp32, work / "int8" / fp32.name, calib)
     name_batch_axes_file(final)
     return final
 
@@ -207,7 +301,4 @@ def _profiles(comp: Component, s: BuildSettings, num_tokens: int) -> dict:
 def _versions() -> dict:
     out = {"migm": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
            "onnxruntime": onnxruntime.__version__}
-    version = trt.version()
-    if version:
-        out["tensorrt"] = version
-    return out
+    return out  # a TensorRT bundle's flavour and version are in its `trt` entry

@@ -3,11 +3,12 @@
     NAME.plan/
       manifest.json      format, family and config, the model spec, sampling defaults,
                          components (file, precision, backend, inputs/outputs with shapes,
-                         sha256), tool versions, GPU arch for TensorRT engines, and a digest
-                         of all of it
+                         sha256), tool versions; for TensorRT the flavour, its version and
+                         the compute capabilities the engines target (`trt`); a digest of all of it
       base.onnx | base.engine
       shortcut.onnx | shortcut.engine
       decoder.onnx | decoder.engine
+      onnx/              (TensorRT bundles) the graphs the engines were built from, for rebuilds
       calibration.npz    (INT8 builds) the shortcut's calibration inputs, reused on rebuild
       torch/             the source checkpoints (base, vq, shortcut: .safetensors + .json),
                          run by the torch backend; the others take the base head from them
@@ -77,11 +78,14 @@ def fill_bundle(stage: Path, manifest: dict, files: dict[str, Path]) -> None:
         else:
             shutil.copyfile(src, dst)
     for entry in manifest.get("components", {}).values():
-        p = stage / entry["file"]
-        entry["sha256"], entry["bytes"] = sha256(p), p.stat().st_size
-        if entry.get("data_file"):  # ONNX weights over 2 GB, beside the graph
-            d = stage / entry["data_file"]
-            entry["data_sha256"], entry["data_bytes"] = sha256(d), d.stat().st_size
+        for e in (entry, entry.get("onnx")):  # the artifact, and a TensorRT engine's source graph
+            if e is None:
+                continue
+            p = stage / e["file"]
+            e["sha256"], e["bytes"] = sha256(p), p.stat().st_size
+            if e.get("data_file"):  # ONNX weights over 2 GB, beside the graph
+                d = stage / e["data_file"]
+                e["data_sha256"], e["data_bytes"] = sha256(d), d.stat().st_size
     for entry in manifest.get("checkpoints", {}).values():  # a checkpoint is two files: weights, config
         entry["sha256"] = {ext: sha256(stage / f"{entry['file']}.{ext}") for ext in ("safetensors", "json")}
     if manifest.get("tokenizer"):
@@ -154,9 +158,12 @@ def verify_bundle(path: str | Path) -> dict:
                               "(corrupt or modified; rebuild the bundle)")
 
     for name, entry in doc["components"].items():
-        check(entry["file"], entry["sha256"], f"component {name} file", entry["bytes"])
-        if entry.get("data_file"):
-            check(entry["data_file"], entry["data_sha256"], f"component {name} weights", entry.get("data_bytes"))
+        for e in (entry, entry.get("onnx")):  # the artifact, and a TensorRT engine's source graph
+            if e is None:
+                continue
+            check(e["file"], e["sha256"], f"component {name} file", e["bytes"])
+            if e.get("data_file"):
+                check(e["data_file"], e["data_sha256"], f"component {name} weights", e.get("data_bytes"))
     for entry in doc["checkpoints"].values():
         for ext, digest in entry["sha256"].items():
             check(f"{entry['file']}.{ext}", digest, "checkpoint file")
@@ -184,7 +191,7 @@ def _check_schema(doc, mf: Path) -> None:
                 f"it is bundle version {doc.get('version')}; this migm reads version {VERSION} (rebuild it)")
         _keys(doc, "manifest", required={"format", "version", "family", "precision", "backend", "config", "spec",
                                          "class_names", "sampling", "sources", "components", "checkpoints", "tools",
-                                         "digest"}, optional={"tokenizer", "calibration"})
+                                         "digest"}, optional={"tokenizer", "calibration", "trt"})
         _expect(doc["family"] in FAMILIES, f"family {doc['family']!r} is none this migm runs ({', '.join(FAMILIES)})")
         fam = family(doc["family"])
         _expect(doc["precision"] in ("fp32", "fp16", "int8", "best"), f"precision {doc['precision']!r} is unknown")
@@ -228,6 +235,16 @@ def _check_schema(doc, mf: Path) -> None:
         if "calibration" in doc:
             _keys(doc["calibration"], "calibration", required={"file", "sha256"})
             _expect(_hex(doc["calibration"]["sha256"]), "calibration.sha256 is a sha256")
+        if "trt" in doc:
+            t = doc["trt"]
+            _keys(t, "trt", required={"flavour", "version", "compute_capabilities", "hardware_compat", "opt_level"})
+            _expect(t["flavour"] in ("tensorrt", "tensorrt-rtx") and isinstance(t["version"], str)
+                    and isinstance(t["compute_capabilities"], list)
+                    and all(isinstance(c, str) and len(c) <= 16 for c in t["compute_capabilities"])
+                    and (t["hardware_compat"] is None or isinstance(t["hardware_compat"], str))
+                    and isinstance(t["opt_level"], int) and 0 <= t["opt_level"] <= 5,
+                    "trt names a flavour (tensorrt, tensorrt-rtx), its version, target compute capabilities, "
+                    "hardware compatibility and optimization level")
         _expect(_hex(doc["digest"]), "digest is a sha256")
     except BundleError as e:
         raise BundleError(f"{mf}: {e}") from None
@@ -238,8 +255,7 @@ def _check_schema(doc, mf: Path) -> None:
 def _component(entry, where: str) -> None:
     _keys(entry, where, required={"file", "sha256", "bytes", "precision", "backend", "inputs", "outputs",
                                   "rel_error_vs_torch"},
-          optional={"data_file", "data_sha256", "data_bytes", "profile", "tensorrt", "gpu_arch", "opt_level",
-                    "hardware_compat"})
+          optional={"data_file", "data_sha256", "data_bytes", "profile", "onnx", "build_seconds"})
     _expect(isinstance(entry["file"], str) and _hex(entry["sha256"]), f"{where} needs a file and its sha256")
     _expect(_count(entry["bytes"]), f"{where}.bytes is a size in bytes")
     _expect(entry["precision"] in ("fp32", "fp16", "int8"), f"{where}.precision is unknown")
@@ -257,6 +273,19 @@ def _component(entry, where: str) -> None:
     if "data_file" in entry:
         _expect(isinstance(entry["data_file"], str) and _hex(entry.get("data_sha256")),
                 f"{where}.data_file needs its sha256")
+    if "onnx" in entry:  # a TensorRT engine's source graph
+        g = entry["onnx"]
+        _keys(g, f"{where}.onnx", required={"file", "sha256", "bytes"},
+              optional={"data_file", "data_sha256", "data_bytes"})
+        _expect(isinstance(g["file"], str) and _hex(g["sha256"]) and _count(g["bytes"]),
+                f"{where}.onnx needs a file, its sha256 and size")
+        if "data_file" in g:
+            _expect(isinstance(g["data_file"], str) and _hex(g.get("data_sha256")),
+                    f"{where}.onnx.data_file needs its sha256")
+    if "build_seconds" in entry:
+        b = entry["build_seconds"]
+        _expect(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b >= 0,
+                f"{where}.build_seconds is a finite number")
 
 
 def _keys(d, where: str, required: set, optional: set = frozenset()) -> None:

@@ -3,8 +3,9 @@
 Each record is one shortcut call as the sampler makes it: the features at the start of a step
 s (one CFG branch), the tokens unmasked at s, and the mask ratio after s, with s drawn across all
 steps (early, nearly-all-masked states and late ones have very different activation ranges, and
-INT8 scales must cover both). Stored as one .npz so a rebuild does not resample; new tokens are
-padded to the largest count, and `counts` says how many are real.
+INT8 scales must cover both), with the branch's condition (class id or prompt ids; the empty one
+for the unconditional branch) for a shortcut that reads it. Stored as one .npz so a rebuild does
+not resample; new tokens are padded to the largest count, and `counts` says how many are real.
 """
 
 from __future__ import annotations
@@ -21,17 +22,20 @@ from ..sampling.config import SamplerConfig
 from ..sampling.record import Recording, autocast_bf16, record_sampling
 from ..sampling.schedules import mask_schedule
 
-KEYS = ("features", "new_pos", "new_tok", "counts", "mask_ratio")
+KEYS = ("features", "new_pos", "new_tok", "counts", "mask_ratio")  # `cond` too since conditioned shortcuts
+SHORTCUT_INPUTS = ("features", "new_pos", "new_tok", "key_mask", "mask_ratio")  # the graph's, in order
 
 
-def collect_calibration(rec: Recording, count: int = 256, seed: int = 0) -> dict[str, np.ndarray]:
-    """`count` shortcut inputs drawn at random (trajectory, step, branch) from a recording."""
+def collect_calibration(rec: Recording, count: int = 256, seed: int = 0,
+                        conds: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """`count` shortcut inputs drawn at random (trajectory, step, branch) from a recording; `conds`
+    [n, branches, ...] is each trajectory's condition per branch (stored as `cond`)."""
     if count < 1:
         raise ConfigError(f"calibration size must be >= 1, got {count}")
     n, branches, steps = rec.features.shape[:3]
     g = torch.Generator().manual_seed(seed)
     width = int(torch.bincount(rec.reveal[0], minlength=steps).max())  # the most tokens one step reveals
-    out = {"features": [], "new_pos": [], "new_tok": [], "counts": [], "mask_ratio": [], "steps": []}
+    out = {"features": [], "new_pos": [], "new_tok": [], "counts": [], "mask_ratio": [], "steps": [], "cond": []}
     for _ in range(count):
         i = int(torch.randint(n, (1,), generator=g))
         s = int(torch.randint(steps - 1, (1,), generator=g))
@@ -46,7 +50,11 @@ def collect_calibration(rec: Recording, count: int = 256, seed: int = 0) -> dict
         out["counts"].append(len(pos))
         out["mask_ratio"].append(float((reveal > s).float().mean()))
         out["steps"].append(s)
-    return {k: np.stack(v) if k == "features" else np.asarray(v) for k, v in out.items()}
+        if conds is not None:
+            out["cond"].append(conds[i, branch].numpy())
+    if conds is None:
+        del out["cond"]
+    return {k: np.stack(v) if k in ("features", "cond") else np.asarray(v) for k, v in out.items()}
 
 
 def sample_calibration(base: torch.nn.Module, sampler: SamplerConfig, count: int = 128, seed: int = 1234,
@@ -62,9 +70,11 @@ def sample_calibration(base: torch.nn.Module, sampler: SamplerConfig, count: int
     while steps > 1 and not _valid(sampler.replace(steps=steps), spec.num_tokens):
         steps -= 1  # the reference's rounding leaves a step empty at this many steps: one fewer
     sampler = sampler.replace(steps=steps)
-    rec = record_sampling(autocast_bf16(base), fam.example_conditions(spec, n).to(device), fam.uncond(spec, device),
-                          sampler, num_tokens=spec.num_tokens, mask_id=spec.mask_id, generator=g)
-    return collect_calibration(rec, count)
+    cond, uncond = fam.example_conditions(spec, n).to(device), fam.uncond(spec, device)
+    rec = record_sampling(autocast_bf16(base), cond, uncond, sampler, num_tokens=spec.num_tokens,
+                          mask_id=spec.mask_id, generator=g)
+    branches = torch.stack([cond, uncond.expand_as(cond)], 1)[:, : rec.features.shape[1]]  # [cond, uncond] rows
+    return collect_calibration(rec, count, conds=branches.cpu())
 
 
 def _valid(sampler: SamplerConfig, num_tokens: int) -> bool:
@@ -100,10 +110,14 @@ def load_calibration(path: str | Path) -> dict[str, np.ndarray]:
     return data
 
 
-def shortcut_feeds(data: dict[str, np.ndarray]):
-    """One ONNX Runtime feed per record, with exactly its real new tokens (M = count)."""
-    for f, pos, tok, m, r in zip(*(data[k] for k in KEYS)):
+def shortcut_feeds(data: dict[str, np.ndarray], condition: str | None = None):
+    """One ONNX Runtime feed per record, with exactly its real new tokens (M = count); the record's
+    condition goes in as input `condition` where the shortcut reads one."""
+    for i, (f, pos, tok, m, r) in enumerate(zip(*(data[k] for k in KEYS))):
         m = int(m)
-        yield {"features": f[None].astype(np.float32), "new_pos": pos[None, :m].astype(np.int64),
-               "new_tok": tok[None, :m].astype(np.int64), "key_mask": np.ones((1, m), dtype=bool),
-               "mask_ratio": np.asarray([r], dtype=np.float32)}
+        feed = {"features": f[None].astype(np.float32), "new_pos": pos[None, :m].astype(np.int64),
+                "new_tok": tok[None, :m].astype(np.int64), "key_mask": np.ones((1, m), dtype=bool),
+                "mask_ratio": np.asarray([r], dtype=np.float32)}
+        if condition is not None:
+            feed[condition] = data["cond"][i][None].astype(np.int64)
+        yield feed

@@ -218,16 +218,21 @@ class OrtBackend(_GraphBackend):
 
 
 class TrtBackend(_GraphBackend):
-    """TensorRT engines run with `execute_async_v3` on the current torch CUDA stream, every
-    tensor bound by address (`set_tensor_address`) to preallocated torch CUDA buffers. The
-    loop is not captured into one CUDA graph here: the shortcut's new-token count changes
-    from step to step, and TensorRT wants a graph per input shape."""
+    """TensorRT engines (either flavour: the one the manifest names) run with `execute_async_v3` on
+    the current torch CUDA stream, every tensor bound by address (`set_tensor_address`) to
+    preallocated torch CUDA buffers. The loop is not captured into one CUDA graph here: the
+    shortcut's new-token count changes from step to step, and TensorRT wants a graph per input
+    shape. The caller checks first that the engines suit this machine (`trt.engine_problem`)."""
 
     name = "trt"
 
     def __init__(self, bundle: str | Path, doc: dict, spec: ModelSpec, family: Family, device="cuda"):
-        trt.import_tensorrt()
         bundle = Path(bundle)
+        if "trt" not in doc:
+            raise BundleError(f"bundle {bundle} was built by an older migm (no TensorRT flavour recorded): build it "
+                              "again with `migm-export build --backend trt`")
+        flavour = doc["trt"]["flavour"]
+        trt.import_flavour(flavour)
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise BackendUnavailable("the trt backend runs on a CUDA GPU only")
@@ -236,9 +241,10 @@ class TrtBackend(_GraphBackend):
             if not entry["file"].endswith(".engine"):
                 raise BundleError(f"bundle {bundle}: {entry['file']} is not a TensorRT engine; the trt backend "
                                   "needs a `--backend trt` bundle")
-            engine = trt.load_engine(bundle / entry["file"], entry)
+            with torch.cuda.device(self.device):
+                engine = trt.load_engine(bundle / entry["file"], flavour)
+                self.contexts[name] = engine.create_execution_context()
             self.engines[name], self.spec_io[name] = engine, entry
-            self.contexts[name] = engine.create_execution_context()
         self._setup(bundle, doc, spec, family, list(self.engines))
         # the largest batch every engine's optimization profile accepts (CFG rows count)
         max_rows = min((max(hi[0] for _, _, hi in e.get("profile", {}).values()) for e in self.spec_io.values()

@@ -18,6 +18,7 @@ generation give each thread its own pipeline.
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 
 from .. import assets
 from ..engines import trt
+from ..engines.build import rebuild_bundle
 from ..engines.bundle import BundleError, verify_bundle
 from ..errors import BackendUnavailable, ConfigError
 from ..families import Family, ModelSpec, family, family_of
@@ -174,7 +176,8 @@ class Pipeline:
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "auto", device: str | None = None,
-                    threads: int = 0) -> "Pipeline":
+                    threads: int = 0, rebuild: bool = True,
+                    say: Callable[[str], None] | None = None) -> "Pipeline":
         """A `NAME.plan/` bundle on a backend.
 
         auto: TensorRT for a trt bundle; for an ort bundle the torch backend with CUDA graphs
@@ -183,6 +186,9 @@ class Pipeline:
         torch runs the bundle's own checkpoints (fp32 for fp32/int8 bundles, bf16 otherwise).
         `threads`: ONNX Runtime's threads per session (0: one per core), for several pipelines on one
         machine (torch's are process-wide: torch.set_num_threads).
+        A trt bundle whose engines do not suit this machine (another TensorRT release or flavour,
+        another GPU) is rebuilt in place from the ONNX it keeps when `rebuild` (said through `say`,
+        default: stderr), else refused with the command that rebuilds it.
         """
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -203,10 +209,10 @@ class Pipeline:
         if backend == "ort" and built != "ort":
             raise BundleError(f"bundle {path} holds TensorRT engines: use --backend trt (or torch), "
                               "or rebuild with `migm-export build --backend ort`")
-        if backend == "trt" and not trt.usable():
-            raise BackendUnavailable("the trt backend needs TensorRT and a CUDA GPU, and this machine lacks "
-                                     f"{'TensorRT' if gpu else 'a GPU'}: use an ort bundle with --backend ort or torch")
         device = device or ("cuda" if gpu and backend != "ort" else "cpu")
+        if backend == "trt":
+            doc = _engines_for_here(path, doc, torch.device(device), rebuild,
+                                    say or (lambda msg: print(msg, file=sys.stderr)))
         if backend == "torch":
             models = _bundle_checkpoints(path, doc)
             precision = "fp32" if doc["precision"] in ("fp32", "int8") else "bf16"
@@ -383,6 +389,39 @@ class Pipeline:
     def generate(self, classes: Sequence[int | str] | None = None, **kwargs) -> torch.Tensor:
         """Images [n, C, H, W] in [0, 1] for the given classes (or `prompts=`); see `generate_tokens`."""
         return self.decode(self.generate_tokens(classes, **kwargs))
+
+
+def _engines_for_here(path: Path, doc: dict, device: torch.device, rebuild: bool, say) -> dict:
+    """The manifest of a trt bundle whose engines run here: rebuilt first (once) where they were made
+    for another TensorRT release, flavour or GPU; BackendUnavailable where nothing can run them."""
+    if "trt" not in doc:
+        raise BundleError(f"bundle {path} was built by an older migm (no TensorRT flavour recorded): build it again "
+                          "with `migm-export build --backend trt`")
+    flavour = doc["trt"]["flavour"]
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise BackendUnavailable(f"the trt backend runs {trt.LABELS[flavour]} engines on a CUDA GPU, and there is none "
+                                 "here: use --backend ort (an ort bundle) or torch")
+    index = device.index or 0
+    problem = trt.engine_problem(doc["trt"], [path / e["file"] for e in doc["components"].values()], index)
+    if problem is None:
+        return doc
+    if not rebuild:
+        raise BundleError(f"bundle {path} cannot run here: {problem}. Rebuild its engines with "
+                          f"`migm-export rebuild {path}`")
+    here, cc = trt.choose_flavour("auto"), trt.gpu_capability(index)
+    if here == trt.RTX and cc not in trt.rtx_capabilities(trt.import_flavour(here)):
+        raise BackendUnavailable(f"{path}: {problem}; TensorRT for RTX {trt.version(here)} cannot build for this GPU "
+                                 f"(compute capability {cc}): install NVIDIA TensorRT (pip install 'migm[trt]') and "
+                                 f"run `migm-export rebuild {path} --trt-flavour tensorrt`, or use --backend torch")
+    say(f"{path}: {problem}; rebuilding its engines from the ONNX it keeps (once)")
+    rebuild_bundle(path, progress=say)
+    doc = verify_bundle(path)
+    problem = trt.engine_problem(doc["trt"], [path / e["file"] for e in doc["components"].values()], index)
+    if problem is not None:
+        raise BackendUnavailable(f"{path}: rebuilt with {trt.LABELS[doc['trt']['flavour']]}, and still {problem}: "
+                                 "install NVIDIA TensorRT (pip install 'migm[trt]') and run `migm-export rebuild "
+                                 f"{path} --trt-flavour tensorrt`, or use --backend torch")
+    return doc
 
 
 def _bundle_checkpoints(path: Path, doc: dict) -> dict:
