@@ -644,6 +644,7 @@ def _git_head(path: Path) -> str:
 
 
 def main():
+    global SHORTCUT_OUT_SCALE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--upstream", required=True, help="a checkout of Kaiwen-Zhu/MIGM-Shortcut (outside this repo)")
     ap.add_argument("--upstream-commit", default="", help="its commit, for the report (default: git, if a checkout)")
@@ -656,7 +657,6 @@ def main():
     ap.add_argument("--seeds", default="0,1,2", help="one set of random weights, classes and prompts per seed")
     args = ap.parse_args()
 
-    global SHORTCUT_OUT_SCALE
     SHORTCUT_OUT_SCALE = args.shortcut_out_scale
     torch.set_num_threads(min(2, torch.get_num_threads()))
     transformers.logging.set_verbosity_error()
