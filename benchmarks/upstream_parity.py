@@ -337,7 +337,7 @@ def maskgit_forward_check(s: MGSize, sc, msc, seed: int, rows: int = 4, new: int
             "delta_rel_err": rel_err(out - feats, ref - feats)}
 
 
-def run_maskgit(U, work: Path, settings, seeds, log) -> tuple[list, list]:
+def run_maskgit(U, work: Path, settings, seeds, log, classes=None) -> tuple[list, list]:
     s = MGSize()
     rows, forward = [], []
     for seed in seeds:
@@ -348,6 +348,8 @@ def run_maskgit(U, work: Path, settings, seeds, log) -> tuple[list, list]:
         log(json.dumps(forward[-1]))
         pipe = Pipeline.from_models(base, vq_for(s.codebook, s.grid), msc, precision="fp32")
         labels = torch.randint(0, s.classes, (s.images,), generator=torch.Generator().manual_seed(seed))
+        if classes:
+            labels = torch.tensor(classes)
         done = set()
         for steps, budget in settings:
             for strategy in ("vanilla", "shortcut"):
@@ -655,6 +657,7 @@ def main():
     ap.add_argument("--shortcut-out-scale", type=float, default=SHORTCUT_OUT_SCALE,
                     help="the random shortcuts' output projection scale (1: plain N(0, 1/fan_in))")
     ap.add_argument("--seeds", default="0,1,2", help="one set of random weights, classes and prompts per seed")
+    ap.add_argument("--classes", default="", help="MaskGIT: these class labels (default: 4 random ones per seed)")
     args = ap.parse_args()
 
     SHORTCUT_OUT_SCALE = args.shortcut_out_scale
@@ -668,7 +671,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if "maskgit" in args.families:
-            r, f = run_maskgit(U, work, pairs(args.maskgit), seeds, log)
+            classes = [int(c) for c in args.classes.split(",") if c]
+            r, f = run_maskgit(U, work, pairs(args.maskgit), seeds, log, classes)
             rows += r
             forward += f
         if "dimoo" in args.families:
@@ -679,15 +683,15 @@ def main():
     meta = {"upstream": "Kaiwen-Zhu/MIGM-Shortcut", "upstream_commit": args.upstream_commit or
             _git_head(Path(args.upstream)), "migm_commit": _git_head(Path(__file__).resolve().parent),
             "torch": torch.__version__, "seeds": seeds, "command": " ".join(["python"] + sys.argv),
-            "settings": (f"MaskGIT: grid {s_mg.grid}x{s_mg.grid}, {s_mg.codebook} codes, {s_mg.classes} classes, "
-                         f"d {s_mg.width}, depth {s_mg.depth}, {s_mg.heads} heads; shortcut {s_mg.sc_heads} heads; "
-                         f"{s_mg.images} images (random classes), w = {s_mg.guidance} with upstream's "
-                         f"linear ramp, arccos. DiMOO: grid {s_dm.grid}x{s_dm.grid} (+ newlines), {s_dm.codebook} "
-                         f"codes, {s_dm.text_vocab} text ids, d {s_dm.width}, depth {s_dm.depth}, {s_dm.heads} heads, "
-                         f"RoPE theta {s_dm.rope_theta:g}; prompts of {', '.join(map(str, s_dm.prompt_lengths))} ids "
-                         f"and a 14-id unconditional prompt (migm: left-padded to {s_dm.max_text}); cfg "
-                         f"{s_dm.guidance} constant, cosine schedule. Random shortcut output projection at "
-                         f"{SHORTCUT_OUT_SCALE:g} x N(0, 1/fan_in).")}
+            "settings": (
+                f"MaskGIT: grid {s_mg.grid}x{s_mg.grid}, {s_mg.codebook} codes, {s_mg.classes} classes, "
+                f"d {s_mg.width}, depth {s_mg.depth}, {s_mg.heads} heads; shortcut {s_mg.sc_heads} heads; "
+                f"{s_mg.images} images (classes {args.classes or 'random'}), w = {s_mg.guidance} with upstream's "
+                f"linear ramp, arccos. DiMOO: grid {s_dm.grid}x{s_dm.grid} (+ newlines), {s_dm.codebook} codes, "
+                f"{s_dm.text_vocab} text ids, d {s_dm.width}, depth {s_dm.depth}, {s_dm.heads} heads, RoPE theta "
+                f"{s_dm.rope_theta:g}; prompts of {', '.join(map(str, s_dm.prompt_lengths))} ids and a 14-id "
+                f"unconditional prompt (migm: left-padded to {s_dm.max_text}); cfg {s_dm.guidance} constant, cosine "
+                f"schedule. Random shortcut output projection at {SHORTCUT_OUT_SCALE:g} x N(0, 1/fan_in).")}
     write_report(Path(args.out), rows, forward, meta)
     print((Path(args.out) / "parity.md").read_text())
 
