@@ -47,7 +47,9 @@ GRID_PROMPTS = ["a small cat on the left", "a large elephant at the bottom", "a 
 
 @torch.no_grad()
 def score(images: torch.Tensor, animals: torch.Tensor, sizes: list[str], positions: list[str], classifier,
-          ref_feats: np.ndarray | None) -> dict:
+          ref_feats: np.ndarray | None, per_image: dict | None = None) -> dict:
+    """The judged scores of a set of images; `per_image` (if given) receives each image's verdict
+    ("all") and crop features, for the paired comparison with the vanilla row."""
     j = judge(images)
     pred = torch.cat([classifier(j.crops[i:i + 500]).argmax(-1) for i in range(0, len(images), 500)])
     animal = (pred == animals) & j.found
@@ -56,10 +58,24 @@ def score(images: torch.Tensor, animals: torch.Tensor, sizes: list[str], positio
     out = {"animal": animal.float().mean().item(), "position": pos.float().mean().item(),
            "size": size.float().mean().item(), "all": (animal & pos & size).float().mean().item(),
            "found": j.found.float().mean().item()}
+    feats = torch.cat([classifier.features(j.crops[i:i + 500]) for i in range(0, len(images), 500)])
+    feats = feats.numpy().astype(np.float64)
     if ref_feats is not None:
-        feats = torch.cat([classifier.features(j.crops[i:i + 500]) for i in range(0, len(images), 500)])
-        out["fd"] = frechet_distance(feats.numpy().astype(np.float64), ref_feats)
+        out["fd"] = frechet_distance(feats, ref_feats)
+    if per_image is not None:
+        per_image.update(all=(animal & pos & size), feats=feats)
     return out
+
+
+def paired(tokens, images, mine: dict, ref: dict) -> dict:
+    """Each image against the vanilla N-step image of the same prompt and seed: token agreement,
+    mean absolute pixel error, the crop-feature distance (relative to the reference's norm), and
+    the share of images the judge scores the same way (all three right, or not)."""
+    dist = np.linalg.norm(mine["feats"] - ref["feats"], axis=1) / np.maximum(np.linalg.norm(ref["feats"], axis=1),
+                                                                             1e-12)
+    return {"token_agreement": float((tokens == ref["tokens"]).float().mean()),
+            "pixel_mae": float((images - ref["images"]).abs().mean()), "feature_dist": float(dist.mean()),
+            "verdict_agreement": float((mine["all"] == ref["all"]).float().mean())}
 
 
 def rows_for(steps: int, budgets: list[int], strategies: list[str]) -> list[dict]:
@@ -107,6 +123,7 @@ def main():
                 for w in args.sweep_cfg.split(",")]
     else:
         rows = rows_for(args.steps, [int(b) for b in args.budgets.split(",")], args.strategies.split(","))
+    ref = None  # the vanilla N-step row's tokens, images and verdicts (the first row), for the paired metrics
     for row in rows:
         cfg = row.get("cfg", args.cfg)
         stats = HybridStats()
@@ -116,12 +133,19 @@ def main():
                                       stats=stats)
         images = pipe.decode(tokens)
         elapsed = time.perf_counter() - t
+        mine = {}
         r = {**row, "cfg": pipe.defaults.guidance if cfg is None else cfg,
              "base_calls": stats.base_calls / max(1, len(range(0, len(prompts), args.batch_size))),
-             "seconds": elapsed, **score(images, animals, sizes, positions, classifier, ref_feats)}
+             "seconds": elapsed, **score(images, animals, sizes, positions, classifier, ref_feats, mine)}
+        if ref is None and row["strategy"] == "vanilla" and not args.sweep_cfg:
+            ref = {"tokens": tokens, "images": images, **mine}
+        elif ref is not None:
+            # "fewer" runs N' = B steps and so draws other random numbers: its pairing shares the seed only
+            r.update(paired(tokens, images, mine, ref), noise_shared=row["strategy"] != "fewer")
         results["rows"].append(r)
+        extra = f" agree {r['token_agreement']:.3f} pixel {r['pixel_mae']:.4f}" if "token_agreement" in r else ""
         print(f"{r['strategy']:12s} N={r['steps']:3d} B={r['budget']:3d} cfg={r['cfg']:.1f}: animal {r['animal']:.3f} "
-              f"position {r['position']:.3f} size {r['size']:.3f} all {r['all']:.3f} FD {r['fd']:.2f} "
+              f"position {r['position']:.3f} size {r['size']:.3f} all {r['all']:.3f} FD {r['fd']:.2f}{extra} "
               f"({elapsed:.1f} s)", flush=True)
         if args.grid:
             g = pipe.generate(prompts=GRID_PROMPTS * 4, steps=row["steps"], budget=row["budget"],
@@ -140,14 +164,19 @@ def markdown(results: dict) -> str:
     r0 = results["real_scenes"]
     lines = [f"{results['images_per_row']} images per row ({results['captions']} captions x {results['seeds']} seeds), "
              f"device {results['device']}\n",
-             "| strategy | N | B (base calls) | CFG | animal | position | size | all | FD |",
-             "|---|---|---|---|---|---|---|---|---|",
+             "| strategy | N | B (base calls) | CFG | animal | position | size | all | FD | token agreement | "
+             "pixel MAE | feature dist | same verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
              f"| real scenes (judge ceiling) | - | - | - | {r0['animal']:.3f} | {r0['position']:.3f} | "
-             f"{r0['size']:.3f} | {r0['all']:.3f} | 0 |"]
+             f"{r0['size']:.3f} | {r0['all']:.3f} | 0 | - | - | - | - |"]
     for r in results["rows"]:
+        pair = " | ".join(f"{r[k]:.3f}" if k in r else "-"
+                          for k in ("token_agreement", "pixel_mae", "feature_dist", "verdict_agreement"))
         lines.append(f"| {r['strategy']} | {r['steps'] if r['strategy'] != 'fewer' else r['budget']} | "
                      f"{r['budget']} | {r['cfg']:g} | {r['animal']:.3f} | {r['position']:.3f} | {r['size']:.3f} | "
-                     f"{r['all']:.3f} | {r['fd']:.2f} |")
+                     f"{r['all']:.3f} | {r['fd']:.2f} | {pair} |")
+    lines.append("\nPaired columns: each image against the vanilla N-step image of the same prompt and seed "
+                 "(`fewer` shares the seed, not the noise).")
     return "\n".join(lines) + "\n"
 
 
