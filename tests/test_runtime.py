@@ -169,6 +169,17 @@ def test_plain_loop_reveals_everything(tiny):
         assert codes.shape == (2, 16) and (codes < 16).all()
 
 
+@pytest.mark.parametrize("strategy,expected_steps", [("vanilla", 6), ("reuse", 6), ("fewer", 2)])
+def test_progress_counts_the_steps_the_loop_runs(tiny, strategy, expected_steps):
+    _, base, vq, sc = tiny
+    pipe = Pipeline.from_models(base, vq, sc, precision="fp32")
+    seen = []
+    pipe.generate_tokens([0, 1, 2], steps=6, budget=2, strategy=strategy, batch_size=2,
+                         progress=lambda i, n: seen.append((i, n)))
+    assert seen[-1] == (3 * expected_steps, 3 * expected_steps)
+    assert all(b >= a for (a, _), (b, _) in zip(seen, seen[1:])) and all(i <= n for i, n in seen)
+
+
 def test_random_preset_models():
     base, vq, sc = random_models("tiny-animals")
     assert base.cfg.width == sc.cfg.width and sc.proj_out.weight.abs().sum() > 0

@@ -14,7 +14,12 @@ from migm.models.llada import LLaDA, LLaDAConfig
 from migm.models.loaders import load_dimoo_shortcut, load_maskgit_shortcut
 from migm.models.maskgit import MaskGIT, MaskGITConfig
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    # forwards only; scoped to each test (a module-level switch would turn autograd off for the whole run)
+    with torch.no_grad():
+        yield
 
 
 def _sinusoid(t, dim=256):

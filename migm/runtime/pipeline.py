@@ -350,7 +350,9 @@ class Pipeline:
                 self._graphs.seed(int(seed))
             elif row_seeds is None:
                 g = torch.Generator(device=self.device).manual_seed(int(seed))
-            done, total = 0, len(conds) * cfg.steps
+            # progress counts the steps the loop runs (`fewer` runs B of them)
+            steps = loop["budget"] if loop["strategy"] == "fewer" and loop["budget"] else cfg.steps
+            done, total = 0, len(conds) * steps
             for start in range(0, len(conds), batch_size):
                 chunk = conds[start:start + batch_size].to(self.device)
                 if row_seeds is not None:
@@ -367,7 +369,7 @@ class Pipeline:
                     step_cb = (lambda i, n: progress(done + i * len(chunk), total)) if progress else None
                     tokens = generate_tokens(self.backend, chunk, self._uncond, cfg, generator=gens or g, stats=stats,
                                              probe=probe, on_step=step_cb, **loop)
-                done += len(chunk) * cfg.steps
+                done += len(chunk) * steps
                 if graphed and progress:
                     progress(done, total)
                 yield tokens.cpu()
