@@ -4,6 +4,7 @@ extra (`make test-serve` installs it)."""
 
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -21,7 +22,9 @@ pytest.importorskip("ray", reason="needs the ray extra: pip install -e '.[ray]' 
 JOB = ["--model", "tiny-animals", "--classes", "cat,dog,zebra,bird", "--seeds", "0-3", "--steps", "8", "--budget", "4",
        "--shard-size", "2", "--batch-size", "2"]
 # every Ray process on loopback (Ray takes the machine's address otherwise), token auth on both sides
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+# with a token made here (as `ray get-auth-token --generate` makes one): a clean machine has no ~/.ray
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def _free_ports(n):
