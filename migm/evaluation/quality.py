@@ -151,15 +151,18 @@ def pareto_plot(summary: list[dict], path: str | Path, title: str = "") -> None:
     import matplotlib.ticker  # its formatters, for the log axes
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
-    names = list(dict.fromkeys(label(s) for s in summary))
+    # one line per strategy (and per N where a sweep has several: B of 16 and B of 32 are other curves)
+    multi_n = len({s["steps"] for s in summary if s["strategy"] not in ("vanilla", "fewer")}) > 1
+    line = lambda s: label(s) + (f" N={s['steps']}" if multi_n and s["strategy"] not in ("vanilla", "fewer") else "")
+    names = list(dict.fromkeys(line(s) for s in summary))
     markers = "os^vDP*Xhp<>"
     for ax, key, xlabel in ((axes[0], "cost", "base-model cost per image (full-call equivalents)"),
                             (axes[1], "ms_per_image", "sampling time per image (ms, this machine)")):
         for j, name in enumerate(names):
-            pts = sorted((s[key], s["fd_mean"], s["fd_sd"], s) for s in summary if label(s) == name)
+            pts = sorted(((s[key], s["fd_mean"], s["fd_sd"], s) for s in summary if line(s) == name),
+                         key=lambda p: p[:2])
             xs, ys, es = [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
-            ax.errorbar(xs, ys, yerr=es, marker=markers[j % len(markers)], capsize=3,
-                        linestyle="-" if name in ("vanilla", "fewer") else "none", label=name)
+            ax.errorbar(xs, ys, yerr=es, marker=markers[j % len(markers)], capsize=3, linestyle="-", label=name)
             for x, y, _, s in pts:
                 tag = f"N={s['steps']}" if s["strategy"] == "vanilla" else f"B={s['budget']}"
                 ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
