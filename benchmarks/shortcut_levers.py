@@ -122,7 +122,7 @@ def report(a, vs: dict) -> None:
         rows.append(row)
     vanilla = [q for q in quality if q["strategy"] == "vanilla"]
     doc = {"rows": rows, "reuse": reuse, "vanilla_fd": vanilla[0]["fd"] if vanilla else None, "curves": curves,
-           "validated_on": {"trajectories": str(a.trajectories), "items": items}}
+           "validated_on": {"trajectories": Path(a.trajectories).name, "items": items}}
     (out / "levers.json").write_text(json.dumps(doc, indent=1) + "\n")
     budgets = [int(b) for b in a.budgets.split(",")]
     head = ["variant", "iterations", "val rel. err 1 / 3", "val KL 1 / 3"] + \
@@ -164,7 +164,7 @@ def _plot(curves: dict, reuse: dict | None, path: Path) -> None:
                 ax.plot([e["step"] for e in c], [e[key] for e in c], marker=".", label=name)
         if reuse:
             ax.axhline(reuse[key], color="grey", ls="--", label="feature reuse")
-        ax.set(title=f"validation guided-logit KL, {title} (own held-out set)", xlabel="iteration", ylabel="KL")
+        ax.set(title=f"validation guided-logit KL, {title}", xlabel="iteration", ylabel="KL")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
