@@ -73,13 +73,14 @@ def train(a, vs: dict) -> None:
         v = vs[name]
         if name == "onpolicy600" and not (Path(a.onpolicy) / "manifest.json").exists():
             run([PY, "-m", "migm.cli.train", "trajectories", "--out", a.onpolicy, "--images", "600", "--steps", "32",
-                 "--seed", "200", "--shortcut", str(Path(a.runs) / "rollout_kl"), "--budget", "6"])
+                 "--seed", "200", "--shortcut", str(Path(a.runs) / "rollout_kl"), "--budget", "6",
+                 "--device", a.device])
         out = Path(a.runs) / name
         if v.get("continues") and not out.with_suffix(".json").exists():  # start from the reference's state
             for suffix in (".safetensors", ".json", ".train.pt"):
                 shutil.copyfile((Path(a.runs) / v["continues"]).with_suffix(suffix), out.with_suffix(suffix))
         run([PY, "-m", "migm.cli.train", "shortcut", "--trajectories", v["traj"], "--out", str(out), *COMMON,
-             *v["args"]])
+             *v["args"], "--device", a.device])
 
 
 def evaluate(a, vs: dict) -> None:
@@ -184,6 +185,7 @@ def main() -> None:
     p.add_argument("--budgets", default="4,6")
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--only", type=lambda s: s.split(","), default=None, help="train only these variants")
+    p.add_argument("--device", default="cpu", help="where the variants train (cuda on a GPU machine)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--no-eval", action="store_true", help="train only")
     a = p.parse_args()
