@@ -113,7 +113,9 @@ def main():
     ref = score(real.images, real.animals, real.sizes, real.positions, classifier, None)
     with torch.no_grad():
         ref_feats = classifier.features(judge(real.images).crops).numpy().astype(np.float64)
-    results = {"model": str(d), "device": str(pipe.device), "captions": len(caps), "seeds": args.seeds,
+    # named, not located: results are committed, this machine's paths are not
+    model = Path(args.model_dir).name if args.model_dir else "migm/assets/scenes"
+    results = {"model": model, "device": str(pipe.device), "captions": len(caps), "seeds": args.seeds,
                "images_per_row": len(prompts), "real_scenes": {**ref, "fd": 0.0, "images": len(real.images)},
                "sampling": pipe.defaults.to_dict(), "rows": []}
     print(f"real scenes (judge ceiling): animal {ref['animal']:.3f} position {ref['position']:.3f} "
