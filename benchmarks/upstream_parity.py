@@ -337,6 +337,17 @@ def maskgit_forward_check(s: MGSize, sc, msc, seed: int, rows: int = 4, new: int
             "delta_rel_err": rel_err(out - feats, ref - feats)}
 
 
+def distinct_runs(settings):
+    """(N, B, strategy) for each (N, B): vanilla N once however many budgets share it, then the shortcut."""
+    done = set()
+    for steps, budget in settings:
+        for strategy in ("vanilla", "shortcut"):
+            key = (steps, budget if strategy == "shortcut" else steps)
+            if key not in done:
+                done.add(key)
+                yield steps, budget, strategy
+
+
 def run_maskgit(U, work: Path, settings, seeds, log, classes=None) -> tuple[list, list]:
     s = MGSize()
     rows, forward = [], []
@@ -350,23 +361,18 @@ def run_maskgit(U, work: Path, settings, seeds, log, classes=None) -> tuple[list
         labels = torch.randint(0, s.classes, (s.images,), generator=torch.Generator().manual_seed(seed))
         if classes:
             labels = torch.tensor(classes)
-        done = set()
-        for steps, budget in settings:
-            for strategy in ("vanilla", "shortcut"):
-                hybrid = strategy == "shortcut"
-                if (steps, budget if hybrid else steps) in done:
-                    continue
-                done.add((steps, budget if hybrid else steps))
-                t0 = time.perf_counter()
-                up, up_trace, up_ties, error = upstream_maskgit(U, vit, sc, s, labels, steps, budget, hybrid)
-                t1 = time.perf_counter()
-                sampler = SamplerConfig(steps=steps, schedule="arccos", sampler="halton", temperature=1.0, tau=0.0,
-                                        guidance=s.guidance)
-                mi, mi_trace, ties = migm_run(pipe, sampler, budget, strategy, classes=labels.tolist())
-                t2 = time.perf_counter()
-                rows.append(_row("maskgit", seed, steps, budget if hybrid else steps, strategy, up, mi, up_trace,
-                                 mi_trace, up_ties, ties, error, fwd["rel_err"] if hybrid else None, t1 - t0, t2 - t1))
-                log(json.dumps(rows[-1]))
+        for steps, budget, strategy in distinct_runs(settings):
+            hybrid = strategy == "shortcut"
+            t0 = time.perf_counter()
+            up, up_trace, up_ties, error = upstream_maskgit(U, vit, sc, s, labels, steps, budget, hybrid)
+            t1 = time.perf_counter()
+            sampler = SamplerConfig(steps=steps, schedule="arccos", sampler="halton", temperature=1.0, tau=0.0,
+                                    guidance=s.guidance)
+            mi, mi_trace, ties = migm_run(pipe, sampler, budget, strategy, classes=labels.tolist())
+            t2 = time.perf_counter()
+            rows.append(_row("maskgit", seed, steps, budget if hybrid else steps, strategy, up, mi, up_trace,
+                             mi_trace, up_ties, ties, error, fwd["rel_err"] if hybrid else None, t1 - t0, t2 - t1))
+            log(json.dumps(rows[-1]))
     # the released MaskGIT-Shortcut dimensions (width 768, 16 heads, 1,024 + 1 positions, 2,026 embeddings)
     big = MGSize(grid=32, codebook=1024, classes=1000, width=768, depth=1, heads=16, mlp=3072, sc_heads=16)
     vit, sc, base, msc = build_maskgit(U, big, work, 100)
@@ -547,26 +553,21 @@ def run_dimoo(U, work: Path, settings, seeds, log) -> tuple[list, list]:
         padded = torch.full((len(prompts), s.max_text), mc.pad_id)
         for i, p in enumerate(prompts):
             padded[i, s.max_text - len(p):] = torch.tensor(p)
-        done = set()
-        for steps, budget in settings:
-            for strategy in ("vanilla", "shortcut"):
-                hybrid = strategy == "shortcut"
-                if (steps, budget if hybrid else steps) in done:
-                    continue
-                done.add((steps, budget if hybrid else steps))
-                t0 = time.perf_counter()
-                runs = [upstream_dimoo(U, model, sc, mc, s, p, steps, budget, hybrid) for p in prompts]
-                up = torch.cat([r[0] for r in runs])
-                up_trace = [[r[1][i] for r in runs] for i in range(len(runs[0][1]))]  # steps, then rows
-                up_ties = torch.cat([r[2] for r in runs], 1)
-                t1 = time.perf_counter()
-                sampler = SamplerConfig(steps=steps, schedule="dimoo", sampler="dimoo", temperature=1.0, tau=0.0,
-                                        guidance=s.guidance)
-                mi, mi_trace, ties = migm_run(pipe, sampler, budget, strategy, prompts=padded)
-                t2 = time.perf_counter()
-                rows.append(_row("dimoo", seed, steps, budget if hybrid else steps, strategy, up, mi, up_trace,
-                                 mi_trace, up_ties, ties, None, fwd["rel_err"] if hybrid else None, t1 - t0, t2 - t1))
-                log(json.dumps(rows[-1]))
+        for steps, budget, strategy in distinct_runs(settings):
+            hybrid = strategy == "shortcut"
+            t0 = time.perf_counter()
+            runs = [upstream_dimoo(U, model, sc, mc, s, p, steps, budget, hybrid) for p in prompts]
+            up = torch.cat([r[0] for r in runs])
+            up_trace = [[r[1][i] for r in runs] for i in range(len(runs[0][1]))]  # steps, then rows
+            up_ties = torch.cat([r[2] for r in runs], 1)
+            t1 = time.perf_counter()
+            sampler = SamplerConfig(steps=steps, schedule="dimoo", sampler="dimoo", temperature=1.0, tau=0.0,
+                                    guidance=s.guidance)
+            mi, mi_trace, ties = migm_run(pipe, sampler, budget, strategy, prompts=padded)
+            t2 = time.perf_counter()
+            rows.append(_row("dimoo", seed, steps, budget if hybrid else steps, strategy, up, mi, up_trace,
+                             mi_trace, up_ties, ties, None, fwd["rel_err"] if hybrid else None, t1 - t0, t2 - t1))
+            log(json.dumps(rows[-1]))
     # the real 64x64 grid (4,096 image tokens, 4,164 + prompt positions, RoPE theta 5e5) at a wider shortcut
     big = DMSize(grid=64, width=512, heads=8, mlp=1376, max_text=24)
     model, sc, base, msc, mc = build_dimoo(U, big, work, 100)

@@ -6,13 +6,13 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 from click.testing import CliRunner
+from ports import free_ports
 
 from migm.cli.generate import main as generate_main
 
@@ -27,21 +27,11 @@ RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "
            "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """`ray start --head --block` with 2 CPUs on free loopback ports; its address."""
     tmp = tmp_path_factory.mktemp("ray")
-    gcs, *ports = _free_ports(8)
+    gcs, *ports = free_ports(8)
     names = ["node-manager-port", "object-manager-port", "ray-client-server-port", "dashboard-agent-listen-port",
              "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port"]
     cmd = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block", "--num-cpus", "2",

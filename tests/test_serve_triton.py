@@ -4,7 +4,6 @@ asked over HTTP and gRPC with tritonclient. Needs the serve extra (`make test-se
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from ports import free_ports
 
 pytest.importorskip("pytriton", reason="needs the serve extra: pip install -e '.[serve]' (make test-serve)")
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient (the serve extra)")
@@ -24,21 +24,11 @@ MODEL = "tiny-animals"
 FAST = dict(steps=8, budget=4)  # the shortcut on 4 of 8 steps: quick on two cores
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 class Server:
     """`migm-serve --model tiny-animals` in its own session, on free loopback ports."""
 
     def __init__(self, tmp, *args):
-        self.http, self.grpc, self.metrics = _free_ports(3)
+        self.http, self.grpc, self.metrics = free_ports(3)
         self.log = tmp / f"serve-{self.http}.log"
         cmd = [sys.executable, "-m", "migm.cli.serve", "--model", MODEL, "--http-port", str(self.http),
                "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
