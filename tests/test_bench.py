@@ -82,3 +82,18 @@ def test_run_with_shortcut_strategy(tmp_path, shortcut_path):
     assert (tmp_path / "o" / "grid.png").exists()
     res = CliRunner().invoke(run_main, ["--steps", "6", "--budget", "7", "--out", str(tmp_path / "p")])
     assert res.exit_code != 0 and "budget B=7" in res.output
+
+
+def test_speed_caches_a_random_bundle_per_depth(tmp_path, monkeypatch):
+    """A random-weight bundle cached for one --depth must not be timed in place of another."""
+    import migm.cli.bench as bench
+
+    built = []
+    monkeypatch.setattr(bench, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(bench, "random_models", lambda *a, **k: tuple(torch.nn.Linear(1, 1) for _ in range(3)))
+    monkeypatch.setattr(bench, "save_checkpoint", lambda *a, **k: None)
+    monkeypatch.setattr(bench, "build_bundle", lambda out, *a, **k: built.append(out.name))
+    monkeypatch.setattr(bench.Pipeline, "from_bundle", classmethod(lambda cls, path, **k: path.name))
+    names = [bench._speed_pipeline("maskgit-imagenet512", "ort", None, "cpu", depth)[0] for depth in (None, 2, 4)]
+    assert len(set(names)) == 3 and built == names
+    assert names[1] == "maskgit-imagenet512-depth2-random-ort-fp32.plan"

@@ -225,7 +225,9 @@ def _speed_pipeline(preset, backend, engine, device, depth=None):
         if preset == "tiny-animals" and backend == "ort":
             engine = default_bundle(say=click.echo)
         else:
-            engine = cache_dir() / "bundles" / f"{preset}-random-{backend}-fp32.plan"
+            # the depth is in the name: a bundle cached at one depth must not answer for another
+            deep = "" if depth is None else f"-depth{depth}"
+            engine = cache_dir() / "bundles" / f"{preset}{deep}-random-{backend}-fp32.plan"
             if not (engine / "manifest.json").exists():
                 click.echo(f"building {engine} (random weights, once)")
                 with tempfile.TemporaryDirectory() as tmp:
