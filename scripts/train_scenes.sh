@@ -7,6 +7,9 @@
 #   DEVICE=cuda bash scripts/train_scenes.sh          # a GPU: minutes
 #   QUICK=1 bash scripts/train_scenes.sh              # a smoke run of every stage (tiny step counts)
 #
+# The defaults are the GPU recipe. The shortcut shipped today was trained on the CPU with fewer
+# steps (its meta.train says so): SC_STEPS=400 SC_EVAL=100 BUDGETS=4,6,8 (decay at 320).
+#
 # Outputs: RUNS (training state, trajectories), ASSETS (the shipped checkpoints + tokenizer),
 # RESULTS (cfg sweep, GenEval table, grids). Each stage resumes or is skipped when done.
 set -euo pipefail
