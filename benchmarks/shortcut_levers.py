@@ -34,7 +34,7 @@ import torch
 
 from migm import assets
 from migm.models.checkpoint import load_checkpoint, read_config
-from migm.training.train_shortcut import Model, validate
+from migm.training.train_shortcut import Model, plateaued, validate
 from migm.training.trajectories import TrajectorySet
 
 PY = sys.executable
@@ -112,8 +112,15 @@ def report(a, vs: dict) -> None:
             val = validate(model.eval(), ts, items, m)
         reuse = {k.removeprefix("reuse_"): val[k] for k in val if k.startswith("reuse_")}
         meta = read_config(path)["meta"]
-        curves[name] = meta.get("curve", [])
-        row = {"variant": name, "what": v["what"], "iterations": meta["step"],
+        # the curve is validated during training on the held-out end of the variant's own set:
+        # the on-policy set's curve is not on the same trajectories as the others'
+        own = "" if Path(v["traj"]) == Path(a.trajectories) else " (own held-out set)"
+        curves[name + own] = meta.get("curve", [])
+        what = v["what"]
+        if name == "long":  # say where the curve stands: a run stopped for time is not a plateau
+            what += "; stopped: KL flat" if plateaued(meta.get("curve", []), 3) else \
+                f"; interrupted at {meta['step']}, KL still falling"
+        row = {"variant": name, "what": what, "iterations": meta["step"],
                **{k: val[k] for k in ("rel_err_1", "rel_err_chain", "kl_1", "kl_chain")}}
         for q in quality:
             if q["strategy"] == "shortcut" and q.get("shortcut") == name:
