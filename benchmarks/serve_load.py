@@ -21,7 +21,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from migm.serving.ports import free_ports  # stdlib only: the spawned clients may import it
 
 CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 
@@ -155,16 +156,6 @@ def baselines(args, settings, sent: int, largest: int) -> list[dict]:
                 "images": sent, "wall_s": round(wall, 2), "images_per_s": round(sent / wall, 3), "p50_s": None,
                 "p99_s": None, "failed": 0, "lost": 0, "identical_to_one_call_each": f"{same}/{sent}"})
     return out
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def start_server(args, log: Path):

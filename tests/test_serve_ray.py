@@ -12,9 +12,9 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from ports import free_ports
 
 from migm.cli.generate import main as generate_main
+from migm.serving.ports import free_ports
 
 pytest.importorskip("ray", reason="needs the ray extra: pip install -e '.[ray]' (make test-serve)")
 

@@ -13,7 +13,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-from ports import free_ports
+
+from migm.serving.ports import free_ports
 
 pytest.importorskip("pytriton", reason="needs the serve extra: pip install -e '.[serve]' (make test-serve)")
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient (the serve extra)")

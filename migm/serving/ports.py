@@ -1,4 +1,7 @@
-"""Free loopback ports for the tests that start real servers (Triton, a Ray cluster)."""
+"""Free loopback ports, for whoever starts real servers on this machine (the Triton and Ray tests,
+`benchmarks/serve_load.py`): one definition instead of a copy in each."""
+
+from __future__ import annotations
 
 import socket
 
