@@ -79,7 +79,7 @@ def test_run_with_shortcut_strategy(tmp_path, shortcut_path):
     res = CliRunner().invoke(run_main, ["--num", "2", "--steps", "6", "--budget", "2", "--strategy", "shortcut",
                                         "--shortcut", str(shortcut_path), "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "o" / "grid.png").exists()
+    assert (tmp_path / "o" / "run-0001" / "grid.png").exists()
     res = CliRunner().invoke(run_main, ["--steps", "6", "--budget", "7", "--out", str(tmp_path / "p")])
     assert res.exit_code != 0 and "budget B=7" in res.output
 

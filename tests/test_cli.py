@@ -16,6 +16,8 @@ def test_generates_grid_and_images(tmp_path):
     out = tmp_path / "out"
     res = _run(["--num", "3", "--steps", "4", "--classes", "cat,dog", "--seed", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
+    assert [p.name for p in out.iterdir()] == ["run-0001"]  # each run in a new numbered subfolder
+    out = out / "run-0001"
     files = sorted(p.name for p in out.iterdir())
     assert files == [".migm-run.json", "0000_cat.png", "0001_dog.png", "0002_cat.png", "grid.png"]
     assert Image.open(out / "0000_cat.png").size == (128, 128)
@@ -34,7 +36,7 @@ def test_bad_input_one_line_error(tmp_path, args, message):
     assert res.exit_code != 0
     assert message in res.output
     assert "Traceback" not in res.output
-    assert not (tmp_path / "o" / "grid.png").exists()
+    assert not (tmp_path / "o").exists()
 
 
 def test_unwritable_output(tmp_path):

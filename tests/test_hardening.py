@@ -147,7 +147,7 @@ def test_3_class_names_become_slugs_inside_out(bundle, tmp_path):
     out = tmp_path / "sandbox" / "out"
     res = CliRunner().invoke(run_main, ["--engine", str(plan), "--num", "3", "--steps", "2", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir() if p.suffix == ".png") == [
+    assert sorted(p.name for p in (out / "run-0001").iterdir() if p.suffix == ".png") == [
         "0000_xpwn.png", "0001_image.png", "0002_a-bc.png", "grid.png"]
     assert sorted(p.name for p in (tmp_path / "sandbox").iterdir()) == ["out"]
     assert not (tmp_path / "x").exists()
@@ -417,18 +417,23 @@ def test_10_run_validates_before_creating_out(bundle, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_10_run_refuses_a_folder_of_user_files_and_replaces_its_own(bundle, tmp_path):
+def test_10_run_keeps_user_files_and_earlier_runs(bundle, tmp_path):
     out = tmp_path / "o"
-    out.mkdir()
+    (out / "run-0007x").mkdir(parents=True)  # not a run folder's name: neither counted nor touched
     (out / "holiday.png").write_bytes(b"a photo")
-    res = CliRunner().invoke(run_main, ["--engine", str(bundle), "--num", "2", "--steps", "2", "--out", str(out)])
-    _one_line_error(res, "holds files migm-run did not write")
-    assert sorted(p.name for p in out.iterdir()) == ["holiday.png"]
-    mine = tmp_path / "mine"
     for num in ("3", "1"):
-        res = CliRunner().invoke(run_main, ["--engine", str(bundle), "--num", num, "--steps", "2", "--out", str(mine)])
+        res = CliRunner().invoke(run_main, ["--engine", str(bundle), "--num", num, "--steps", "2", "--out", str(out)])
         assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in mine.iterdir() if p.suffix == ".png") == ["0000_0.png", "grid.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["holiday.png", "run-0001", "run-0002", "run-0007x"]
+    assert (out / "holiday.png").read_bytes() == b"a photo"
+    assert sorted(p.name for p in (out / "run-0001").iterdir() if p.suffix == ".png") == [
+        "0000_0.png", "0001_1.png", "0002_2.png", "grid.png"]
+    assert sorted(p.name for p in (out / "run-0002").iterdir() if p.suffix == ".png") == ["0000_0.png", "grid.png"]
+    assert "to " + str(out / "run-0002") in res.output
+    file = tmp_path / "f"
+    file.write_text("x")
+    res = CliRunner().invoke(run_main, ["--engine", str(bundle), "--num", "1", "--steps", "2", "--out", str(file)])
+    _one_line_error(res, "exists and is not a folder")
 
 
 # ---- 11. prompts ----

@@ -139,6 +139,7 @@ def test_migm_run_engine(bundle, tmp_path):
     res = CliRunner().invoke(run_main, ["--engine", str(bundle), "--num", "8", "--steps", "6", "--budget", "3",
                                         "--seed", "0", "--backend", "ort", "--out", str(out)])
     assert res.exit_code == 0, res.output
+    out = out / "run-0001"
     assert (out / "grid.png").exists() and len(list(out.glob("0*.png"))) == 8
     assert "images/s" in res.output and "ort backend" in res.output
 

@@ -145,7 +145,7 @@ def test_run_cli_with_prompts(tmp_path):
                                         "--prompt", "a large dog at the top", "--num", "3", "--steps", "4",
                                         "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir() if p.suffix == ".png") == [
+    assert sorted(p.name for p in (out / "run-0001").iterdir() if p.suffix == ".png") == [
         "0000_a-small-cat-on-the-left.png", "0001_a-large-dog-at-the-top.png", "0002_a-small-cat-on-the-left.png",
         "grid.png"]
     for args, message in [([], "text-to-image model: give --prompt"),

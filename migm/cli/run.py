@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import click
 import torch
 
+from .. import assets
+from ..evaluation.speed import components
+from ..runtime import defaults
 from ..runtime.cache import default_bundle
-from ..runtime.images import ImageFolder, make_grid, slug
+from ..runtime.images import ImageFolder, labelled_grid, slug
 from ..runtime.pipeline import Pipeline
-from ..sampling.loop import STRATEGIES
+from ..sampling.loop import STRATEGIES, HybridStats
 from .common import Bar, debug_option, one_line_errors
 
 MAX_IMAGES = 100_000  # a sane bound: more is a typo, or a job for migm-generate
@@ -34,9 +38,11 @@ GRID_MAX = 100  # the grid shows at most this many images
 @click.option("--num", default=None, type=click.IntRange(1, MAX_IMAGES),
               help=f"Number of images (at most {MAX_IMAGES:,}) [16; with prompts: one per prompt].")
 @click.option("--steps", type=click.IntRange(1, 4096), default=None,
-              help="Sampling steps N (default: the model's, 16 for tiny-animals).")
+              help="Sampling steps N (default: a shipped model's default run, N=32; else the model's).")
 @click.option("--budget", type=click.IntRange(1, 4096), default=None,
-              help="B: steps that run the base model (of N); the shortcut predicts the others. Default: N.")
+              help="B: steps that run the base model (of N); the shortcut predicts the others. Default: the "
+                   "shipped models' default run (shortcut, N=32, B=6; docs/cli.md says why); else N. "
+                   "--budget N (or --strategy vanilla) runs the full sampler.")
 @click.option("--strategy", default=None, type=click.Choice(STRATEGIES),
               help="How steps without the base model get their features. Default: shortcut when B < N.")
 @click.option("--guidance", "--cfg", "guidance", type=float, default=None,
@@ -46,7 +52,8 @@ GRID_MAX = 100  # the grid shows at most this many images
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--out", default="migm-out", show_default=True, type=click.Path(file_okay=False),
-              help="Output directory: grid.png plus one PNG per image.")
+              help="Output folder: each run writes a new numbered subfolder of it (run-0001, run-0002, ...) "
+                   "with grid.png plus one PNG per image; earlier runs are kept.")
 @click.option("--pretrained", default=None, type=click.Path(file_okay=False),
               help="A saved pipeline directory (save_pretrained / `migm-export convert`), on the torch backend.")
 @click.option("--base", "base_path", default=None,
@@ -68,7 +75,7 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
     """
     if prompts and classes:
         raise click.UsageError("give --classes (class-conditional model) or --prompt (text-to-image), not both")
-    folder = ImageFolder(out)  # refused now, before any work, if it holds files migm-run did not write
+    folder = ImageFolder(out)  # refused now, before any work, if it is a file; the run's subfolder comes later
 
     checkpoints = base_path or vq_path or shortcut_path or model or pretrained
     if checkpoints and engine:
@@ -80,9 +87,14 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
                                      f"{backend} with `migm-export build`", param_hint="--backend")
         pipe = Pipeline.from_pretrained(pretrained) if pretrained else \
             Pipeline.from_checkpoints(base_path, vq_path, shortcut_path, model=model or "tiny-animals")
+        shipped = defaults.default_run(pretrained) if pretrained in assets.MODELS else \
+            None if pretrained else _checkpoints_run(model or "tiny-animals", base_path, shortcut_path)
     else:
         engine = engine or default_bundle(say=click.echo)
         pipe = Pipeline.from_bundle(engine, backend=backend)
+        shipped = defaults.for_bundle(engine)
+    # a shipped model starts from its default run (the shortcut at the budget the quality tables support)
+    steps, budget, strategy = defaults.fill(shipped, steps, budget, strategy)
     source = engine or pretrained or base_path or model
     text = pipe.family.text
     if text and not prompts:
@@ -112,9 +124,12 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
         class_names = pipe.class_names or [str(i) for i in range(pipe.num_classes)]
         names = [slug(class_names[int(cond[i % len(chosen)])]) for i in range(num)]
     cond = cond[torch.arange(num) % len(chosen)]
+    labels = [chosen[i % len(chosen)] if text else class_names[int(cond[i])] for i in range(num)]
     strategy = pipe.resolve_strategy(strategy, sampler.steps, budget)
+    stats = HybridStats()
     batches = pipe.iter_tokens(cond=cond, sampler=sampler, seed=seed, batch_size=batch_size, strategy=strategy,
-                               budget=budget, progress=lambda i, n: bar(i, n))  # checked here, before any write
+                               budget=budget, stats=stats,
+                               progress=lambda i, n: bar(i, n))  # checked here, before any write
 
     folder.open()
     bar = Bar(f"sampling ({pipe.backend.name}, {pipe.device}, {strategy})")
@@ -130,11 +145,37 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
     elapsed = time.perf_counter() - t0
     bar.close()
     ncol = min(len(chosen), num, 10) if len(chosen) > 1 else None
-    folder.save(make_grid(torch.stack(shown), ncol=ncol), "grid.png", scale=4)
+    folder.save(labelled_grid(torch.stack(shown), labels[:len(shown)], ncol=ncol), "grid.png")
     folder.close()
     more = f" (the grid shows the first {GRID_MAX})" if num > GRID_MAX else ""
+    account = _against_full(pipe, sampler, strategy, budget, stats, num, batch_size)
     click.echo(f"wrote {num} images and grid.png to {folder.path}{more}: {num / elapsed:.1f} images/s "
-               f"({pipe.backend.name} backend, N={sampler.steps}, B={budget or sampler.steps})")
+               f"({pipe.backend.name} backend, {account})")
+
+
+def _checkpoints_run(model, base_path, shortcut_path):
+    """The default run of a shipped model whose base and shortcut these checkpoints are."""
+    d = assets.model_dir(model)
+    base = base_path or d / "base"
+    shortcut = shortcut_path or (d / "shortcut" if base_path is None and assets.has_checkpoint(d / "shortcut")
+                                 else None)
+    return defaults.for_checkpoints(base, shortcut)
+
+
+def _against_full(pipe, sampler, strategy, budget, stats, num, batch_size) -> str:
+    """The closing line's account: strategy, N, B and the speedup against the full sampler (vanilla N)."""
+    n = sampler.steps
+    if strategy == "vanilla" or (budget or n) >= n and strategy != "fewer":
+        return f"{strategy}, N={n}, B={n}: the full sampler"
+    chunks = math.ceil(num / batch_size)  # the loop's stats count per batch, i.e. per image
+    cost, predicted = stats.cost(pipe.spec.num_tokens) / chunks, stats.predicted_steps / chunks
+    c = None
+    if strategy == "shortcut":  # c: one shortcut step over one base step, timed here (a few calls)
+        c = components(pipe, min(num, batch_size), n, repeats=3, warmup=1)["c"]
+    calls, time_x = defaults.speedups(n, cost, predicted, strategy, c)
+    timed = f", {time_x:.1f}x faster by the cost model" + (f" (c={c:.2f} measured here)" if c is not None else "")
+    return (f"{strategy}, N={n}, B={budget}: against the full sampler (vanilla N={n}) {calls:.1f}x fewer base calls"
+            f"{timed if time_x is not None else ''}")
 
 
 if __name__ == "__main__":

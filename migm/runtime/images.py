@@ -6,10 +6,11 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import ConfigError
 from ..fileio import atomic_path, check_writable
@@ -33,6 +34,48 @@ def make_grid(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> to
         y, x = pad + r * (h + pad), pad + col * (w + pad)
         grid[:, y:y + h, x:x + w] = images[i]
     return grid
+
+
+def labelled_grid(images: torch.Tensor, labels: Sequence[str], ncol: int | None = None, scale: int = 4,
+                   pad: int = 4) -> Image.Image:
+    """[n, C, H, W] in [0, 1] and one label per image -> one RGB image: the images enlarged `scale`
+    times (nearest neighbour: the tiny images' pixels stay square) in `ncol` columns (default about
+    square), each with its label under it in PIL's small default font, wrapped to two lines and cut
+    with "..." where longer."""
+    n, _, h, w = images.shape
+    if len(labels) != n:
+        raise ConfigError(f"{len(labels)} labels for {n} images")
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    font = ImageFont.load_default()
+    line = font.getbbox("Ag")[3] + 2
+    cw, ch = w * scale, h * scale
+    cell_h = ch + 2 * line + pad
+    sheet = Image.new("RGB", (ncol * (cw + pad) + pad, nrow * cell_h + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i in range(n):
+        r, col = divmod(i, ncol)
+        x, y = pad + col * (cw + pad), pad + r * cell_h
+        sheet.paste(to_pil(images[i], scale).convert("RGB"), (x, y))
+        for k, text in enumerate(_wrap(str(labels[i]), font, cw)):
+            draw.text((x, y + ch + 1 + k * line), text, fill=(0, 0, 0), font=font)
+    return sheet
+
+
+def _wrap(text: str, font, width: int, lines: int = 2) -> list[str]:
+    """`text` in at most `lines` lines of at most `width` pixels; the last one cut with "..." if need be."""
+    out, words = [], text.split()
+    while words and len(out) < lines:
+        cur = words.pop(0)
+        while words and font.getlength(f"{cur} {words[0]}") <= width:
+            cur = f"{cur} {words.pop(0)}"
+        out.append(cur)
+    if words or (out and font.getlength(out[-1]) > width):
+        last = out[-1]
+        while last and font.getlength(last + "...") > width:
+            last = last[:-1]
+        out[-1] = last + "..."
+    return out
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -60,41 +103,47 @@ def slug(text: str, limit: int = 60) -> str:
 
 
 class ImageFolder:
-    """The folder `migm-run` writes its PNGs into. It must be absent, empty, or one migm-run wrote
-    before (its marker lists the files it wrote): anything else is refused before any work, so no
-    file of the user's is ever overwritten. Files of the previous run that this one does not write
-    again are removed when it finishes (they were migm's)."""
+    """The folder one `migm-run` writes its PNGs into: a new numbered subfolder of `--out`
+    (run-0001, run-0002, ...), so every run's images stay as they were and nothing in `--out`
+    is ever overwritten or removed. `--out` itself may hold anything; it must not be a file.
+    The subfolder is made by `open` (after every check), claimed with an exclusive mkdir, so two
+    runs started together get two folders."""
 
     MARKER = ".migm-run.json"
+    PREFIX = "run-"
 
     def __init__(self, path: str | Path):
         if not str(path).strip():
             raise ConfigError("--out is empty: give an output folder")
-        self.path = Path(path)
-        self.previous: list[str] = []
-        if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
-            raise ConfigError(f"{self.path} exists and is not a folder; choose another --out")
-        if self.path.is_dir() and any(self.path.iterdir()):
-            try:
-                self.previous = [n for n in json.loads((self.path / self.MARKER).read_text())["files"]
-                                 if isinstance(n, str) and n == Path(n).name]
-            except (OSError, ValueError, KeyError, TypeError):
-                raise ConfigError(f"{self.path} holds files migm-run did not write; choose another --out or "
-                                  "empty it (migm-run replaces only its own images)") from None
+        self.root = Path(path)
+        if self.root.is_symlink() or (self.root.exists() and not self.root.is_dir()):
+            raise ConfigError(f"{self.root} exists and is not a folder; choose another --out")
+        self.path = self.root / f"{self.PREFIX}{self._next_number():04d}"  # what open() will claim
         self.written: list[str] = []
 
-    def open(self) -> "ImageFolder":
-        check_writable(self.path)
-        return self
+    def _next_number(self) -> int:
+        numbers = [int(p.name[len(self.PREFIX):]) for p in self.root.glob(f"{self.PREFIX}*")
+                   if p.name[len(self.PREFIX):].isdigit()] if self.root.is_dir() else []
+        return max(numbers, default=0) + 1
 
-    def save(self, image: torch.Tensor, name: str, scale: int = 1) -> None:
-        save_png(image, self.path / name, scale=scale)
+    def open(self) -> "ImageFolder":
+        check_writable(self.root)
+        while True:
+            self.path = self.root / f"{self.PREFIX}{self._next_number():04d}"
+            try:
+                self.path.mkdir()
+                return self
+            except FileExistsError:  # another run took this number between the glob and the mkdir
+                continue
+
+    def save(self, image: torch.Tensor | Image.Image, name: str, scale: int = 1) -> None:
+        if isinstance(image, Image.Image):
+            with atomic_path(self.path / name) as tmp:
+                image.save(tmp, format="PNG")
+        else:
+            save_png(image, self.path / name, scale=scale)
         self.written.append(name)
 
     def close(self) -> None:
         with atomic_path(self.path / self.MARKER) as tmp:
             tmp.write_text(json.dumps({"files": self.written}, indent=1) + "\n")
-        for name in set(self.previous) - set(self.written):
-            stale = self.path / name
-            if stale.is_file() and not stale.is_symlink():
-                stale.unlink()
