@@ -433,7 +433,7 @@ def test_10_run_keeps_user_files_and_earlier_runs(bundle, tmp_path):
     file = tmp_path / "f"
     file.write_text("x")
     res = CliRunner().invoke(run_main, ["--engine", str(bundle), "--num", "1", "--steps", "2", "--out", str(file)])
-    _one_line_error(res, "exists and is not a folder")
+    _one_line_error(res, "is a file")
 
 
 # ---- 11. prompts ----

@@ -3,6 +3,7 @@ and modules import at the top, except for optional heavy dependencies (docs/arch
 
     cli
     training | evaluation | serving        (training knows no runtime; evaluation may use it)
+    demo                                    (the demo page: runtime and the speed harness)
     runtime                                 (what products embed: no training or benchmark code)
     engines
     export
@@ -29,11 +30,12 @@ ALLOWED = {
     "training": BOTTOM | {"families", "models", "sampling", "data"},
     "evaluation": BOTTOM | {"runtime", "engines", "export", "families", "models", "sampling", "data"},
     "serving": BOTTOM | {"runtime", "engines", "families", "models", "sampling", "data"},
+    "demo": BOTTOM | {"evaluation", "runtime", "engines", "families", "models", "sampling", "data"},
     "cli": None,  # the top: anything
 }
 # the only imports allowed inside functions: optional or heavy dependencies, each with a comment;
 # Polygraphy's TensorRT loaders bind to tensorrt or tensorrt_rtx when first imported (engines/trt.py)
-LAZY = ("tensorrt", "tensorrt_rtx", "matplotlib", "pytriton", "tritonclient", "ray", "polygraphy.backend.trt",
+LAZY = ("tensorrt", "tensorrt_rtx", "matplotlib", "pytriton", "tritonclient", "ray", "gradio", "polygraphy.backend.trt",
         "polygraphy.backend.tensorrt_rtx")
 
 
