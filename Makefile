@@ -17,14 +17,15 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
 	# trt-rtx: TensorRT for RTX builds engines without a GPU, so the tests build real ones here
-	$(BIN)/pip install -q -e ".[dev,trt-rtx]"
+	$(BIN)/pip install -q -e ".[dev,trt-rtx,demo]"
 	# training/evaluation data; --no-deps because its metadata pulls TensorFlow
 	$(BIN)/pip install -q --no-deps animal-mnist==0.4
 	touch $@
 
 install: $(VENV)/.installed
 
-## Set up and generate a grid with the shipped model (CPU): writes migm-out/grid.png
+## Set up and generate a grid with the shipped model (CPU), its default run (shortcut, N=32, B=6):
+## writes migm-out/run-NNNN/grid.png (a new numbered folder each time)
 demo: install
 	$(BIN)/migm-run --out migm-out
 

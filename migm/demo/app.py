@@ -286,6 +286,8 @@ def build(models: Models, results_dir: str | Path | None = None, max_queue: int 
     import gradio as gr  # optional extra (migm[demo]): only the page needs it
 
     tables = results.load_tables(results_dir) if results_dir else []
+    # the table with every strategy at the shipped default's N first, where there is one
+    tables.sort(key=lambda t: not t.name.startswith("quality_lowbudget_n32"))
     by_name = {t.name: t for t in tables}
     first = models.names[0]
     start = default_inputs(*models.get(first))
