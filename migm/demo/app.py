@@ -74,7 +74,8 @@ class Models:
                 elif kind == "pretrained":
                     pipe, run = Pipeline.from_pretrained(src, backend=self.backend), None
                 else:
-                    pipe, run = Pipeline.from_checkpoints(model=src), defaults.default_run(src)
+                    # by name: the torch backend, on the GPU where there is one
+                    pipe, run = Pipeline.from_pretrained(src), defaults.default_run(src)
                 self._pipes[name] = (pipe, run)
             return self._pipes[name]
 
