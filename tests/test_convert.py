@@ -62,7 +62,7 @@ def test_convert_maskgit_build_and_run(maskgit_files, tmp_path):
     # the paper's MaskGIT settings: N = 32 (the model's default), B = 8 (above, torch) and 12 (the bundle, ORT)
     res = _ok(CliRunner().invoke(run_main, ["--engine", str(tmp_path / "mg.plan"), "--backend", "ort", "--budget",
                                             "12", "--num", "2", "--out", str(tmp_path / "o12")]))
-    assert "ort backend" in res.output and len(list((tmp_path / "o12").glob("0*.png"))) == 2
+    assert "ort backend" in res.output and len(list((tmp_path / "o12" / "run-0001").glob("0*.png"))) == 2
     # the saved pipeline round-trips through save_pretrained
     pipe.save_pretrained(tmp_path / "again")
     again = Pipeline.from_pretrained(tmp_path / "again", torch_dtype=torch.float32)
@@ -127,4 +127,4 @@ def test_convert_dimoo_build_and_run(dimoo_dir, tmp_path):
     # the paper's DiMOO settings: N = 64 (the model's default), B = 9 (above, torch) and 14 (the bundle, ORT)
     _ok(CliRunner().invoke(run_main, ["--engine", str(tmp_path / "dm.plan"), "--backend", "ort", "--prompt",
                                       "a large dog", "--budget", "14", "--out", str(tmp_path / "o14")]))
-    assert len(list((tmp_path / "o14").glob("0*.png"))) == 1
+    assert len(list((tmp_path / "o14" / "run-0001").glob("0*.png"))) == 1

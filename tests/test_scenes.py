@@ -176,7 +176,7 @@ def test_scenes_bundle_carries_its_tokenizer(tmp_path):
                                         "--prompt", "a small cat on the left",
                                         "--num", "2", "--steps", "6", "--budget", "3", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert (out / "0001_a-small-cat-on-the-left.png").exists()
+    assert (out / "run-0001" / "0001_a-small-cat-on-the-left.png").exists()
     ort = Pipeline.from_bundle(plan, backend="ort")
     ref = Pipeline.from_checkpoints(model="tiny-scenes", precision="fp32")
     p = ["a large horse on the right", "a small sheep at the bottom"]
