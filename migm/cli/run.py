@@ -165,7 +165,7 @@ def _checkpoints_run(model, base_path, shortcut_path):
 def _against_full(pipe, sampler, strategy, budget, stats, num, batch_size) -> str:
     """The closing line's account: strategy, N, B and the speedup against the full sampler (vanilla N)."""
     n = sampler.steps
-    if strategy == "vanilla" or (budget or n) >= n and strategy != "fewer":
+    if strategy == "vanilla" or ((budget or n) >= n and strategy != "fewer"):
         return f"{strategy}, N={n}, B={n}: the full sampler"
     chunks = math.ceil(num / batch_size)  # the loop's stats count per batch, i.e. per image
     cost, predicted = stats.cost(pipe.spec.num_tokens) / chunks, stats.predicted_steps / chunks

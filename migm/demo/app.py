@@ -76,6 +76,8 @@ class Models:
                 else:
                     # by name: the torch backend, on the GPU where there is one
                     pipe, run = Pipeline.from_pretrained(src), defaults.default_run(src)
+                # one short run, so the first click's times are not the first calls' (allocation, kernels)
+                pipe.generate_tokens(cond=pipe.example_conditions(1), steps=2, budget=1 if pipe.has_shortcut else None)
                 self._pipes[name] = (pipe, run)
             return self._pipes[name]
 
