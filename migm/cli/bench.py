@@ -25,10 +25,10 @@ from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shor
 from ..runtime.cache import cache_dir, default_bundle
 from ..runtime.pipeline import Pipeline
 from ..sampling.loop import STRATEGIES
-from .common import debug_option, int_list, one_line_errors
+from .common import Group, debug_option, int_list, one_line_errors
 
 
-@click.group()
+@click.group(cls=Group)
 @debug_option
 def main():
     """Benchmarks: `quality` (FD vs base-model cost, tiny-animals) and `speed` (throughput on this machine)."""

@@ -11,13 +11,13 @@ from ..runtime.cache import default_bundle
 from ..runtime.images import ImageFolder, make_grid, slug
 from ..runtime.pipeline import Pipeline
 from ..sampling.loop import STRATEGIES
-from .common import Bar, debug_option, one_line_errors
+from .common import Bar, Command, debug_option, one_line_errors
 
 MAX_IMAGES = 100_000  # a sane bound: more is a typo, or a job for migm-generate
 GRID_MAX = 100  # the grid shows at most this many images
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--engine", "engine", default=None, type=click.Path(),
               help="A NAME.plan bundle from `migm-export build`. Default: the shipped model's bundle, "
                    "built on first use into ~/.cache/migm (or $MIGM_CACHE).")

@@ -12,14 +12,14 @@ import click
 from ..runtime.cache import default_bundle
 from ..runtime.pipeline import Pipeline
 from ..serving.triton import ServedModel, ServerConfig, model_name, serve
-from .common import debug_option, one_line_errors
+from .common import Command, debug_option, one_line_errors
 
 
 def _say(message: str) -> None:
     click.echo(f"{time.strftime('%H:%M:%S')} {message}")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--engine", default=None, type=click.Path(),
               help="A NAME.plan bundle from `migm-export build`. Default: the shipped model's bundle, "
                    "built on first use into ~/.cache/migm (or $MIGM_CACHE).")
