@@ -223,7 +223,7 @@ def _speed_pipeline(preset, backend, engine, device, depth=None):
     plain = (copy.deepcopy(base).to(dev, dtype), copy.deepcopy(sc).to(dev, dtype))
     if engine is None:
         if preset == "tiny-animals" and backend == "ort":
-            engine = default_bundle(say=click.echo)
+            engine = default_bundle()
         else:
             # the depth is in the name: a bundle cached at one depth must not answer for another
             deep = "" if depth is None else f"-depth{depth}"

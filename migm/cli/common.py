@@ -133,7 +133,7 @@ class _Formatter(logging.Formatter):
 
 def setup_logging(level: int | None = None) -> None:
     """Route migm's log and Python warnings to stderr: INFO and up from migm (DEBUG with
-    --verbose, WARNING with --quiet); third-party loggers at WARNING (INFO with --verbose);
+    --verbose, WARNING with --quiet); third-party loggers at WARNING; Python
     warnings through `logging.captureWarnings`, filtered by `_WarningFilter`."""
     level = _verbosity["level"] if level is None else level
     root = logging.getLogger()
@@ -143,7 +143,7 @@ def setup_logging(level: int | None = None) -> None:
     handler._migm = True
     handler.setFormatter(_Formatter())
     root.addHandler(handler)
-    root.setLevel(logging.INFO if level > 0 else logging.WARNING)
+    root.setLevel(logging.WARNING)  # third-party INFO (onnxscript's every rewrite) is noise even with --verbose
     logging.getLogger("migm").setLevel({-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[max(-1, min(1, level))])
     # torch's exporter logs through torch's own handler ("torchvision is not installed. Skipping ...")
     logging.getLogger("torch.onnx").setLevel(logging.NOTSET if level > 0 else logging.ERROR)

@@ -84,7 +84,7 @@ def main(classes, prompts, seeds, out, engine, model, backend, steps, budget, st
     if use_ray and importlib.util.find_spec("ray") is None:
         raise click.ClickException("--ray needs Ray: pip install 'migm[ray]' (docs/cli.md)")
     conditions = [c.strip() for c in classes.split(",") if c.strip()] if classes else list(prompts)
-    source = model or engine or default_bundle(say=_say)
+    source = model or engine or default_bundle()
     j = job(conditions, seed_list(seeds), source, backend=backend, steps=steps, budget=budget, strategy=strategy,
             guidance=guidance, shard_size=shard_size, batch_size=batch_size)
     out_dir = Path(out)

@@ -68,7 +68,7 @@ def main(engine, backend, model, name, host, http_port, grpc_port, metrics_port,
             raise click.BadParameter("checkpoints run on the torch backend only", param_hint="--backend")
         pipe, source = Pipeline.from_checkpoints(model=model), model
     else:
-        source = engine or default_bundle(say=_say)
+        source = engine or default_bundle()
         pipe = Pipeline.from_bundle(source, backend=backend)
     if pipe.family.text and pipe.tokenizer is None:
         raise click.ClickException(f"{source} carries no tokenizer, so text prompts cannot be read: rebuild the "
