@@ -108,7 +108,8 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
     click.echo(f"{len(todo)} rows to run ({len(done)} kept from {out})" if resume else f"{len(todo)} rows to run")
     for row in todo:
         tag = f"{label(row)} N={row['steps']} B={row['budget']} seed={row['seed']}"
-        bar = tqdm(total=num * (row["steps"] if row["strategy"] != "fewer" else row["budget"]), desc=tag, leave=False)
+        bar = tqdm(total=num * (row["steps"] if row["strategy"] != "fewer" else row["budget"]), desc=tag, leave=False,
+                   unit=" image-steps")
         run_row(pipe, evaluate, row, sweep, progress=lambda i, n: bar.update(i - bar.n))
         bar.close()
         rows.append(row)

@@ -81,9 +81,9 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
         pipe = Pipeline.from_pretrained(pretrained) if pretrained else \
             Pipeline.from_checkpoints(base_path, vq_path, shortcut_path, model=model or "tiny-animals")
     else:
-        engine = engine or default_bundle()
-        pipe = Pipeline.from_bundle(engine, backend=backend)
-    source = engine or pretrained or base_path or model
+        pipe = Pipeline.from_bundle(engine or default_bundle(), backend=backend)
+    # what the messages call the model: the default bundle is the shipped model, not its cache path
+    source = engine or pretrained or base_path or model or "the shipped tiny-animals model"
     text = pipe.family.text
     if text and not prompts:
         instead = " instead of --classes" if classes else ""
@@ -117,7 +117,8 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
                                budget=budget, progress=lambda i, n: bar(i, n))  # checked here, before any write
 
     folder.open()
-    bar = Bar(f"sampling ({pipe.backend.name}, {pipe.device}, {strategy})")
+    # the count is images x steps: every image advances one step per tick
+    bar = Bar(f"sampling ({pipe.backend.name}, {pipe.device}, {strategy})", unit=" image-steps")
     t0 = time.perf_counter()
     shown, done = [], 0
     for tokens in batches:  # written batch by batch: memory does not grow with --num
@@ -133,7 +134,7 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
     folder.save(make_grid(torch.stack(shown), ncol=ncol), "grid.png", scale=4)
     folder.close()
     more = f" (the grid shows the first {GRID_MAX})" if num > GRID_MAX else ""
-    click.echo(f"wrote {num} images and grid.png to {folder.path}{more}: {num / elapsed:.1f} images/s "
+    click.echo(f"wrote {num} image{'s' if num != 1 else ''} and grid.png to {folder.path}{more}: {num / elapsed:.1f} images/s "
                f"({pipe.backend.name} backend, N={sampler.steps}, B={budget or sampler.steps})")
 
 
