@@ -19,6 +19,11 @@ import re
 import sys
 import typing
 import warnings
+
+try:
+    import tomllib  # Python >= 3.11
+except ImportError:  # Python 3.10: JSON config files only
+    tomllib = None
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -332,19 +337,15 @@ def read_config(path: str | Path) -> dict:
         if suffix == ".json":
             data = json.loads(raw)
         elif suffix == ".toml":
-            try:
-                import tomllib  # Python >= 3.11
-            except ImportError:  # Python 3.10: the same parser as a package, where installed
-                import tomli as tomllib
+            if tomllib is None:
+                raise ValueError("reading TOML needs Python 3.11: use a .json file")
             data = tomllib.loads(raw.decode("utf-8"))
         else:
             raise ValueError("a config file is NAME.json or NAME.toml")
-    except ImportError:
-        raise ValueError("reading TOML needs Python 3.11 or the tomli package: use a .json file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"not valid JSON: {e}") from None
-    except Exception as e:  # tomllib.TOMLDecodeError, named only once tomllib is imported
-        if type(e).__name__ != "TOMLDecodeError":
+    except Exception as e:  # tomllib.TOMLDecodeError
+        if tomllib is None or not isinstance(e, tomllib.TOMLDecodeError):
             raise
         raise ValueError(f"not valid TOML: {e}") from None
     if not isinstance(data, dict):

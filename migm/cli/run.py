@@ -134,7 +134,8 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
     folder.save(make_grid(torch.stack(shown), ncol=ncol), "grid.png", scale=4)
     folder.close()
     more = f" (the grid shows the first {GRID_MAX})" if num > GRID_MAX else ""
-    click.echo(f"wrote {num} image{'s' if num != 1 else ''} and grid.png to {folder.path}{more}: {num / elapsed:.1f} images/s "
+    images = "image" if num == 1 else "images"
+    click.echo(f"wrote {num} {images} and grid.png to {folder.path}{more}: {num / elapsed:.1f} images/s "
                f"({pipe.backend.name} backend, N={sampler.steps}, B={budget or sampler.steps})")
 
 

@@ -32,6 +32,7 @@ from ..engines.build import rebuild_bundle
 from ..engines.bundle import BundleError, verify_bundle
 from ..errors import BackendUnavailable, ConfigError
 from ..families import Family, ModelSpec, family, family_of
+from ..models import require_device
 from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shortcut
 from ..models.text import load_tokenizer, tokenizer_path
 from ..sampling.config import SamplerConfig
@@ -99,6 +100,7 @@ class Pipeline:
     def from_models(cls, base: torch.nn.Module, vq: torch.nn.Module, shortcut: torch.nn.Module | None = None,
                     device: str = "cpu", precision: str = "bf16") -> "Pipeline":
         """The torch backend over models in memory (random weights for benchmarks, say)."""
+        require_device(device)
         fam = family_of(base)
         spec = fam.spec(base.cfg)
         if (vq.cfg.codebook_size, vq.cfg.grid) != (spec.codebook_size, spec.grid):
