@@ -159,7 +159,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: BuildOpti
     cc = targets(opts)
     label, what = f"{LABELS[opts.flavour]} {trt.__version__}", f"the {component} graph ({precision})"
     start = time.perf_counter()
-    with _quiet() as buf, _logged(buf):
+    buf = io.StringIO()
+    with _logged(buf), _quiet(buf):  # the log is logged once stdout and stderr are back
         try:
             builder, network, parser = loaders.NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)()
         except PolygraphyException:
@@ -294,11 +295,10 @@ def _polygraphy(flavour: str):
 
 
 @contextlib.contextmanager
-def _quiet():
+def _quiet(buf: io.StringIO):
     """Polygraphy's and TensorRT's log during a build, kept (errors only; everything from INFO up
     when this module logs DEBUG) instead of printed; the DeprecationWarning of TensorRT for RTX's
     no-op timing cache (Polygraphy always makes one) dropped."""
-    buf = io.StringIO()
     level = G_LOGGER.INFO if log.isEnabledFor(logging.DEBUG) else G_LOGGER.ERROR
     with G_LOGGER.verbosity(level), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), \
             warnings.catch_warnings():
@@ -327,7 +327,6 @@ def _progress_monitor(trt, progress: Callable[[str], None]):
 
         def phase_start(self, phase_name, parent_phase, num_steps):
             self.phases[phase_name] = num_steps
-            log.debug("TensorRT phase %s (%d steps)", phase_name, num_steps)
 
         def step_complete(self, phase_name, step):
             progress(f"{phase_name} {step + 1}/{self.phases.get(phase_name, '?')}")
