@@ -9,13 +9,16 @@ from click.testing import CliRunner
 
 from migm import __version__
 from migm.cli import common
+from migm.cli import train as train_cli
 from migm.cli.bench import main as bench_main
 from migm.cli.export import main as export_main
 from migm.cli.generate import main as generate_main
 from migm.cli.run import main as run_main
 from migm.cli.serve import main as serve_main
 from migm.cli.train import main as train_main
+from migm.errors import DataError
 from migm.models.checkpoint import load_checkpoint
+from migm.training.train_shortcut import ShortcutTrainSettings
 
 
 def _train(tiny, tmp_path, *args):
@@ -30,6 +33,20 @@ def _trained_with(out) -> dict:
     return load_checkpoint(out).meta["train"]
 
 
+@pytest.fixture
+def settings_seen(monkeypatch):
+    """What `migm-train shortcut` would train with, caught before any training."""
+    seen = {}
+
+    def stop(out, base, ts, cfg, settings, **kw):
+        seen.update(settings=settings, cfg=cfg)
+        raise DataError("stopped before training (test)")
+
+    monkeypatch.setattr(train_cli, "train_shortcut", stop)
+    return seen
+
+
+@pytest.mark.slow  # trains (two steps of a tiny shortcut)
 def test_config_file_only(tiny, tmp_path):
     cfg = tmp_path / "sc.json"
     cfg.write_text(json.dumps({"steps": 2, "lr": 0.002, "eval-every": 1, "heads": 2, "plan_budgets": [2, 3],
@@ -42,13 +59,20 @@ def test_config_file_only(tiny, tmp_path):
     assert load_checkpoint(out).cfg.heads == 2
 
 
-def test_config_toml_and_command_line_override(tiny, tmp_path):
+def test_config_toml_and_command_line_override(tiny, tmp_path, settings_seen):
     cfg = tmp_path / "sc.toml"
-    cfg.write_text('steps = 2\nlr = 0.002\neval_every = 1\nheads = 2\nkl = 0.5\n')
+    cfg.write_text('steps = 2\nlr = 0.002\neval_every = 1\nheads = 2\nkl = 0.5\nno-cross-attention = true\n')
     res, out = _train(tiny, tmp_path, "--steps", "3", "--config", str(cfg), "--kl", "0")
-    assert res.exit_code == 0, res.output
-    train = _trained_with(out)
-    assert (train["steps"], train["lr"], train["kl"]) == (3, 0.002, 0.0)  # the options win, wherever they stand
+    assert res.exit_code == 1 and "stopped before training" in res.output, res.output
+    s = settings_seen["settings"]
+    assert (s.steps, s.lr, s.kl, s.eval_every) == (3, 0.002, 0.0, 1)  # the options win, wherever they stand
+    assert settings_seen["cfg"].heads == 2 and not settings_seen["cfg"].cross_attention
+
+
+def test_without_config_the_defaults_are_the_dataclass_defaults(tiny, tmp_path, settings_seen):
+    res, _ = _train(tiny, tmp_path, "--heads", "2", "--plan-budgets", "2,3")
+    assert res.exit_code == 1, res.output
+    assert settings_seen["settings"] == ShortcutTrainSettings(plan_budgets=[2, 3])
 
 
 @pytest.mark.parametrize("content,suffix,message", [
@@ -115,6 +139,7 @@ def test_usage_error_is_one_line_with_a_hint():
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "No such option" in res.output
 
 
+@pytest.mark.slow  # trains (one step of a tiny shortcut)
 def test_subcommand_takes_quiet_too(tiny, tmp_path):
     res, _ = _train(tiny, tmp_path, "--steps", "1", "--heads", "2", "--eval-every", "1", "--quiet")
     assert res.exit_code == 0, res.output
