@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from migm.runtime.cache import default_bundle
 
 
 def main():
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # migm logs what it builds or rebuilds
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", default=None)
     ap.add_argument("--backends", default="torch,ort")
@@ -35,7 +37,7 @@ def main():
     ap.add_argument("--json", default="benchmarks/results/backend_agreement.json")
     args = ap.parse_args()
 
-    bundle = Path(args.engine) if args.engine else default_bundle(say=print)
+    bundle = Path(args.engine) if args.engine else default_bundle()
     evaluate = Evaluator(load_checkpoint(assets.CLASSIFIER), load_animals("val").images)
     names = args.backends.split(",")
     pipes = {b: Pipeline.from_bundle(bundle, backend=b, device="cpu") for b in names}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -132,7 +133,7 @@ def baselines(args, settings, sent: int, largest: int) -> list[dict]:
     from migm.serving.rows import generate_rows, preferred_sizes, read_row
 
     pipe = Pipeline.from_checkpoints(model=args.model) if args.model else \
-        Pipeline.from_bundle(args.engine or default_bundle(say=print), backend=args.backend)
+        Pipeline.from_bundle(args.engine or default_bundle(), backend=args.backend)
     pipe.generate(["cat"], steps=1)  # warm-up, as the server does
     kw = {"steps": settings.get("steps"), "budget": settings.get("budget")}
     out, tokens = [], {}
@@ -198,6 +199,7 @@ def table(rows) -> str:
 
 
 def main():
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # migm logs what it builds or rebuilds
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=50, help="Requests per client, one image each.")

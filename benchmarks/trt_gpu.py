@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import sys
 import tempfile
@@ -232,7 +233,7 @@ def agree_section(args, bundles: dict, work: Path) -> list[dict]:
                 rows.append(row)
                 continue
             try:
-                pipe = Pipeline.from_bundle(bundle, backend="trt", say=lambda msg: print(msg, flush=True))
+                pipe = Pipeline.from_bundle(bundle, backend="trt")
                 tokens = pipe.generate_tokens(**kw)
             except MigmError as e:
                 row["result"] = f"cannot run: {e}"
@@ -269,7 +270,7 @@ def speed_section(args, bundles: dict) -> list[dict]:
                                                f"{settings.steps}, vanilla and shortcut B={args.speed_budget})"})
                 continue
             try:
-                pipe = Pipeline.from_bundle(bundle, backend=backend, say=lambda msg: print(msg, flush=True))
+                pipe = Pipeline.from_bundle(bundle, backend=backend)
                 info["device"] = torch.cuda.get_device_name(pipe.device)
                 rows += [{**r, "result": "ran"} for r in measure(pipe, settings, info, say=print)]
             except MigmError as e:
@@ -318,6 +319,7 @@ def machine() -> str:
 
 
 def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # migm logs what it builds or rebuilds
     args = parse_args(argv)
     out = Path(args.out)
     mode = "dry run (no GPU)" if args.dry_run else "GPU run"

@@ -4,6 +4,8 @@ graph TensorRT's parser takes, and one-line errors. TensorRT for RTX builds with
 all of this runs on CI machines (`make install` adds it); running engines needs a GPU."""
 
 import json
+import logging
+import re
 
 import numpy as np
 import onnx
@@ -77,8 +79,12 @@ def test_shipped_engine_builds(shipped_graphs, component, precision, tmp_path):
     graph = graphs[component, precision]
     inputs, outputs = io_spec(graph)
     engine = tmp_path / f"{component}.engine"
+    said = []
     built = trt.build_engine(graph, engine, trt.BuildOptions(flavour=RTX, profiles=_profiles(comps[component])),
-                             component=component, precision=precision, inputs=inputs, outputs=outputs)
+                             component=component, precision=precision, inputs=inputs, outputs=outputs,
+                             progress=said.append)
+    if hasattr(trt.import_flavour(RTX), "IProgressMonitor"):  # the build's phases, "Building engine 3/7"
+        assert said and all(re.search(r" \d+/\d+$", m) for m in said), said
     data = engine.read_bytes()
     assert len(data) > 100_000, f"{model} {component} {precision}: {len(data)} bytes"
     assert built["compute_capabilities"] and "7.5" not in built["compute_capabilities"]
@@ -276,7 +282,7 @@ def test_engine_problem_names_what_does_not_fit(trt_bundle):
 
 
 @needs_rtx
-def test_first_load_rebuilds_stale_engines(trt_bundle, tmp_path, monkeypatch):
+def test_first_load_rebuilds_stale_engines(trt_bundle, tmp_path, monkeypatch, caplog):
     """On a GPU an engine built by another release is rebuilt on first load (said on screen); a GPU
     TensorRT for RTX cannot build for is refused with how to get engines for it. The GPU facts are
     faked here: what is tested is the decision, and that the rebuild really happens."""
@@ -293,9 +299,10 @@ def test_first_load_rebuilds_stale_engines(trt_bundle, tmp_path, monkeypatch):
     monkeypatch.setattr(trt, "version", lambda f="tensorrt": trt.import_flavour(RTX).__version__ if f == RTX else None)
     monkeypatch.setattr(trt, "engine_validity", lambda flavour, data: ("VALID", []))
     with pytest.raises(BundleError, match=r"cannot run here: .*1\.6\.0\.0.*migm-export rebuild"):
-        pipeline_mod._engines_for_here(plan, verify_bundle(plan), torch.device("cuda"), False, print)
-    said = []
-    new = pipeline_mod._engines_for_here(plan, verify_bundle(plan), torch.device("cuda"), True, said.append)
+        pipeline_mod._engines_for_here(plan, verify_bundle(plan), torch.device("cuda"), False)
+    with caplog.at_level(logging.INFO, logger="migm"):
+        new = pipeline_mod._engines_for_here(plan, verify_bundle(plan), torch.device("cuda"), True)
+    said = [r.getMessage() for r in caplog.records]
     assert new["trt"]["version"] == trt.import_flavour(RTX).__version__
     assert any("rebuilding its engines" in m and "1.6.0.0" in m for m in said)
     assert verify_bundle(plan)["trt"]["version"] == new["trt"]["version"]
@@ -304,7 +311,7 @@ def test_first_load_rebuilds_stale_engines(trt_bundle, tmp_path, monkeypatch):
     monkeypatch.setattr(trt, "engine_validity", lambda flavour, data: ("INVALID", ["UNSUPPORTED_CC"]))
     with pytest.raises(BackendUnavailable, match=r"UNSUPPORTED_CC.*cannot build for this GPU \(compute capability "
                                                  r"9\.0\).*migm\[trt\]"):
-        pipeline_mod._engines_for_here(plan, verify_bundle(plan), torch.device("cuda"), True, said.append)
+        pipeline_mod._engines_for_here(plan, verify_bundle(plan), torch.device("cuda"), True)
 
 
 gpu_trt = pytest.mark.skipif(not torch.cuda.is_available() or not (trt.version(RTX) or trt.version("tensorrt")),

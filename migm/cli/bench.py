@@ -25,10 +25,10 @@ from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shor
 from ..runtime.cache import cache_dir, default_bundle
 from ..runtime.pipeline import Pipeline
 from ..sampling.loop import STRATEGIES
-from .common import debug_option, int_list, one_line_errors
+from .common import Group, debug_option, int_list, one_line_errors
 
 
-@click.group()
+@click.group(cls=Group)
 @debug_option
 def main():
     """Benchmarks: `quality` (FD vs base-model cost, tiny-animals) and `speed` (throughput on this machine)."""
@@ -108,7 +108,8 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
     click.echo(f"{len(todo)} rows to run ({len(done)} kept from {out})" if resume else f"{len(todo)} rows to run")
     for row in todo:
         tag = f"{label(row)} N={row['steps']} B={row['budget']} seed={row['seed']}"
-        bar = tqdm(total=num * (row["steps"] if row["strategy"] != "fewer" else row["budget"]), desc=tag, leave=False)
+        bar = tqdm(total=num * (row["steps"] if row["strategy"] != "fewer" else row["budget"]), desc=tag, leave=False,
+                   unit=" image-steps")
         run_row(pipe, evaluate, row, sweep, progress=lambda i, n: bar.update(i - bar.n))
         bar.close()
         rows.append(row)
@@ -223,7 +224,7 @@ def _speed_pipeline(preset, backend, engine, device, depth=None):
     plain = (copy.deepcopy(base).to(dev, dtype), copy.deepcopy(sc).to(dev, dtype))
     if engine is None:
         if preset == "tiny-animals" and backend == "ort":
-            engine = default_bundle(say=click.echo)
+            engine = default_bundle()
         else:
             # the depth is in the name: a bundle cached at one depth must not answer for another
             deep = "" if depth is None else f"-depth{depth}"

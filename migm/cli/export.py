@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 import torch
-from tqdm import tqdm
 
 from .. import assets
 from ..engines.build import BuildSettings, build_bundle, rebuild_bundle
@@ -34,10 +33,10 @@ from ..models.text import load_tokenizer
 from ..models.vq_loaders import halton_vqgan_config, load_amused_vq, load_halton_vqgan
 from ..runtime import saved
 from ..sampling.config import SamplerConfig
-from .common import debug_option, one_line_errors
+from .common import Group, config_option, debug_option, one_line_errors, status_bar
 
 
-@click.group()
+@click.group(cls=Group)
 @debug_option
 def main():
     """Export the pipeline (base, shortcut, VQ decoder) and build `NAME.plan/` bundles.
@@ -176,6 +175,7 @@ def calibrate(base_path, count, steps, seed, out):
 @click.option("--opt-batch", type=click.IntRange(1, 65536), default=16, show_default=True,
               help="TensorRT profile: the batch to tune for.")
 @_trt_options(opt_level_default=3)
+@config_option
 @one_line_errors
 def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_shortcut, pretrained, calibration,
           calibration_size, max_batch, opt_batch, trt_flavour, compute_capability, opt_level, hardware_compat,
@@ -189,18 +189,11 @@ def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_
                       opt_level=opt_level, trt_flavour=trt_flavour,
                       compute_capabilities=_capabilities(compute_capability) or (),
                       hardware_compat=hardware_compat, timing_cache=Path(timing_cache) if timing_cache else None)
-    bar = []  # made on the first progress message: an error before any work prints alone
-
-    def say(msg):
-        if not bar:
-            bar.append(tqdm(desc="build", bar_format="{desc}: {elapsed} {postfix}"))
-        bar[0].set_postfix_str(msg)
-
+    say, close = status_bar("build")
     try:
         path = build_bundle(out, s, base_path, vq_path, shortcut_path, progress=say)
     finally:
-        if bar:
-            bar[0].close()
+        close()
     click.echo(f"built {path} ({precision}, {backend})")
     _print_manifest(path)
 
@@ -284,10 +277,12 @@ def rebuild(bundle, trt_flavour, compute_capability, opt_level, hardware_compat,
     release and GPU, or another flavour or compute capabilities. Settings not given are the
     bundle's own; the bundle is replaced only once the new engines are built."""
     caps, cache = _capabilities(compute_capability), Path(timing_cache) if timing_cache else None
-    with tqdm(desc="rebuild", bar_format="{desc}: {elapsed} {postfix}") as bar:
+    say, close = status_bar("rebuild")
+    try:
         path = rebuild_bundle(bundle, flavour=trt_flavour, compute_capabilities=caps, opt_level=opt_level,
-                              hardware_compat=hardware_compat, timing_cache=cache,
-                              progress=lambda msg: bar.set_postfix_str(msg))
+                              hardware_compat=hardware_compat, timing_cache=cache, progress=say)
+    finally:
+        close()
     click.echo(f"rebuilt {path}")
     _print_manifest(path)
 

@@ -11,7 +11,7 @@ import click
 from ..runtime.cache import default_bundle
 from ..sampling.loop import STRATEGIES
 from ..serving.batch import job, run_local, run_on_ray
-from .common import debug_option, one_line_errors
+from .common import Command, debug_option, one_line_errors
 
 
 def _say(message: str) -> None:
@@ -32,7 +32,7 @@ def seed_list(value: str) -> list[int]:
     return seeds
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--classes", default=None, help="Comma-separated class names or indices (class-conditional model).")
 @click.option("--prompt", "prompts", multiple=True, help="A text prompt (repeat for several; text-to-image model).")
 @click.option("--seeds", default="0", show_default=True, help="Seeds per condition: 0-99, or 0,5,7.")
@@ -84,7 +84,7 @@ def main(classes, prompts, seeds, out, engine, model, backend, steps, budget, st
     if use_ray and importlib.util.find_spec("ray") is None:
         raise click.ClickException("--ray needs Ray: pip install 'migm[ray]' (docs/cli.md)")
     conditions = [c.strip() for c in classes.split(",") if c.strip()] if classes else list(prompts)
-    source = model or engine or default_bundle(say=_say)
+    source = model or engine or default_bundle()
     j = job(conditions, seed_list(seeds), source, backend=backend, steps=steps, budget=budget, strategy=strategy,
             guidance=guidance, shard_size=shard_size, batch_size=batch_size)
     out_dir = Path(out)

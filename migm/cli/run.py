@@ -15,13 +15,13 @@ from ..runtime.cache import default_bundle
 from ..runtime.images import ImageFolder, labelled_grid, slug
 from ..runtime.pipeline import Pipeline
 from ..sampling.loop import STRATEGIES, HybridStats
-from .common import Bar, debug_option, one_line_errors
+from .common import Bar, Command, debug_option, one_line_errors
 
 MAX_IMAGES = 100_000  # a sane bound: more is a typo, or a job for migm-generate
 GRID_MAX = 100  # the grid shows at most this many images
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--engine", "engine", default=None, type=click.Path(),
               help="A NAME.plan bundle from `migm-export build`. Default: the shipped model's bundle, "
                    "built on first use into ~/.cache/migm (or $MIGM_CACHE).")
@@ -90,12 +90,13 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
         shipped = defaults.default_run(pretrained) if pretrained in assets.MODELS else \
             None if pretrained else _checkpoints_run(model or "tiny-animals", base_path, shortcut_path)
     else:
-        engine = engine or default_bundle(say=click.echo)
-        pipe = Pipeline.from_bundle(engine, backend=backend)
-        shipped = defaults.for_bundle(engine)
+        path = engine or default_bundle()
+        pipe = Pipeline.from_bundle(path, backend=backend)
+        shipped = defaults.for_bundle(path)
     # a shipped model starts from its default run (the shortcut at the budget the quality tables support)
     steps, budget, strategy = defaults.fill(shipped, steps, budget, strategy)
-    source = engine or pretrained or base_path or model
+    # what the messages call the model: the default bundle is the shipped model, not its cache path
+    source = engine or pretrained or base_path or model or "the shipped tiny-animals model"
     text = pipe.family.text
     if text and not prompts:
         instead = " instead of --classes" if classes else ""
@@ -132,7 +133,8 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
                                progress=lambda i, n: bar(i, n))  # checked here, before any write
 
     folder.open()
-    bar = Bar(f"sampling ({pipe.backend.name}, {pipe.device}, {strategy})")
+    # the count is images x steps: every image advances one step per tick
+    bar = Bar(f"sampling ({pipe.backend.name}, {pipe.device}, {strategy})", unit=" image-steps")
     t0 = time.perf_counter()
     shown, done = [], 0
     for tokens in batches:  # written batch by batch: memory does not grow with --num
@@ -149,7 +151,8 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
     folder.close()
     more = f" (the grid shows the first {GRID_MAX})" if num > GRID_MAX else ""
     account = _against_full(pipe, sampler, strategy, budget, stats, num, batch_size)
-    click.echo(f"wrote {num} images and grid.png to {folder.path}{more}: {num / elapsed:.1f} images/s "
+    images = "image" if num == 1 else "images"
+    click.echo(f"wrote {num} {images} and grid.png to {folder.path}{more}: {num / elapsed:.1f} images/s "
                f"({pipe.backend.name} backend, {account})")
 
 

@@ -12,14 +12,14 @@ import click
 from ..runtime.cache import default_bundle
 from ..runtime.pipeline import Pipeline
 from ..serving.triton import ServedModel, ServerConfig, model_name, serve
-from .common import debug_option, one_line_errors
+from .common import Command, debug_option, one_line_errors
 
 
 def _say(message: str) -> None:
     click.echo(f"{time.strftime('%H:%M:%S')} {message}")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--engine", default=None, type=click.Path(),
               help="A NAME.plan bundle from `migm-export build`. Default: the shipped model's bundle, "
                    "built on first use into ~/.cache/migm (or $MIGM_CACHE).")
@@ -68,7 +68,7 @@ def main(engine, backend, model, name, host, http_port, grpc_port, metrics_port,
             raise click.BadParameter("checkpoints run on the torch backend only", param_hint="--backend")
         pipe, source = Pipeline.from_checkpoints(model=model), model
     else:
-        source = engine or default_bundle(say=_say)
+        source = engine or default_bundle()
         pipe = Pipeline.from_bundle(source, backend=backend)
     if pipe.family.text and pipe.tokenizer is None:
         raise click.ClickException(f"{source} carries no tokenizer, so text prompts cannot be read: rebuild the "

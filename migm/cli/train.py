@@ -27,10 +27,10 @@ from ..training.train_classifier import accuracy, train_classifier
 from ..training.train_shortcut import ShortcutTrainSettings, train_shortcut
 from ..training.train_vq import codebook_usage, train_vq
 from ..training.trajectories import TrajectorySet, collect_trajectories
-from .common import Bar, debug_option, int_list, one_line_errors
+from .common import Bar, Group, config_option, dataclass_options, debug_option, one_line_errors, settings_from
 
 
-@click.group()
+@click.group(cls=Group)
 @debug_option
 def main():
     """Train the models of the tiny pipelines (CPU is fine; resumable).
@@ -62,6 +62,7 @@ SHIP_STEPS = {"tiny-animals": 16, "tiny-scenes": 32}
 @DATA
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @DEVICE
+@config_option
 @one_line_errors
 def vq(out, steps, batch_size, codebook_size, downsample, data, seed, device):
     """Train the VQ-VAE tokenizer and report codebook usage."""
@@ -87,6 +88,7 @@ def vq(out, steps, batch_size, codebook_size, downsample, data, seed, device):
 @DATA
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @DEVICE
+@config_option
 @one_line_errors
 def classifier(out, steps, batch_size, data, seed, device):
     """Train the evaluation classifier (FD uses its penultimate features).
@@ -112,6 +114,7 @@ def classifier(out, steps, batch_size, data, seed, device):
 @click.option("--lr", default=5e-4, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @DEVICE
+@config_option
 @one_line_errors
 def base(vq_path, preset_name, out, steps, batch_size, lr, seed, device):
     """Train the base model on VQ tokens (EMA weights are saved).
@@ -148,6 +151,7 @@ def base(vq_path, preset_name, out, steps, batch_size, lr, seed, device):
               help="Default guidance weight stored with the model (--cfg is the old name).")
 @click.option("--tau", default=None, type=float, help="Default confidence-noise temperature [4.5; scenes 1].")
 @click.option("--out", "out_dir", default=None, help="Asset directory (default: the package's, for --model).")
+@config_option
 @one_line_errors
 def ship(vq_path, classifier_path, base_path, model, steps, guidance, tau, out_dir):
     """Copy trained checkpoints into the package as fp16 assets, with sampling defaults.
@@ -198,6 +202,7 @@ def ship(vq_path, classifier_path, base_path, model, steps, guidance, tau, out_d
                    "runs on every step to record the features it would have computed.")
 @click.option("--budget", type=click.IntRange(1, 4096), default=None, help="B of N for --shortcut.")
 @DEVICE
+@config_option
 @one_line_errors
 def trajectories(base_path, out, num, steps, guidance, tau, seed, shard_size, shortcut_path, budget, device):
     """Record the base model's sampling trajectories: the shortcut's training data.
@@ -243,20 +248,7 @@ def trajectories(base_path, out, num, steps, guidance, tau, seed, shard_size, sh
               type=click.Path(file_okay=False), help="A trajectory set from `migm-train trajectories`.")
 @click.option("--base", "base_path", default=None, help="The base model the trajectories came from (default: shipped).")
 @click.option("--out", default="runs/shortcut", show_default=True, help="Checkpoint path (without suffix).")
-@click.option("--steps", type=click.IntRange(1, 10_000_000), default=3000, show_default=True,
-              help="Training iterations.")
-@click.option("--batch-size", type=click.IntRange(1, 65536), default=32, show_default=True,
-              help="Windows per iteration (per process).")
-@click.option("--lr", default=1e-4, show_default=True)
-@click.option("--weight-decay", default=1e-2, show_default=True)
-@click.option("--decay-at", type=click.IntRange(0, 10_000_000), default=1000, show_default=True,
-              help="Multiply the lr by 0.1 after this many iterations.")
-@click.option("--ema", "ema_decay", default=0.999, show_default=True, help="EMA decay of the saved weights.")
-@click.option("--rollout", type=click.IntRange(1, 1000), default=1, show_default=True,
-              help="Most shortcut steps chained per window (1 = teacher forcing).")
-@click.option("--plan-budgets", default="",
-              help="Draw windows along these hybrid plans, e.g. 6,8,12 (start at full steps).")
-@click.option("--kl", default=0.0, show_default=True, help="Weight of the (guided) logit KL term; 0 = MSE only.")
+@dataclass_options(ShortcutTrainSettings)
 @click.option("--ratio", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Bottleneck ratio r (inner width d/r).")
 @click.option("--blocks", "n_block", type=click.IntRange(1, 64), default=1, show_default=True,
@@ -264,21 +256,12 @@ def trajectories(base_path, out, num, steps, guidance, tau, seed, shard_size, sh
 @click.option("--heads", type=click.IntRange(1, 256), default=4, show_default=True)
 @click.option("--no-cross-attention", is_flag=True,
               help="Ablation: self-attention instead of attending to sampled tokens.")
-@click.option("--max-trajectories", type=click.IntRange(0, 10_000_000), default=0, show_default=True,
-              help="Train on only the first n trajectories (0 = all; the held-out 5% stay the same).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="upstream", show_default=True,
               help="upstream: the released MIGM-Shortcut's layout (its weights load into it); migm: this "
                    "project's first design, kept for comparison.")
-@click.option("--eval-every", type=click.IntRange(1, 10_000_000), default=500, show_default=True)
-@click.option("--patience", type=click.IntRange(0, 10_000), default=0, show_default=True,
-              help="Stop when this many evaluations in a row bring the validation KL no lower (0: train all "
-                   "--steps).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@config_option
 @one_line_errors
-def shortcut(traj_path, base_path, out, steps, batch_size, lr, weight_decay, decay_at, ema_decay, rollout, plan_budgets,
-             kl, ratio, n_block, heads, no_cross_attention, max_trajectories, layout, eval_every, patience, device,
-             seed):
+def shortcut(traj_path, base_path, out, ratio, n_block, heads, no_cross_attention, layout, **options):
     """Train the MIGM-Shortcut feature predictor on recorded trajectories (resumable).
 
     Runs under torchrun with DistributedDataParallel (gloo on CPU, nccl on CUDA).
@@ -298,13 +281,8 @@ def shortcut(traj_path, base_path, out, steps, batch_size, lr, weight_decay, dec
         raise click.BadParameter(f"width {c.width} / ratio {ratio} must split into {heads} heads", param_hint="--ratio")
     cfg = family_of(base_model).shortcut_config(c, ratio=ratio, n_block=n_block, heads=heads,
                                                 cross_attention=not no_cross_attention, layout=layout)
-    settings = ShortcutTrainSettings(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                     decay_at=decay_at, ema_decay=ema_decay, rollout=rollout,
-                                     plan_budgets=int_list(plan_budgets, "--plan-budgets", required=False), kl=kl,
-                                     max_trajectories=max_trajectories, eval_every=eval_every, patience=patience,
-                                     seed=seed,
-                                     device=device)
-    info = init_distributed(device)
+    settings = settings_from(ShortcutTrainSettings, options)
+    info = init_distributed(settings.device)
     bar = Bar("shortcut")
     try:
         _, val = train_shortcut(out, base_model, ts, cfg, settings, meta={"base_digest": digest}, info=info,
@@ -324,6 +302,7 @@ def shortcut(traj_path, base_path, out, steps, batch_size, lr, weight_decay, dec
 @click.argument("path", default="runs/shortcut")
 @MODEL
 @click.option("--out", "out_dir", default=None, help="Asset directory (default: the package's, for --model).")
+@config_option
 @one_line_errors
 def ship_shortcut(path, model, out_dir):
     """Copy a trained shortcut into the package (fp16), after checking it belongs to the shipped base."""

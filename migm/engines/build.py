@@ -118,7 +118,7 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
                 say(f"engine {comp.name} ({trt.LABELS[trt_info['flavour']]})")
                 entry["profile"] = {k: [list(x) for x in v] for k, v in _profiles(comp, s, spec.num_tokens).items()}
                 engine = work / f"{comp.name}.engine"
-                _engine(final, engine, entry, comp.name, trt_info, s.timing_cache)
+                _engine(final, engine, entry, comp.name, trt_info, s.timing_cache, say)
                 files[f"{comp.name}.engine"], entry["file"] = engine, f"{comp.name}.engine"
                 # the graph the engine was built from, for `rebuild_bundle`
                 onnx_entry = {k: f"onnx/{v}" for k, v in onnx_entry.items()}
@@ -183,7 +183,7 @@ def rebuild_bundle(path: str | Path, flavour: str = "auto", compute_capabilities
         for name, entry in doc["components"].items():
             say(f"engine {name} ({trt.LABELS[new_flavour]})")
             engine = work / entry["file"]
-            _engine(path / entry["onnx"]["file"], engine, entry, name, info, timing_cache)
+            _engine(path / entry["onnx"]["file"], engine, entry, name, info, timing_cache, say)
             files[entry["file"]] = engine
         manifest = {k: v for k, v in doc.items() if k not in ("format", "version", "digest", "calibration")}
         manifest["trt"], manifest["tools"] = info, {**doc["tools"], **_versions()}
@@ -216,14 +216,16 @@ def _trt_info(flavour: str, opt_level: int, compute_capabilities, hardware_compa
             "hardware_compat": hardware_compat, "opt_level": opt_level}
 
 
-def _engine(onnx_path: Path, engine: Path, entry: dict, name: str, info: dict, timing_cache: Path | None) -> None:
+def _engine(onnx_path: Path, engine: Path, entry: dict, name: str, info: dict, timing_cache: Path | None,
+            say=lambda msg: None) -> None:
     """Build one component's engine as `info` says, with the entry's profile; its build time into the entry."""
     opts = trt.BuildOptions(flavour=info["flavour"], opt_level=info["opt_level"],
                             profiles={k: tuple(tuple(x) for x in v) for k, v in entry["profile"].items()},
                             compute_capabilities=tuple(info["compute_capabilities"]) if info["flavour"] == trt.RTX
                             else (), hardware_compat=info["hardware_compat"], timing_cache=timing_cache)
     built = trt.build_engine(onnx_path, engine, opts, component=name, precision=entry["precision"],
-                             inputs=entry["inputs"], outputs=entry["outputs"])
+                             inputs=entry["inputs"], outputs=entry["outputs"],
+                             progress=lambda msg: say(f"engine {name}: {msg}"))
     entry["build_seconds"] = built["seconds"]
 
 

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import re
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,6 +39,8 @@ from polygraphy.logger import G_LOGGER
 
 from ..errors import BackendUnavailable, BundleError, ConfigError
 from ..fileio import atomic_path
+
+log = logging.getLogger(__name__)
 
 TensorRTUnavailable = BackendUnavailable
 
@@ -142,17 +146,21 @@ def targets(opts: BuildOptions) -> list[str]:
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: BuildOptions, *, component: str,
-                 precision: str, inputs: list[dict], outputs: list[dict]) -> dict:
+                 precision: str, inputs: list[dict], outputs: list[dict],
+                 progress: Callable[[str], None] | None = None) -> dict:
     """Parse the ONNX graph (Polygraphy's NetworkFromOnnxPath), check its inputs and outputs against
     `inputs`/`outputs` (the manifest's), build (CreateConfig[RTX] + EngineBytesFromNetwork) and write
     the engine atomically. Returns what it was built with. A failure raises BundleError naming the
-    component, the precision and (for a parse failure) the node; nothing is written then."""
+    component, the precision and (for a parse failure) the node; nothing is written then.
+    `progress` hears TensorRT's build phases ("Building engine 2/5") where the module has a
+    progress monitor; TensorRT's own log goes to this module's logger at DEBUG (--verbose)."""
     trt = import_flavour(opts.flavour)
     loaders, create_config = _polygraphy(opts.flavour)
     cc = targets(opts)
     label, what = f"{LABELS[opts.flavour]} {trt.__version__}", f"the {component} graph ({precision})"
     start = time.perf_counter()
-    with _quiet() as log:
+    buf = io.StringIO()
+    with _logged(buf), _quiet(buf):  # the log is logged once stdout and stderr are back
         try:
             builder, network, parser = loaders.NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)()
         except PolygraphyException:
@@ -162,6 +170,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: BuildOpti
         for name, (lo, mid, hi) in opts.profiles.items():
             profile.add(name, min=lo, opt=mid, max=hi)
         common = dict(profiles=[profile], builder_optimization_level=opts.opt_level)
+        if progress is not None and hasattr(trt, "IProgressMonitor"):
+            common["progress_monitor"] = _progress_monitor(trt, progress)
         if opts.workspace_gb is not None:
             common["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(opts.workspace_gb * (1 << 30))}
         if opts.flavour == RTX:
@@ -176,7 +186,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: BuildOpti
             config = make_config(builder, network)
             data = loaders.EngineBytesFromNetwork((builder, network, parser), config=config)()
         except PolygraphyException as e:
-            raise BundleError(f"{label} could not build {what}: {_build_error(log.getvalue(), e)}") from None
+            raise BundleError(f"{label} could not build {what}: {_build_error(buf.getvalue(), e)}") from None
     if not data or data.nbytes == 0:
         raise BundleError(f"{label} built an empty engine for {what}")
     if "MALFORMED_ENGINE" in engine_validity(opts.flavour, bytes(data))[1]:
@@ -285,14 +295,47 @@ def _polygraphy(flavour: str):
 
 
 @contextlib.contextmanager
-def _quiet():
-    """Polygraphy's and TensorRT's log during a build, kept (errors only) instead of printed; the
-    DeprecationWarning of TensorRT for RTX's no-op timing cache (Polygraphy always makes one) dropped."""
-    buf = io.StringIO()
-    with G_LOGGER.verbosity(G_LOGGER.ERROR), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), \
+def _quiet(buf: io.StringIO):
+    """Polygraphy's and TensorRT's log during a build, kept (errors only; everything from INFO up
+    when this module logs DEBUG) instead of printed; the DeprecationWarning of TensorRT for RTX's
+    no-op timing cache (Polygraphy always makes one) dropped."""
+    level = G_LOGGER.INFO if log.isEnabledFor(logging.DEBUG) else G_LOGGER.ERROR
+    with G_LOGGER.verbosity(level), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         yield buf
+
+
+@contextlib.contextmanager
+def _logged(buf: io.StringIO):
+    """TensorRT's build log, kept by `_quiet`, to this module's logger at DEBUG once the build ends
+    (or fails): Polygraphy prints it, so it cannot go to the log line by line."""
+    try:
+        yield
+    finally:
+        for line in buf.getvalue().splitlines():
+            if line.strip():
+                log.debug("%s", line)
+
+
+def _progress_monitor(trt, progress: Callable[[str], None]):
+    """A TensorRT IProgressMonitor that reports the innermost phase with a step count."""
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.phases = {}  # name -> steps, in start order
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.phases[phase_name] = num_steps
+
+        def step_complete(self, phase_name, step):
+            progress(f"{phase_name} {step + 1}/{self.phases.get(phase_name, '?')}")
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            self.phases.pop(phase_name, None)
+
+    return Monitor()
 
 
 def _one_line(text: str) -> str:

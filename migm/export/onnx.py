@@ -16,6 +16,7 @@ models over 2 GB keep their weights as external data beside the .onnx.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -25,10 +26,12 @@ import onnx
 import torch
 import torch.nn as nn
 from polygraphy.backend.onnx import fold_constants as fold
+from polygraphy.logger import G_LOGGER
 
 from ..families import Family, family_of
 from ..models.vqvae import Decoder
 
+log = logging.getLogger(__name__)
 OPSET = 20
 EXTERNAL_DATA_BYTES = 2 * 1024**3
 
@@ -148,7 +151,9 @@ def fold_constants(path: Path) -> None:
     """Polygraphy's constant folding (what `polygraphy surgeon sanitize --fold-constants` does)."""
     if data_file(path) is not None:
         return  # weights held as external data (> 2 GB): loading them all to fold is not worth it
-    model = fold(onnx.load(str(path)), error_ok=True)
+    # Polygraphy prints its passes ("Folding Constants | Pass 1") to stdout: only with --verbose
+    with G_LOGGER.verbosity(G_LOGGER.INFO if log.isEnabledFor(logging.DEBUG) else G_LOGGER.ERROR):
+        model = fold(onnx.load(str(path)), error_ok=True)
     name_batch_axes(model)  # folding re-infers shapes and may rename the batch axis again
     onnx.checker.check_model(model)
     onnx.save(model, str(path))

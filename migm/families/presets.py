@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import ConfigError
+from ..models import require_device
 from ..models.llada import LLaDAConfig
 from ..models.loaders import DIMOO_8B, HALTON_IMAGENET512
 from ..models.maskgit import MaskGITConfig
@@ -74,6 +75,7 @@ def random_models(name: str, seed: int = 0, device: str | torch.device = "cpu",
     materialised directly on `device` in `dtype` (dimoo-8b never exists in fp32 on a CPU)."""
     p = preset(name)
     fam = p.fam
+    device = require_device(device)
     torch.manual_seed(seed)
     cfg = replace(p.base, depth=depth or p.base.depth, grid=grid or p.base.grid)
     with torch.device("meta"):

@@ -6,9 +6,9 @@ name carries the shipped checkpoints' digests, so a new release builds a fresh o
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Callable
 
 from .. import assets
 from ..engines.build import BuildSettings, build_bundle
@@ -17,6 +17,7 @@ from ..fileio import recover_dir
 from ..models.checkpoint import checkpoint_digest
 
 DEFAULT_PRECISION = "fp32"
+log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -25,14 +26,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "migm"
 
 
-def default_bundle(say: Callable[[str], None] | None = None) -> Path:
+def default_bundle() -> Path:
     """Path of the default bundle (tiny-animals, fp32, ONNX Runtime), building it if missing."""
     digest = checkpoint_digest(assets.BASE)[:8] + checkpoint_digest(assets.SHORTCUT)[:8]
     path = cache_dir() / "bundles" / f"tiny-animals-{digest}-{DEFAULT_PRECISION}-v{VERSION}.plan"
     recover_dir(path)  # a build killed mid-swap: its predecessor comes back
     if (path / "manifest.json").exists():
         return path
-    if say:
-        say(f"first use: building the default bundle into {path} (once, about a minute)")
+    log.info("first use: building the default bundle into %s (once, about a minute)", path)
     return build_bundle(path, BuildSettings(precision=DEFAULT_PRECISION, backend="ort"), assets.BASE, assets.VQ,
                         assets.SHORTCUT)

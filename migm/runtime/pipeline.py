@@ -18,7 +18,7 @@ generation give each thread its own pipeline.
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ from ..engines.build import rebuild_bundle
 from ..engines.bundle import BundleError, verify_bundle
 from ..errors import BackendUnavailable, ConfigError
 from ..families import Family, ModelSpec, family, family_of
+from ..models import require_device
 from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shortcut
 from ..models.text import load_tokenizer, tokenizer_path
 from ..sampling.config import SamplerConfig
@@ -40,6 +41,8 @@ from . import saved
 from .backends import BACKENDS, Backend, OrtBackend, TorchBackend, TrtBackend
 from .graphs import GraphedLoop
 from .images import to_pil
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,6 +100,7 @@ class Pipeline:
     def from_models(cls, base: torch.nn.Module, vq: torch.nn.Module, shortcut: torch.nn.Module | None = None,
                     device: str = "cpu", precision: str = "bf16") -> "Pipeline":
         """The torch backend over models in memory (random weights for benchmarks, say)."""
+        require_device(device)
         fam = family_of(base)
         spec = fam.spec(base.cfg)
         if (vq.cfg.codebook_size, vq.cfg.grid) != (spec.codebook_size, spec.grid):
@@ -176,8 +180,7 @@ class Pipeline:
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "auto", device: str | None = None,
-                    threads: int = 0, rebuild: bool = True,
-                    say: Callable[[str], None] | None = None) -> "Pipeline":
+                    threads: int = 0, rebuild: bool = True) -> "Pipeline":
         """A `NAME.plan/` bundle on a backend.
 
         auto: TensorRT for a trt bundle; for an ort bundle the torch backend with CUDA graphs
@@ -187,8 +190,8 @@ class Pipeline:
         `threads`: ONNX Runtime's threads per session (0: one per core), for several pipelines on one
         machine (torch's are process-wide: torch.set_num_threads).
         A trt bundle whose engines do not suit this machine (another TensorRT release or flavour,
-        another GPU) is rebuilt in place from the ONNX it keeps when `rebuild` (said through `say`,
-        default: stderr), else refused with the command that rebuilds it.
+        another GPU) is rebuilt in place from the ONNX it keeps when `rebuild` (logged as a warning),
+        else refused with the command that rebuilds it.
         """
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -211,8 +214,7 @@ class Pipeline:
                               "or rebuild with `migm-export build --backend ort`")
         device = device or ("cuda" if gpu and backend != "ort" else "cpu")
         if backend == "trt":
-            doc = _engines_for_here(path, doc, torch.device(device), rebuild,
-                                    say or (lambda msg: print(msg, file=sys.stderr)))
+            doc = _engines_for_here(path, doc, torch.device(device), rebuild)
         if backend == "torch":
             models = _bundle_checkpoints(path, doc)
             precision = "fp32" if doc["precision"] in ("fp32", "int8") else "bf16"
@@ -393,7 +395,7 @@ class Pipeline:
         return self.decode(self.generate_tokens(classes, **kwargs))
 
 
-def _engines_for_here(path: Path, doc: dict, device: torch.device, rebuild: bool, say) -> dict:
+def _engines_for_here(path: Path, doc: dict, device: torch.device, rebuild: bool) -> dict:
     """The manifest of a trt bundle whose engines run here: rebuilt first (once) where they were made
     for another TensorRT release, flavour or GPU; BackendUnavailable where nothing can run them."""
     if "trt" not in doc:
@@ -415,8 +417,8 @@ def _engines_for_here(path: Path, doc: dict, device: torch.device, rebuild: bool
         raise BackendUnavailable(f"{path}: {problem}; TensorRT for RTX {trt.version(here)} cannot build for this GPU "
                                  f"(compute capability {cc}): install NVIDIA TensorRT (pip install 'migm[trt]') and "
                                  f"run `migm-export rebuild {path} --trt-flavour tensorrt`, or use --backend torch")
-    say(f"{path}: {problem}; rebuilding its engines from the ONNX it keeps (once)")
-    rebuild_bundle(path, progress=say)
+    log.warning("%s: %s; rebuilding its engines from the ONNX it keeps (once)", path, problem)
+    rebuild_bundle(path, progress=lambda msg: log.info("rebuild: %s", msg))
     doc = verify_bundle(path)
     problem = trt.engine_problem(doc["trt"], [path / e["file"] for e in doc["components"].values()], index)
     if problem is not None:

@@ -33,21 +33,35 @@ from .trajectories import TrajectorySet
 
 @dataclass
 class ShortcutTrainSettings:
-    steps: int = 3000
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 1e-2
-    decay_at: int = 1000  # lr x 0.1 after this many iterations
-    ema_decay: float = 0.999
-    rollout: int = 1  # the most shortcut steps chained in one window
-    plan_budgets: list[int] = field(default_factory=list)  # windows along these hybrid plans
-    kl: float = 0.0  # weight of the logit KL term
-    val_fraction: float = 0.05
-    max_trajectories: int = 0  # train on only the first n (0 = all); the held-out ones stay the same
-    eval_every: int = 500
-    patience: int = 0  # stop after this many evaluations without a lower validation KL (0: run all steps)
-    seed: int = 0
-    device: str = "cpu"
+    """How the shortcut trains. `migm-train shortcut` makes one option per field (help and bounds
+    from the metadata), and reads the same fields from --config."""
+    steps: int = field(default=3000, metadata={"help": "Training iterations.", "range": (1, 10_000_000)})
+    batch_size: int = field(default=32, metadata={"help": "Windows per iteration (per process).",
+                                                  "range": (1, 65536)})
+    lr: float = field(default=1e-4, metadata={"help": "Learning rate (AdamW).", "range": (0.0, None)})
+    weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay.", "range": (0.0, None)})
+    decay_at: int = field(default=1000, metadata={"help": "Multiply the lr by 0.1 after this many iterations.",
+                                                  "range": (0, 10_000_000)})
+    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay of the saved weights.", "range": (0.0, 1.0),
+                                                      "aliases": ("--ema",)})
+    rollout: int = field(default=1, metadata={"help": "Most shortcut steps chained per window (1 = teacher forcing).",
+                                              "range": (1, 1000)})
+    plan_budgets: list[int] = field(default_factory=list, metadata={
+        "help": "Draw windows along these hybrid plans, e.g. 6,8,12 (start at full steps)."})
+    kl: float = field(default=0.0, metadata={"help": "Weight of the (guided) logit KL term; 0 = MSE only.",
+                                             "range": (0.0, None)})
+    val_fraction: float = field(default=0.05, metadata={"help": "Trajectories held out for validation.",
+                                                        "range": (0.0, 0.5)})
+    max_trajectories: int = field(default=0, metadata={
+        "help": "Train on only the first n trajectories (0 = all; the held-out ones stay the same).",
+        "range": (0, 10_000_000)})
+    eval_every: int = field(default=500, metadata={"help": "Validate every this many iterations.",
+                                                   "range": (1, 10_000_000)})
+    patience: int = field(default=0, metadata={
+        "help": "Stop when this many evaluations in a row bring the validation KL no lower (0: train all --steps).",
+        "range": (0, 10_000)})
+    seed: int = field(default=0, metadata={"range": (0, 2**63 - 1)})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda."})
 
     def to_dict(self) -> dict:
         return asdict(self)
