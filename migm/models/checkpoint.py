@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError
-from ..fileio import atomic_path, sha256_file
+from ..fileio import atomic_path, read_json, sha256_file
 from .classifier import Classifier, ClassifierConfig
 from .llada import LLaDA, LLaDAConfig
 from .maskgit import MaskGIT, MaskGITConfig
@@ -106,12 +106,7 @@ def read_config(path: str | Path) -> dict:
     _, config = checkpoint_files(path)
     if not config.is_file():
         raise CheckpointError(f"checkpoint config not found: {config}")
-    if config.stat().st_size > MAX_CONFIG_BYTES:
-        raise CheckpointError(f"checkpoint config {config} is over {MAX_CONFIG_BYTES} bytes: not a migm checkpoint")
-    try:
-        doc = json.loads(config.read_text(), parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"checkpoint config {config} is not valid JSON: {e}") from None
+    doc = read_json(config, "checkpoint config", CheckpointError, MAX_CONFIG_BYTES, parse_constant=_no_constant)
     if not isinstance(doc, dict) or doc.get("kind") not in KINDS:
         kind = doc.get("kind") if isinstance(doc, dict) else None
         raise CheckpointError(f"checkpoint {config} has unknown kind {kind!r}; known: {', '.join(KINDS)}")

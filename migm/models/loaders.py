@@ -36,7 +36,6 @@ missing or unexpected key is an error naming it.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import replace
@@ -46,6 +45,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import CheckpointError
+from ..fileio import read_json
 from .llada import LLaDA, LLaDAConfig
 from .maskgit import MaskGIT, MaskGITConfig
 from .shortcut import Shortcut, ShortcutConfig
@@ -193,13 +193,16 @@ def dimoo_config(directory: str | Path, codebook_size: int = 8192, heads: int = 
 
 def _dimoo_shards(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index} is not a safetensors index (no weight_map): {e}") from None
+    if index.exists() or index.is_symlink():
+        doc = read_json(index, "safetensors index", CheckpointError)
+        weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} is not a safetensors index: its weight_map is not an object "
+                                  "of tensor name -> shard file")
+        if not all(isinstance(n, str) for n in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map names a shard that is not a file name")
         shards = sorted(set(weight_map.values()))
-        if not all(isinstance(n, str) and n == Path(n).name and n.endswith(".safetensors") for n in shards):
+        if not all(n == Path(n).name and n.endswith(".safetensors") for n in shards):
             raise CheckpointError(f"{index} names shards outside its directory; a checkpoint names its own files only")
         for n in shards:
             if not (directory / n).is_file():

@@ -28,7 +28,6 @@ the key as the file spells it.
 from __future__ import annotations
 
 import inspect
-import json
 import re
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from diffusers import VQModel
 from safetensors import safe_open
 
 from ..errors import CheckpointError, ConfigError
+from ..fileio import read_json
 from .vq_diffusers import AmusedVQ, AmusedVQConfig, HaltonVQGAN, HaltonVQGANConfig
 
 # the halves of a full VQ checkpoint a decoder-only model does not hold
@@ -202,11 +202,6 @@ def amused_config(raw: dict, grid: int, source: str | Path = "config.json") -> A
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise CheckpointError(f"{path} not found (expected a diffusers VQModel folder)")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise CheckpointError(f"{path} is over {MAX_CONFIG_BYTES} bytes: not a model config")
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    return read_json(path, "model config", CheckpointError, MAX_CONFIG_BYTES)
