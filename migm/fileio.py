@@ -199,13 +199,12 @@ _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 _BRACKET = re.compile(rb"[\[\]{}]")
 
 
-def read_regular(path: str | os.PathLike, max_bytes: int, what: str = "file", error=ConfigError) -> bytes:
-    """The bytes of a regular file of at most `max_bytes`, or `error` saying why not.
+def open_regular(path: str | os.PathLike, max_bytes: int, what: str = "file", error=ConfigError):
+    """An open binary file object of a regular file of at most `max_bytes`, or `error` saying why not.
 
     Opened without following a final symbolic link and without blocking (a FIFO would hang a
     plain open), then checked on the open descriptor (not the name, which may change meanwhile):
-    a regular file, not a device or FIFO, not over the cap; read up to the cap plus one byte, so
-    a file that grows while read (or a sparse one) is still refused, not read whole."""
+    a regular file, not a directory, device or FIFO, not over the cap."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -215,12 +214,19 @@ def read_regular(path: str | os.PathLike, max_bytes: int, what: str = "file", er
         if path.is_symlink():
             raise error(f"{what} {path} is a symbolic link; migm reads plain files only") from None
         raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+        os.close(fd)
         if not stat.S_ISREG(st.st_mode):
             raise error(f"{what} {path} is not a regular file (a directory, device or FIFO)")
-        if st.st_size > max_bytes:
-            raise error(f"{what} {path} has {st.st_size} bytes; at most {max_bytes} are read")
+        raise error(f"{what} {path} has {st.st_size} bytes; at most {max_bytes} are read")
+    return os.fdopen(fd, "rb")
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int, what: str = "file", error=ConfigError) -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (`open_regular`), read up to the cap plus
+    one byte, so a file that grows while read is still refused, not read whole."""
+    with open_regular(path, max_bytes, what, error) as fh:
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise error(f"{what} {path} has over {max_bytes} bytes; at most {max_bytes} are read")
@@ -272,26 +278,13 @@ def read_json_lines(path: str | os.PathLike, what: str = "JSON-lines file", erro
 def copy_regular(src: str | os.PathLike, dst: str | os.PathLike, what: str = "file", error=ConfigError,
                  max_bytes: int = 1 << 40) -> None:
     """Copy a regular file only (no symbolic link followed, no device or FIFO read), at most `max_bytes`."""
-    src = Path(src)
-    try:
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        if src.is_symlink():
-            raise error(f"{what} {src} is a symbolic link; migm copies plain files only") from None
-        raise error(f"cannot read {what} {src}: {e.strerror or e}") from None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{what} {src} is not a regular file (a directory, device or FIFO)")
-        if st.st_size > max_bytes:
-            raise error(f"{what} {src} has {st.st_size} bytes; at most {max_bytes} are copied")
-        with open(dst, "wb") as out:
-            copied = 0
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                copied += len(block)
-                if copied > max(st.st_size, max_bytes):  # grew while copied
-                    raise error(f"{what} {src} grew while it was copied")
-                out.write(block)
+    with open_regular(src, max_bytes, what, error) as fh, open(dst, "wb") as out:
+        copied = 0
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            copied += len(block)
+            if copied > max_bytes:  # grew while copied
+                raise error(f"{what} {src} grew past {max_bytes} bytes while it was copied")
+            out.write(block)
 
 
 def clip(text, limit: int = 200) -> str:
