@@ -39,7 +39,7 @@ def declaring_files(directory: Path, declared: int = 2 << 30) -> dict:
     """A ~100 KB Halton-MaskGIT .pth whose tok_emb is a stride-0 view declaring `declared` bytes,
     and a small valid VQGAN last.ckpt to go with it (what `convert maskgit` takes)."""
     directory.mkdir(parents=True, exist_ok=True)
-    st = halton_state(MaskGITConfig(codebook_size=16, num_classes=3, grid=8, width=32, depth=4, heads=4, mlp=64))
+    st = halton_state(MaskGITConfig(codebook_size=16, num_classes=3, grid=8, width=32, depth=2, heads=4, mlp=64))
     st["tok_emb.weight"] = torch.zeros(1).expand(declared // (4 * 32), 32)
     torch.save({"iter": 1, "model_state_dict": st}, directory / "base.pth")
     vq = HaltonVQGANConfig(grid=8, codebook_size=16, code_dim=8, latent_channels=12, block_out_channels=(32, 32, 64),

@@ -43,7 +43,7 @@ from ..models.checkpoint import (
     load_checkpoint,
     load_shortcut,
 )
-from ..models.text import tokenizer_path
+from ..models.text import tokenizer_files, tokenizer_path
 from ..sampling.config import SamplerConfig
 from . import trt
 from .bundle import BundleError, bundle_file, fill_bundle, is_bundle, verify_bundle
@@ -261,7 +261,7 @@ def _tokenizer_files(fam: Family, base_path, files: dict) -> dict | None:
     tok_dir = tokenizer_path(base_path)
     if not fam.text or not tok_dir.is_dir():
         return None
-    names = sorted(f.name for f in tok_dir.iterdir())
+    names = tokenizer_files(tok_dir)  # the format's file names only, each a regular file, never the folder's listing
     for name in names:
         files[f"tokenizer/{name}"] = tok_dir / name
     return {"dir": "tokenizer", "files": names}

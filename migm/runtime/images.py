@@ -85,15 +85,21 @@ class ImageFolder:
 
     def open(self) -> "ImageFolder":
         check_writable(self.path)
+        # the marker first, before any image: a run killed (or out of disk) part-way leaves a folder
+        # the next run recognises as its own (the files listed are the previous run's, still to clean)
+        self._mark(self.previous)
         return self
 
     def save(self, image: torch.Tensor, name: str, scale: int = 1) -> None:
         save_png(image, self.path / name, scale=scale)
         self.written.append(name)
 
-    def close(self) -> None:
+    def _mark(self, files: list[str]) -> None:
         with atomic_path(self.path / self.MARKER) as tmp:
-            tmp.write_text(json.dumps({"files": self.written}, indent=1) + "\n")
+            tmp.write_text(json.dumps({"files": files}, indent=1) + "\n")
+
+    def close(self) -> None:
+        self._mark(self.written)
         for name in set(self.previous) - set(self.written):
             stale = self.path / name
             if stale.is_file() and not stale.is_symlink():
