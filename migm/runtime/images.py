@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError
-from ..fileio import atomic_path, check_writable
+from ..fileio import atomic_path, check_writable, read_json
 
 
 def to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
@@ -76,7 +76,7 @@ class ImageFolder:
             raise ConfigError(f"{self.path} exists and is not a folder; choose another --out")
         if self.path.is_dir() and any(self.path.iterdir()):
             try:
-                self.previous = [n for n in json.loads((self.path / self.MARKER).read_text())["files"]
+                self.previous = [n for n in read_json(self.path / self.MARKER, "migm-run marker")["files"]
                                  if isinstance(n, str) and n == Path(n).name]
             except (OSError, ValueError, KeyError, TypeError):
                 raise ConfigError(f"{self.path} holds files migm-run did not write; choose another --out or "

@@ -18,7 +18,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import ConfigError
-from .schedules import SCHEDULES
+from .schedules import SCHEDULES, mask_schedule
 
 SAMPLERS = ("halton", "dimoo")
 RAMPS = ("linear", "constant")
@@ -51,6 +51,8 @@ class SamplerConfig:
             raise ConfigError(f"steps ({self.steps}) cannot exceed the number of tokens ({num_tokens})")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if num_tokens is not None:  # some N the schedule cannot split L into (a step revealing <= 0 tokens)
+            mask_schedule(self.schedule, self.steps, num_tokens)
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
         if self.guidance_ramp not in RAMPS:

@@ -1,0 +1,160 @@
+"""`migm-generate` trusts nothing it did not verify, bundles copy only the tokenizer's own regular
+files, and a killed `migm-run` leaves a folder the next run recognises (SECURITY.md)."""
+
+import json
+import shutil
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from migm import assets
+from migm.cli.export import main as export_main
+from migm.cli.generate import main as generate_main
+from migm.cli.run import main as run_main
+from migm.errors import CheckpointError
+from migm.fileio import sha256_file
+from migm.models.text import load_tokenizer
+from migm.runtime.images import ImageFolder
+
+ARGS = ["--model", "tiny-animals", "--classes", "cat,dog", "--seeds", "0-3", "--steps", "2", "--shard-size", "4",
+        "--batch-size", "4"]
+
+
+def _one_line_error(res, *needles):
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code != 0, res.output
+    assert "Traceback" not in res.output, res.output
+    assert lines and lines[-1].startswith("Error:"), res.output
+    for n in needles:
+        assert n in res.output, res.output
+
+
+def _files(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _gen(*args):
+    return CliRunner().invoke(generate_main, [*ARGS, *args])
+
+
+def test_generate_refuses_a_folder_of_the_users(tmp_path):
+    out = tmp_path / "mine"
+    (out / "images").mkdir(parents=True)
+    (out / "manifest.jsonl").write_text("my notes\n")
+    (out / "images" / "000000-cat-s0.png").write_bytes(b"my photo")
+    before = _files(out)
+    res = _gen("--out", str(out))
+    _one_line_error(res, "holds files migm-generate did not write")
+    assert _files(out) == before
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "run"
+    res = _gen("--out", str(out))
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _resume(done, tmp_path, change):
+    out = tmp_path / "run"
+    shutil.copytree(done, out)
+    first = _files(out)
+    change(out)
+    res = _gen("--out", str(out))
+    return out, first, res
+
+
+def _rewrite_line(out, k, edit):
+    f = out / "shards" / f"{k:05d}.jsonl"
+    lines = [json.loads(s) for s in f.read_text().splitlines()]
+    edit(lines)
+    f.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+@pytest.mark.parametrize("case,said", [
+    ("path-escape", "names 'images/../../../../etc/passwd', not its image"),
+    ("deleted-image", "the image of row 1 is missing"),
+    ("changed-image", "does not match its recorded sha256"),
+    ("empty-shard", "it lists 0 rows; the job gives it 4"),
+    ("not-json", "is not valid JSON"),
+    ("other-rows", "its lines do not match rows 0..3"),
+])
+def test_generate_remakes_shards_that_do_not_verify(done, tmp_path, case, said):
+    def change(out):
+        if case == "path-escape":
+            _rewrite_line(out, 0, lambda ls: ls[0].__setitem__("file", "images/../../../../etc/passwd"))
+        elif case == "deleted-image":
+            (out / "images" / "000001-cat-s1.png").unlink()
+        elif case == "changed-image":
+            (out / "images" / "000001-cat-s1.png").write_bytes(b"not the image")
+        elif case == "empty-shard":
+            (out / "shards" / "00000.jsonl").write_text("")
+        elif case == "not-json":
+            (out / "shards" / "00000.jsonl").write_text("{not json\n")
+        else:
+            _rewrite_line(out, 0, lambda ls: ls[0].__setitem__("seed", 99))
+        (out / "manifest.jsonl").unlink()
+
+    out, first, res = _resume(done, tmp_path, change)
+    assert res.exit_code == 0, res.output
+    assert "shard 0: " in res.output and said in res.output and "it is made again" in res.output
+    assert _files(out) == first  # remade to the same bytes; the manifest names only its own images
+    lines = [json.loads(s) for s in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 and all(sha256_file(out / x["file"]) == x["sha256"] for x in lines)
+
+
+def test_generate_job_file_and_seed_errors(done, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(done, out)
+    doc = json.loads((out / "job.json").read_text())
+    del doc["conditions"]
+    (out / "job.json").write_text(json.dumps(doc))
+    _one_line_error(_gen("--out", str(out)), "does not hold a migm-generate job", "lists no conditions")
+    t = time.monotonic()
+    res = CliRunner().invoke(generate_main, ["--model", "tiny-animals", "--classes", "cat", "--seeds",
+                                             "0-10000000000", "--out", str(tmp_path / "s")])
+    _one_line_error(res, "10000000001 seeds is over 100000")
+    assert time.monotonic() - t < 10 and not (tmp_path / "s").exists()
+    res = CliRunner().invoke(generate_main, ["--model", "tiny-animals", "--classes", "cat", "--batch-size", "4096",
+                                             "--out", str(tmp_path / "b")])
+    _one_line_error(res, "4096 is not in the range 1<=x<=1024")
+
+
+def test_generate_checks_settings_before_making_out(tmp_path):
+    res = CliRunner().invoke(generate_main, ["--model", "tiny-animals", "--classes", "cat", "--steps", "256",
+                                             "--out", str(tmp_path / "o")])
+    _one_line_error(res, "steps")
+    assert not (tmp_path / "o").exists()
+
+
+def test_bundle_takes_only_the_tokenizer_files_of_the_format(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("base.json", "base.safetensors", "vq.json", "vq.safetensors"):
+        shutil.copy(assets.SCENES / name, src / name)
+    shutil.copytree(assets.SCENES / "base.tokenizer", src / "base.tokenizer")
+    secret = tmp_path / "private.txt"
+    secret.write_text("a private file outside the folder")
+    (src / "base.tokenizer" / "notes.json").symlink_to(secret)  # not a tokenizer file: never read
+    (src / "base.tokenizer" / "vocab.json").symlink_to("/dev/zero")  # a tokenizer name, but a link: refused
+    with pytest.raises(CheckpointError, match="symbolic link"):
+        load_tokenizer(src / "base.tokenizer")
+    (src / "base.tokenizer" / "vocab.json").unlink()
+    res = CliRunner().invoke(export_main, ["build", "--base", str(src / "base"), "--vq", str(src / "vq"),
+                                           "--no-shortcut", "--precision", "fp32", "--out", str(tmp_path / "s.plan")])
+    assert res.exit_code == 0, res.output
+    plan = tmp_path / "s.plan"
+    assert sorted(p.name for p in (plan / "tokenizer").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    assert b"private" not in b"".join(p.read_bytes() for p in plan.rglob("*") if p.is_file())
+
+
+def test_a_killed_run_leaves_a_folder_the_next_run_recognises(tiny, tmp_path):
+    out = tmp_path / "o"
+    folder = ImageFolder(out).open()  # killed right after the first image
+    (out / "0000_0.png").write_bytes(b"half a run")
+    assert folder.previous == []
+    res = CliRunner().invoke(run_main, ["--model", "tiny-animals", "--num", "2", "--steps", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "grid.png").exists() and len(json.loads((out / ".migm-run.json").read_text())["files"]) == 3
