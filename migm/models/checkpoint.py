@@ -197,11 +197,29 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu",
         k = wrong[0]
         raise CheckpointError(f"checkpoint {weights} does not match its config: {k} is {list(shapes[k])}, "
                               f"the config gives {list(ref[k].shape)}")
+    check_meta(doc["meta"], getattr(cfg, "num_classes", 0), weights.with_suffix(".json"))
     model = model_cls(cfg)
     state = load_file(str(weights), device=map_location)
     model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()})
     model.meta = doc["meta"]
     return model.eval()
+
+
+MAX_CLASS_NAME = 200  # as a bundle manifest's: names become file names (slugged, cut)
+
+
+def check_meta(meta: dict, num_classes: int, source) -> None:
+    """A checkpoint's `meta` as the runtime will use it: `class_names` a list of one name of 1..200
+    characters per class (or none), `sampling` an object (its values are checked by SamplerConfig)."""
+    names = meta.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) <= MAX_CLASS_NAME for n in names):
+        raise CheckpointError(f"checkpoint {source}: meta.class_names must be a list of names of 1..{MAX_CLASS_NAME} "
+                              "characters")
+    if len(names) not in (0, num_classes):
+        raise CheckpointError(f"checkpoint {source}: meta.class_names has {len(names)} names for {num_classes} "
+                              "classes")
+    if not isinstance(meta.get("sampling", {}), (dict, type(None))):
+        raise CheckpointError(f"checkpoint {source}: meta.sampling must be a JSON object of sampler settings")
 
 
 def load_shortcut(path: str | Path, base_path: str | Path, base: torch.nn.Module | None = None) -> torch.nn.Module:

@@ -87,6 +87,8 @@ class SamplerConfig:
     def from_dict(cls, doc: dict | None, default: "SamplerConfig | None" = None) -> "SamplerConfig":
         """From a checkpoint's or manifest's `sampling` entry; unknown keys are an error. Older
         files name the guidance weight `cfg`."""
+        if doc is not None and not isinstance(doc, dict):  # "ab" or [] from a file: the user's to fix, not a default
+            raise ConfigError(f"sampling settings must be a JSON object, not {type(doc).__name__} {str(doc)[:60]!r}")
         doc = dict(doc or {})
         if "cfg" in doc:
             doc.setdefault("guidance", doc.pop("cfg"))
