@@ -4,6 +4,7 @@ files, and a killed `migm-run` leaves a folder the next run recognises (SECURITY
 import json
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -158,3 +159,87 @@ def test_a_killed_run_leaves_a_folder_the_next_run_recognises(tiny, tmp_path):
     res = CliRunner().invoke(run_main, ["--model", "tiny-animals", "--num", "2", "--steps", "2", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert (out / "grid.png").exists() and len(json.loads((out / ".migm-run.json").read_text())["files"]) == 3
+
+
+# ---- bundles: declared shapes cross-checked at load ----
+
+@pytest.fixture(scope="module")
+def bundle(tiny, tmp_path_factory):
+    from migm.engines.build import BuildSettings, build_bundle
+
+    root = tiny[0]
+    return build_bundle(tmp_path_factory.mktemp("io") / "t.plan", BuildSettings(precision="fp32", backend="ort"),
+                        root / "base", root / "vq")
+
+
+def _edit(plan, change):
+    from migm.engines.bundle import manifest_digest
+
+    doc = json.loads((plan / "manifest.json").read_text())
+    change(doc)
+    doc["digest"] = manifest_digest(doc)
+    (plan / "manifest.json").write_text(json.dumps(doc))
+
+
+def test_a_graph_swapped_for_another_is_refused_at_load(bundle, tmp_path):
+    from migm.errors import BundleError
+    from migm.runtime import Pipeline
+
+    plan = Path(shutil.copytree(bundle, tmp_path / "x.plan"))
+
+    def swap(d):
+        base, dec = d["components"]["base"], d["components"]["decoder"]
+        base.update(file=dec["file"], sha256=dec["sha256"], bytes=dec["bytes"])
+
+    _edit(plan, swap)
+    with pytest.raises(BundleError, match="the graph of component base has inputs \\['tokens'\\]"):
+        Pipeline.from_bundle(plan, backend="ort")
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d["components"]["base"]["outputs"][1].__setitem__("shape", ["batch", 16, 99]), "logits is"),
+    (lambda d: d.__setitem__("sampling", []), "sampling settings must be a JSON object"),
+    (lambda d: d.__setitem__("sampling", "ab"), "sampling settings must be a JSON object"),
+])
+def test_manifest_fields_that_disagree_are_refused(bundle, tmp_path, change, message):
+    from migm.engines.bundle import verify_bundle
+    from migm.errors import BundleError
+
+    plan = Path(shutil.copytree(bundle, tmp_path / "x.plan"))
+    _edit(plan, change)
+    with pytest.raises(BundleError, match=message):
+        verify_bundle(plan)
+
+
+def test_codebook_size_that_disagrees_with_the_graphs(bundle, tmp_path):
+    from migm.engines.bundle import verify_bundle
+    from migm.errors import BundleError
+    from migm.families import family
+
+    plan = Path(shutil.copytree(bundle, tmp_path / "x.plan"))
+
+    def bigger(d):
+        d["config"]["base"]["codebook_size"] *= 2
+        d["config"]["vq"]["codebook_size"] *= 2
+        d["spec"] = family(d["family"]).spec_from_config(d["config"]["base"]).to_dict()
+
+    _edit(plan, bigger)
+    with pytest.raises(BundleError, match="codebook_size, num_tokens, width or grid disagree with the graphs"):
+        verify_bundle(plan)
+
+
+@pytest.mark.parametrize("meta,message", [
+    ({"class_names": "abc"}, "meta.class_names must be a list"),
+    ({"class_names": ["a"]}, "meta.class_names has 1 names for 3 classes"),
+    ({"sampling": "ab"}, "meta.sampling must be a JSON object"),
+])
+def test_checkpoint_meta_is_checked_at_load(tiny, tmp_path, meta, message):
+    from migm.models.checkpoint import load_checkpoint
+
+    root = tiny[0]
+    shutil.copy(root / "base.safetensors", tmp_path / "b.safetensors")
+    doc = json.loads((root / "base.json").read_text())
+    doc["meta"] = {**doc.get("meta", {}), **meta}
+    (tmp_path / "b.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / "b")

@@ -37,6 +37,7 @@ from ..families import FAMILIES, family
 from ..fileio import copy_regular, read_json, recover_dir
 from ..fileio import sha256_file as sha256
 from ..sampling.config import SamplerConfig
+from .graph_io import check_manifest_io
 
 FORMAT = "migm-bundle"
 VERSION = 2  # 2: the manifest's schema, spec and digest
@@ -243,6 +244,7 @@ def _check_schema(doc, mf: Path) -> None:
                     "trt names a flavour (tensorrt, tensorrt-rtx), its version, target compute capabilities, "
                     "hardware compatibility and optimization level")
         _expect(_hex(doc["digest"]), "digest is a sha256")
+        check_manifest_io(doc)  # the recorded graph shapes against config.base's sizes
     except BundleError as e:
         raise BundleError(f"{mf}: {e}") from None
     except MigmError as e:
