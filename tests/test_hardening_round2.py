@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from migm import assets
@@ -243,3 +244,38 @@ def test_checkpoint_meta_is_checked_at_load(tiny, tmp_path, meta, message):
     (tmp_path / "b.json").write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(tmp_path / "b")
+
+
+# ---- one Error line where the input is the user's to fix ----
+
+def test_trajectory_sets_that_are_damaged(tmp_path):
+    from migm.errors import DataError
+    from migm.models.maskgit import MaskGIT, MaskGITConfig
+    from migm.sampling.config import SamplerConfig
+    from migm.training.trajectories import TrajectorySet, collect_trajectories
+
+    base = MaskGIT(MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=1, heads=2, mlp=64)).eval()
+    collect_trajectories(base, tmp_path / "t", SamplerConfig(steps=4, guidance=2.0), torch.arange(3), 4, seed=0,
+                         shard_size=2, base_digest="abc")
+    mf = tmp_path / "t" / "manifest.json"
+    doc = json.loads(mf.read_text())
+    features = sorted((tmp_path / "t").glob("features-*.npy"))[0]
+    features.write_bytes(features.read_bytes()[: features.stat().st_size // 2])  # truncated
+    with pytest.raises(DataError, match="truncated or not numpy arrays"):
+        TrajectorySet(tmp_path / "t")
+    mf.write_text(json.dumps({k: v for k, v in doc.items() if k != "shards"}))
+    with pytest.raises(DataError, match="lists no shards"):
+        TrajectorySet(tmp_path / "t")
+
+
+def test_bench_inputs(tmp_path):
+    from migm.cli.bench import main as bench_main
+
+    res = CliRunner().invoke(bench_main, ["speed", "--batch", "0", "--json", str(tmp_path / "s.json")])
+    _one_line_error(res, "batch sizes must be in 1..4096")
+    (tmp_path / "garbage.json").write_text('{"not": "rows"}')
+    res = CliRunner().invoke(bench_main, ["plot", str(tmp_path / "garbage.json")])
+    _one_line_error(res, "does not hold `migm-bench speed` rows")
+    (tmp_path / "q.json").write_text("[1, 2, {oops")
+    res = CliRunner().invoke(bench_main, ["quality", "--resume", "--json", str(tmp_path / "q.json")])
+    _one_line_error(res, "is not valid JSON")
