@@ -279,3 +279,65 @@ def test_bench_inputs(tmp_path):
     (tmp_path / "q.json").write_text("[1, 2, {oops")
     res = CliRunner().invoke(bench_main, ["quality", "--resume", "--json", str(tmp_path / "q.json")])
     _one_line_error(res, "is not valid JSON")
+
+
+# ---- smaller ones ----
+
+def test_row_errors_quote_at_most_200_characters_of_input():
+    from migm.runtime import Pipeline
+    from migm.serving.rows import read_row
+
+    pipe = Pipeline.from_checkpoints(model="tiny-animals")
+    row = read_row(pipe, "x" * (1 << 20), 0)
+    assert row.error.startswith("unknown class 'xxx") and len(row.error) < 500 and "1048576 characters" in row.error
+
+
+def test_served_model_counts_what_the_drain_cut():
+    import numpy as np
+
+    from migm.runtime import Pipeline
+    from migm.serving.triton import ServedModel
+
+    logged = []
+    model = ServedModel(Pipeline.from_checkpoints(model="tiny-animals"), "t", max_batch=2, log=logged.append)
+    inputs = {"class": np.array([[b"cat"]], dtype=object), "seed": np.array([[0]]), "steps": np.array([[2]]),
+              "budget": np.array([[0]]), "strategy": np.array([[b""]], dtype=object),
+              "guidance": np.array([[1.0]], dtype=np.float32)}
+    model.infer(**inputs)
+    assert model.dropped() == 0
+    model.deadline = time.monotonic() - 1  # the drain timeout passed while this batch ran
+    model.infer(**inputs)
+    assert model.dropped() == 1 and "were not delivered" in logged[-1]
+
+
+def test_a_build_that_fails_its_own_checks_is_not_swapped_in(tiny, tmp_path, monkeypatch):
+    from migm.engines import build as build_mod
+    from migm.engines.build import BuildSettings, build_bundle
+    from migm.errors import BundleError
+
+    root = tiny[0]
+    out = tmp_path / "k.plan"
+    build_bundle(out, BuildSettings(precision="fp32"), root / "base", root / "vq")
+    before = _files(out)
+    real = build_mod.fill_bundle
+
+    def wrong_names(stage, manifest, files):  # as a base whose meta names 2 classes for 3
+        real(stage, {**manifest, "class_names": ["a", "b"]}, files)
+
+    monkeypatch.setattr(build_mod, "fill_bundle", wrong_names)
+    with pytest.raises(BundleError, match="class_names has 2 names for 3 classes"):
+        build_bundle(out, BuildSettings(precision="fp32"), root / "base", root / "vq")
+    assert _files(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["k.plan"]
+
+
+def test_rebuild_gives_the_parser_only_hashed_files(tmp_path):
+    from migm.engines.build import _hashed_graph
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "base.onnx").write_bytes(b"graph")
+    (tmp_path / "b" / "base.onnx.data").write_bytes(b"weights")
+    (tmp_path / "b" / "unlisted.bin").write_bytes(b"not hashed")
+    files = {"onnx/base.onnx": tmp_path / "b" / "base.onnx", "onnx/base.onnx.data": tmp_path / "b" / "base.onnx.data"}
+    graph = _hashed_graph(files, {"file": "onnx/base.onnx", "data_file": "onnx/base.onnx.data"}, tmp_path / "w")
+    assert graph.read_bytes() == b"graph" and sorted(p.name for p in graph.parent.iterdir()) == [
+        "base.onnx", "base.onnx.data"]

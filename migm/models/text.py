@@ -23,7 +23,7 @@ from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
 from ..errors import CheckpointError, ConfigError, PromptError
-from ..fileio import atomic_dir, copy_regular
+from ..fileio import atomic_dir, clip, copy_regular
 
 UNK = "<unk>"
 # in LLaDAConfig's default order: pad is the last text id, then mask, boi, eoi, boa, eoa, eol
@@ -116,23 +116,24 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_text: int, text_vocab:
     rows = []
     for p in prompts:
         if not isinstance(p, str):
-            raise PromptError(f"a prompt is text, not {type(p).__name__} ({p!r})")
+            raise PromptError(f"a prompt is text, not {type(p).__name__} ({clip(repr(p))})")
         ids = tokenizer(p, add_special_tokens=False)["input_ids"]
         typed = [tokenizer.convert_ids_to_tokens(i) for i in ids if i in specials]
         if typed:  # the tokenizer matches special tokens in raw text: they would steer the sequence
-            raise PromptError(f"prompt {p!r} contains the control token {typed[0]}; prompts are plain words")
+            raise PromptError(f"prompt {clip(p)!r} contains the control token {typed[0]}; prompts are plain words")
         if not ids:  # would silently become the unconditional (all-padding) prompt
-            raise PromptError(f"prompt {p!r} has no words; give a description such as 'a small cat on the left'")
+            raise PromptError(f"prompt {clip(p)!r} has no words; give a description such as 'a small cat on the left'")
         if unk in ids:
             backend = tokenizer.backend_tokenizer
             words = backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(p))
             bad = [w for w, _ in words if tokenizer.convert_tokens_to_ids(w) == unk]
-            raise PromptError(f"prompt {p!r}: {', '.join(repr(w) for w in bad)} not in the model's vocabulary "
+            unknown = clip(", ".join(repr(w) for w in bad))
+            raise PromptError(f"prompt {clip(p)!r}: {unknown} not in the model's vocabulary "
                               f"(known words: {', '.join(known_words(tokenizer))})")
         if template != "{prompt}":  # the template's own control tokens are the model's, not the user's
             ids = tokenizer(template.replace("{prompt}", p), add_special_tokens=False)["input_ids"]
         if len(ids) > max_text:
-            raise PromptError(f"prompt {p!r} has {len(ids)} tokens; the model takes at most {max_text}")
+            raise PromptError(f"prompt {clip(p)!r} has {len(ids)} tokens; the model takes at most {max_text}")
         rows.append(ids)
     pad = tokenizer.pad_token_id if pad_id is None else pad_id
     ids = torch.full((len(rows), max_text), pad, dtype=torch.long)
