@@ -33,7 +33,10 @@ def check_manifest_io(doc: dict) -> None:
         for io in ("inputs", "outputs"):
             for t in entry[io]:
                 expected = want.get((name, t["name"]))
-                if expected is not None and list(t["shape"][1:]) != expected:
+                got = list(t["shape"][1:])
+                # a named (dynamic) axis fits any size; a fixed one must be the spec's
+                if expected is not None and (len(got) != len(expected) or any(
+                        isinstance(a, int) and a != b for a, b in zip(got, expected))):
                     raise BundleError(f"components.{name}.{io}: {t['name']} is {t['shape']}, but config.base gives "
                                       f"[batch, {', '.join(map(str, expected))}] (codebook_size, num_tokens, width "
                                       "or grid disagree with the graphs)")
