@@ -305,3 +305,18 @@ def test_a_tiny_vq_config_with_huge_channels_allocates_nothing(tmp_path):
     """)
     _clean_error(proc, "does not fit the aMUSEd VQ decoder")
 
+
+
+def test_vqgan_codebook_view_and_missing_keys_are_clean_errors(tmp_path):
+    from migm.models.loaders import halton_config
+
+    st = taming_state(HALTON)
+    st["quantize.embedding.weight"] = torch.zeros(1).expand(1 << 24, HALTON.code_dim)
+    write_lightning(tmp_path / "big.ckpt", st)
+    with pytest.raises(CheckpointError, match="quantize.embedding.weight declares"):
+        load_halton_vqgan(tmp_path / "big.ckpt", HALTON)
+    state = halton_state(MG)
+    del state["tok_emb.weight"]
+    torch.save({"model_state_dict": state}, tmp_path / "m.pth")
+    with pytest.raises(CheckpointError, match="is not a Halton-MaskGIT checkpoint: it has no tok_emb.weight"):
+        halton_config(tmp_path / "m.pth", 16, 4)
