@@ -106,8 +106,7 @@ class Pipeline:
         models = {"base": base, "vq": vq, **({"shortcut": shortcut} if shortcut is not None else {})}
         return cls(backend=TorchBackend(base, vq.decoder, shortcut, device=device, precision=precision),
                    family=fam, spec=spec, class_names=tuple(meta.get("class_names", ())),
-                   defaults=SamplerConfig.from_dict(meta.get("sampling"),
-                                                    default=fam.sampler).validate(spec.num_tokens),
+                   defaults=SamplerConfig.from_dict(meta.get("sampling"), default=fam.sampler).validate(),
                    models=models)
 
     @classmethod
