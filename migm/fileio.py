@@ -18,7 +18,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -187,3 +189,106 @@ def recover_files(dest: str | os.PathLike) -> None:
         pid = _owner(entry, ".migm-stage-")
         if pid is not None and not _alive(pid):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+# ---- reading files that others made ----
+
+MAX_JSON_BYTES = 1 << 20  # a manifest, config, index or job file: far more than any real one holds
+MAX_JSON_DEPTH = 64  # nesting: real files have a handful of levels; 100,000 would exhaust the parser's stack
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def open_regular(path: str | os.PathLike, max_bytes: int, what: str = "file", error=ConfigError):
+    """An open binary file object of a regular file of at most `max_bytes`, or `error` saying why not.
+
+    Opened without following a final symbolic link and without blocking (a FIFO would hang a
+    plain open), then checked on the open descriptor (not the name, which may change meanwhile):
+    a regular file, not a directory, device or FIFO, not over the cap."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise error(f"{what} {path} not found") from None
+    except OSError as e:  # ELOOP: the name is a symbolic link
+        if path.is_symlink():
+            raise error(f"{what} {path} is a symbolic link; migm reads plain files only") from None
+        raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+        os.close(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{what} {path} is not a regular file (a directory, device or FIFO)")
+        raise error(f"{what} {path} has {st.st_size} bytes; at most {max_bytes} are read")
+    return os.fdopen(fd, "rb")
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int, what: str = "file", error=ConfigError) -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (`open_regular`), read up to the cap plus
+    one byte, so a file that grows while read is still refused, not read whole."""
+    with open_regular(path, max_bytes, what, error) as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise error(f"{what} {path} has over {max_bytes} bytes; at most {max_bytes} are read")
+    return data
+
+
+def json_depth(data: bytes) -> int:
+    """How deeply a JSON text nests its lists and objects (brackets inside strings not counted)."""
+    depth = deepest = 0
+    for m in _BRACKET.finditer(_STRING.sub(b'""', data)):
+        depth += 1 if m[0] in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def parse_json(data: bytes | str, what: str = "JSON", error=ConfigError, max_depth: int = MAX_JSON_DEPTH,
+               parse_constant=None):
+    """JSON text, parsed only after its nesting is checked (NaN/Infinity refused unless
+    `parse_constant` says otherwise)."""
+    raw = data.encode() if isinstance(data, str) else data
+    if json_depth(raw) > max_depth:
+        raise error(f"{what} nests deeper than {max_depth} levels: not a file migm wrote or reads")
+
+    def no_constant(name):
+        raise ValueError(f"{name} is not a number {what} may hold")
+
+    try:
+        return json.loads(raw, parse_constant=parse_constant or no_constant)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise error(f"{what} is not valid JSON: {clip(str(e))}") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", error=ConfigError, max_bytes: int = MAX_JSON_BYTES,
+              max_depth: int = MAX_JSON_DEPTH, parse_constant=None):
+    """One bounded reader for every JSON file from others: a regular file (no link, device or FIFO),
+    at most `max_bytes`, nesting at most `max_depth`, then parsed. Every failure is `error`."""
+    data = read_regular(path, max_bytes, what, error)
+    return parse_json(data, f"{what} {path}", error, max_depth, parse_constant)
+
+
+def read_json_lines(path: str | os.PathLike, what: str = "JSON-lines file", error=ConfigError,
+                    max_bytes: int = MAX_JSON_BYTES * 16) -> list:
+    """A JSON-lines file, bounded as `read_json`; each line is one value."""
+    data = read_regular(path, max_bytes, what, error)
+    return [parse_json(line, f"{what} {path} line {n}", error) for n, line in enumerate(data.splitlines(), 1)
+            if line.strip()]
+
+
+def copy_regular(src: str | os.PathLike, dst: str | os.PathLike, what: str = "file", error=ConfigError,
+                 max_bytes: int = 1 << 40) -> None:
+    """Copy a regular file only (no symbolic link followed, no device or FIFO read), at most `max_bytes`."""
+    with open_regular(src, max_bytes, what, error) as fh, open(dst, "wb") as out:
+        copied = 0
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            copied += len(block)
+            if copied > max_bytes:  # grew while copied
+                raise error(f"{what} {src} grew past {max_bytes} bytes while it was copied")
+            out.write(block)
+
+
+def clip(text, limit: int = 200) -> str:
+    """At most `limit` characters of user input for an error line or a log (a 1 MiB class name
+    echoed whole would bury the message)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

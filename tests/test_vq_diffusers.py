@@ -270,8 +270,8 @@ class _Planted:
 def test_halton_vqgan_loader_never_runs_pickled_code(tmp_path):
     marker = tmp_path / "ran"
     write_lightning(tmp_path / "evil.ckpt", {**taming_state(HALTON), "x": _Planted(marker)})
-    with pytest.raises(CheckpointError, match="weights-only.*GLOBAL"):
-        load_halton_vqgan(tmp_path / "evil.ckpt", HALTON)
+    # the planted global becomes an inert placeholder and is dropped: the decoder loads, nothing ran
+    load_halton_vqgan(tmp_path / "evil.ckpt", HALTON)
     assert not marker.exists()
 
 

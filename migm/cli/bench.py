@@ -15,17 +15,20 @@ from tqdm import tqdm
 from .. import assets
 from ..data.animals import load_animals
 from ..engines.build import BuildSettings, build_bundle
+from ..errors import ConfigError
 from ..evaluation.metrics import Evaluator
 from ..evaluation.quality import Sweep, label, pareto_plot, planned_rows, row_key, run_row, summarize
 from ..evaluation.speed import SpeedSettings, markdown, measure
 from ..families.presets import preset as get_preset
 from ..families.presets import random_models
-from ..fileio import atomic_path
+from ..fileio import atomic_path, read_json
 from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shortcut, save_checkpoint
 from ..runtime.cache import cache_dir, default_bundle
 from ..runtime.pipeline import Pipeline
 from ..sampling.loop import STRATEGIES
 from .common import Group, debug_option, int_list, one_line_errors
+
+MAX_BATCH = 4096  # images per timed call: more is a typo, and would run out of memory before any number
 
 
 @click.group(cls=Group)
@@ -93,7 +96,7 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
     out = Path(json_path)
     rows = []
     if resume and out.exists():
-        rows = json.loads(out.read_text())
+        rows = _read_rows(out, ("strategy", "steps", "budget", "seed", "num"), "a quality sweep's rows")
     done = {row_key(r) for r in rows}
     todo = [r for r in planned_rows(sweep) if row_key(r) not in done]
     classifier = load_checkpoint(classifier_path or assets.CLASSIFIER)
@@ -163,6 +166,8 @@ def speed(preset, depth, backend, engine, device, batches, steps, budgets, strat
           graphs, json_path):
     """Throughput of vanilla N vs hybrid (N, B) with the cost model and the plain-PyTorch baseline."""
     batch_list, budget_list = int_list(batches, "--batch"), int_list(budgets, "--budget")
+    if any(not 1 <= b <= MAX_BATCH for b in batch_list):
+        raise click.BadParameter(f"batch sizes must be in 1..{MAX_BATCH}", param_hint="--batch")
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     for s in names:
         if s not in STRATEGIES or s == "vanilla":
@@ -203,7 +208,9 @@ def speed(preset, depth, backend, engine, device, batches, steps, budgets, strat
 def plot(json_paths):
     """Redraw the speedup-vs-B plot (.png beside each file) from `migm-bench speed` JSON files."""
     for p in json_paths:
-        _speed_plot(json.loads(Path(p).read_text()), Path(p).with_suffix(".png"))
+        rows = _read_rows(Path(p), ("batch", "strategy", "budget", "steps", "speedup", "ideal_speedup"),
+                          "`migm-bench speed` rows")
+        _speed_plot(rows, Path(p).with_suffix(".png"))
         click.echo(f"wrote {Path(p).with_suffix('.png')}")
 
 
@@ -237,6 +244,15 @@ def _speed_pipeline(preset, backend, engine, device, depth=None):
                     build_bundle(engine, BuildSettings(precision="fp32", backend=backend),
                                  f"{tmp}/base", f"{tmp}/vq", f"{tmp}/shortcut")
     return Pipeline.from_bundle(engine, backend=backend, device=device), plain
+
+
+def _read_rows(path: Path, keys: tuple[str, ...], what: str) -> list[dict]:
+    """A results file from an earlier run (bounded read): a JSON list of objects with `keys`, or one Error line."""
+    rows = read_json(path, "results file")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and all(k in r for k in keys) for r in rows):
+        raise ConfigError(f"{path} does not hold {what} (a JSON list of objects with {', '.join(keys)}); "
+                          "give the file the command wrote, or run without it")
+    return rows
 
 
 def _speed_plot(rows, path):

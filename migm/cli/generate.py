@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
+from ..fileio import clip
 from ..runtime.cache import default_bundle
 from ..sampling.loop import STRATEGIES
-from ..serving.batch import job, run_local, run_on_ray
+from ..serving.batch import MAX_BATCH, MAX_SEEDS, MAX_SHARD, job, run_local, run_on_ray
 from .common import Command, debug_option, one_line_errors
 
 
@@ -20,16 +21,20 @@ def _say(message: str) -> None:
 
 def seed_list(value: str) -> list[int]:
     """"0-99" or "0,5,7" or both ("0-3,10") -> seeds, in the order given."""
-    seeds = []
+    ranges = []
     try:
         for part in (p.strip() for p in value.split(",") if p.strip()):
             lo, dash, hi = part.partition("-")
-            seeds += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+            ranges.append((int(lo), int(hi) if dash else int(lo)))
     except ValueError:
-        raise click.BadParameter(f"expected seeds like 0-99 or 0,5,7, got {value!r}", param_hint="--seeds") from None
-    if not seeds or min(seeds) < 0:
-        raise click.BadParameter("give seeds >= 0, e.g. 0-99", param_hint="--seeds")
-    return seeds
+        raise click.BadParameter(f"expected seeds like 0-99 or 0,5,7, got {clip(value, 60)!r}",
+                                 param_hint="--seeds") from None
+    if not ranges or any(lo < 0 or hi < lo or hi >= 2**63 for lo, hi in ranges):
+        raise click.BadParameter("give seeds in 0..2**63-1, ranges low-high, e.g. 0-99", param_hint="--seeds")
+    count = sum(hi - lo + 1 for lo, hi in ranges)  # counted before any list is built
+    if count > MAX_SEEDS:
+        raise click.BadParameter(f"{count} seeds is over {MAX_SEEDS}: split the job", param_hint="--seeds")
+    return [s for lo, hi in ranges for s in range(lo, hi + 1)]
 
 
 @click.command(cls=Command)
@@ -48,9 +53,10 @@ def seed_list(value: str) -> list[int]:
 @click.option("--strategy", default=None, type=click.Choice(STRATEGIES),
               help="How the other steps get their features (default: shortcut when B < N).")
 @click.option("--guidance", type=float, default=None, help="CFG weight (default: the model's).")
-@click.option("--shard-size", default=16, show_default=True,
+@click.option("--shard-size", default=16, show_default=True, type=click.IntRange(1, MAX_SHARD),
               help="Rows per shard: the unit of work, of resuming and of a worker's output.")
-@click.option("--batch-size", default=8, show_default=True, help="Rows per generate call within a shard.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, MAX_BATCH),
+              help="Rows per generate call within a shard.")
 @click.option("--ray", "use_ray", is_flag=True, help="Run the shards on Ray: one pipeline per worker.")
 @click.option("--ray-address", default=None,
               help="A running Ray cluster (host:port, or `auto`). Default: $RAY_ADDRESS, else a local one.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import click
@@ -14,11 +13,18 @@ from ..data.scenes import CANVAS, all_captions, caption_words, make_scenes
 from ..evaluation.judge import crop_splits
 from ..families import family_of
 from ..families.presets import preset
-from ..fileio import staged_files
+from ..fileio import copy_regular, staged_files
 from ..models.checkpoint import BASE_KINDS, checkpoint_digest, load_checkpoint, load_shortcut, save_checkpoint
 from ..models.classifier import ClassifierConfig
 from ..models.shortcut import LAYOUTS
-from ..models.text import build_tokenizer, encode_prompts, load_tokenizer, save_tokenizer, tokenizer_path
+from ..models.text import (
+    build_tokenizer,
+    encode_prompts,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_files,
+    tokenizer_path,
+)
 from ..models.vqvae import VQConfig
 from ..sampling.config import SamplerConfig
 from ..training.dist import close_distributed, init_distributed
@@ -175,7 +181,9 @@ def ship(vq_path, classifier_path, base_path, model, steps, guidance, tau, out_d
         for src, name, m, extra in models:
             save_checkpoint(m, stage / name, meta={**m.meta, **extra}, dtype=torch.float16)
         if fam.text:
-            shutil.copytree(tok, tokenizer_path(stage / "base"))
+            tokenizer_path(stage / "base").mkdir()
+            for f in tokenizer_files(tok):  # the format's files only, each a regular file
+                copy_regular(tok / f, tokenizer_path(stage / "base") / f, "tokenizer file")
     for src, name, _, _ in models:
         click.echo(f"{name}: {src} -> {out / name}.safetensors")
     if fam.text:

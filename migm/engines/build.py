@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from ..export.onnx import (
 )
 from ..export.precision import component_precisions, to_fp16
 from ..families import Family, family_of
-from ..fileio import atomic_dir, check_replaceable
+from ..fileio import atomic_dir, check_replaceable, copy_regular
 from ..models.checkpoint import (
     BASE_KINDS,
     VQ_KINDS,
@@ -43,10 +44,10 @@ from ..models.checkpoint import (
     load_checkpoint,
     load_shortcut,
 )
-from ..models.text import tokenizer_path
+from ..models.text import tokenizer_files, tokenizer_path
 from ..sampling.config import SamplerConfig
 from . import trt
-from .bundle import BundleError, bundle_file, fill_bundle, is_bundle, verify_bundle
+from .bundle import BundleError, bundle_file, fill_bundle, is_bundle, read_manifest, verify_bundle
 from .verify import rel_error
 
 BACKENDS = ("ort", "trt")
@@ -148,6 +149,7 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
         }
         say("bundle")
         fill_bundle(stage, manifest, files)
+        read_manifest(stage)  # every check the loader makes (class names, shapes), before the swap
         shutil.rmtree(work)
     return Path(out)
 
@@ -183,14 +185,30 @@ def rebuild_bundle(path: str | Path, flavour: str = "auto", compute_capabilities
         for name, entry in doc["components"].items():
             say(f"engine {name} ({trt.LABELS[new_flavour]})")
             engine = work / entry["file"]
-            _engine(path / entry["onnx"]["file"], engine, entry, name, info, timing_cache, say)
+            graph = _hashed_graph(files, entry["onnx"], work / "src" / name)
+            _engine(graph, engine, entry, name, info, timing_cache, say)
             files[entry["file"]] = engine
         manifest = {k: v for k, v in doc.items() if k not in ("format", "version", "digest", "calibration")}
         manifest["trt"], manifest["tools"] = info, {**doc["tools"], **_versions()}
         say("bundle")
         fill_bundle(stage, manifest, files)
+        read_manifest(stage)  # every check the loader makes, before the swap
         shutil.rmtree(work)
     return path
+
+
+def _hashed_graph(files: dict, onnx: dict, folder: Path) -> Path:
+    """The graph (and its external weights) alone in a folder of its own, so the ONNX parser can read
+    only the files the manifest hashes, never another one beside them in the bundle."""
+    folder.mkdir(parents=True)
+    for key in ("file", "data_file"):
+        if key in onnx:
+            src, dst = files[onnx[key]], folder / Path(onnx[key]).name
+            try:
+                os.link(src, dst)  # same filesystem (the stage is beside the bundle): no copy of a large graph
+            except OSError:
+                copy_regular(src, dst, "bundle file", BundleError)
+    return folder / Path(onnx["file"]).name
 
 
 def _kept_files(doc: dict) -> list[str]:
@@ -263,7 +281,7 @@ def _tokenizer_files(fam: Family, base_path, files: dict) -> dict | None:
     tok_dir = tokenizer_path(base_path)
     if not fam.text or not tok_dir.is_dir():
         return None
-    names = sorted(f.name for f in tok_dir.iterdir())
+    names = tokenizer_files(tok_dir)  # the format's file names only, each a regular file, never the folder's listing
     for name in names:
         files[f"tokenizer/{name}"] = tok_dir / name
     return {"dir": "tokenizer", "files": names}

@@ -29,15 +29,15 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import stat
 from pathlib import Path, PurePosixPath
 
 from ..errors import BundleError, ConfigError, MigmError
 from ..families import FAMILIES, family
-from ..fileio import recover_dir
+from ..fileio import copy_regular, read_json, recover_dir
 from ..fileio import sha256_file as sha256
 from ..sampling.config import SamplerConfig
+from .graph_io import check_manifest_io
 
 FORMAT = "migm-bundle"
 VERSION = 2  # 2: the manifest's schema, spec and digest
@@ -54,8 +54,8 @@ def is_bundle(path: Path) -> bool:
         mf = path / "manifest.json"
         if mf.is_symlink() or not mf.is_file() or mf.stat().st_size > MAX_MANIFEST_BYTES:
             return False
-        return json.loads(mf.read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+        return read_json(mf, "bundle manifest", BundleError, MAX_MANIFEST_BYTES).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError, BundleError):
         return False
 
 
@@ -75,8 +75,8 @@ def fill_bundle(stage: Path, manifest: dict, files: dict[str, Path]) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
         if Path(src).resolve().is_relative_to(stage.resolve()):
             os.replace(src, dst)
-        else:
-            shutil.copyfile(src, dst)
+        else:  # a plain file only: a link out of the source folder or a device is refused, not copied
+            copy_regular(src, dst, "bundle source file", BundleError)
     for entry in manifest.get("components", {}).values():
         for e in (entry, entry.get("onnx")):  # the artifact, and a TensorRT engine's source graph
             if e is None:
@@ -115,10 +115,8 @@ def read_manifest(path: str | Path) -> dict:
         raise BundleError(f"{mf} is not a regular file (a link or a device); a bundle holds plain files only")
     if st.st_size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{mf} has {st.st_size} bytes; a bundle manifest has at most {MAX_MANIFEST_BYTES}")
-    try:
-        doc = json.loads(mf.read_bytes()[:MAX_MANIFEST_BYTES], parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BundleError(f"{mf} is not valid JSON: {e}") from None
+    # the one bounded reader: opened without following links, checked on the descriptor, nesting capped
+    doc = read_json(mf, "bundle manifest", BundleError, MAX_MANIFEST_BYTES, parse_constant=_no_constant)
     _check_schema(doc, mf)
     if doc["digest"] != manifest_digest(doc):
         raise BundleError(f"{mf} does not match its digest (corrupt or modified; rebuild the bundle)")
@@ -246,6 +244,7 @@ def _check_schema(doc, mf: Path) -> None:
                     "trt names a flavour (tensorrt, tensorrt-rtx), its version, target compute capabilities, "
                     "hardware compatibility and optimization level")
         _expect(_hex(doc["digest"]), "digest is a sha256")
+        check_manifest_io(doc)  # the recorded graph shapes against config.base's sizes
     except BundleError as e:
         raise BundleError(f"{mf}: {e}") from None
     except MigmError as e:

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..fileio import clip
 from ..models.maskgit import MaskGIT, MaskGITConfig
 from ..models.shortcut import Shortcut, ShortcutConfig
 from ..sampling.config import SamplerConfig
@@ -127,7 +128,7 @@ def class_index(name_or_index, num_classes: int, class_names: Sequence[str] = ()
     if s in class_names:
         return list(class_names).index(s)
     choices = ", ".join(class_names) if class_names else f"0..{num_classes - 1}"
-    raise ConfigError(f"unknown class {s!r}; choose from {choices}")
+    raise ConfigError(f"unknown class {clip(s)!r}; choose from {clip(choices)}")
 
 
 MASKGIT = MaskGITFamily()

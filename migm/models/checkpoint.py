@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError
-from ..fileio import atomic_path, sha256_file
+from ..fileio import atomic_path, read_json, sha256_file
 from .classifier import Classifier, ClassifierConfig
 from .llada import LLaDA, LLaDAConfig
 from .maskgit import MaskGIT, MaskGITConfig
@@ -106,12 +106,7 @@ def read_config(path: str | Path) -> dict:
     _, config = checkpoint_files(path)
     if not config.is_file():
         raise CheckpointError(f"checkpoint config not found: {config}")
-    if config.stat().st_size > MAX_CONFIG_BYTES:
-        raise CheckpointError(f"checkpoint config {config} is over {MAX_CONFIG_BYTES} bytes: not a migm checkpoint")
-    try:
-        doc = json.loads(config.read_text(), parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"checkpoint config {config} is not valid JSON: {e}") from None
+    doc = read_json(config, "checkpoint config", CheckpointError, MAX_CONFIG_BYTES, parse_constant=_no_constant)
     if not isinstance(doc, dict) or doc.get("kind") not in KINDS:
         kind = doc.get("kind") if isinstance(doc, dict) else None
         raise CheckpointError(f"checkpoint {config} has unknown kind {kind!r}; known: {', '.join(KINDS)}")
@@ -202,11 +197,29 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu",
         k = wrong[0]
         raise CheckpointError(f"checkpoint {weights} does not match its config: {k} is {list(shapes[k])}, "
                               f"the config gives {list(ref[k].shape)}")
+    check_meta(doc["meta"], getattr(cfg, "num_classes", 0), weights.with_suffix(".json"))
     model = model_cls(cfg)
     state = load_file(str(weights), device=map_location)
     model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()})
     model.meta = doc["meta"]
     return model.eval()
+
+
+MAX_CLASS_NAME = 200  # as a bundle manifest's: names become file names (slugged, cut)
+
+
+def check_meta(meta: dict, num_classes: int, source) -> None:
+    """A checkpoint's `meta` as the runtime will use it: `class_names` a list of one name of 1..200
+    characters per class (or none), `sampling` an object (its values are checked by SamplerConfig)."""
+    names = meta.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) <= MAX_CLASS_NAME for n in names):
+        raise CheckpointError(f"checkpoint {source}: meta.class_names must be a list of names of 1..{MAX_CLASS_NAME} "
+                              "characters")
+    if len(names) not in (0, num_classes):
+        raise CheckpointError(f"checkpoint {source}: meta.class_names has {len(names)} names for {num_classes} "
+                              "classes")
+    if not isinstance(meta.get("sampling", {}), (dict, type(None))):
+        raise CheckpointError(f"checkpoint {source}: meta.sampling must be a JSON object of sampler settings")
 
 
 def load_shortcut(path: str | Path, base_path: str | Path, base: torch.nn.Module | None = None) -> torch.nn.Module:

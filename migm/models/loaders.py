@@ -36,7 +36,6 @@ missing or unexpected key is an error naming it.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import replace
@@ -45,11 +44,13 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+from ..fileio import read_json
 from .llada import LLaDA, LLaDAConfig
 from .maskgit import MaskGIT, MaskGITConfig
 from .shortcut import Shortcut, ShortcutConfig
 from .shortcut_llada import LLaDAShortcut, LLaDAShortcutConfig
+from .torchzip import Archive, dry_run, load_state, materialize
 
 # the published models' configurations
 HALTON_IMAGENET512 = MaskGITConfig(codebook_size=1024, num_classes=1000, grid=32, width=768, depth=24, heads=16,
@@ -64,7 +65,7 @@ DIMOO_8B = LLaDAConfig(text_vocab=126356, codebook_size=8192, grid=64, width=409
                        uncond_ids=DIMOO_UNCOND)
 
 
-def _check(mapped: dict, model: torch.nn.Module, source: str, unexpected: list[str]) -> None:
+def _check(mapped: dict, unexpected: list[str] = (), model: torch.nn.Module = None, source: str = "") -> None:
     want = model.state_dict()
     missing = sorted(set(want) - set(mapped))
     if missing or unexpected:
@@ -104,10 +105,14 @@ _HALTON = [
 
 
 def halton_to_maskgit(state: dict, cfg: MaskGITConfig, source: str = "checkpoint") -> MaskGIT:
-    """A Halton-MaskGIT v1.0 `model_state_dict` as our MaskGIT (config `cfg`)."""
-    model = MaskGIT(replace(cfg, io_norm_eps=1e-12))
+    """A Halton-MaskGIT v1.0 `model_state_dict` as our MaskGIT (config `cfg`). Given meta tensors
+    (`dry_run`), the model is built on the meta device: every check, no allocation."""
+    model = _build(lambda: MaskGIT(replace(cfg, io_norm_eps=1e-12)), state, source)
     mapped, unexpected = {}, []
     for key, value in state.items():
+        if key in ("pos_emb", "bias") and value.dim() != (3 if key == "pos_emb" else 2):
+            raise CheckpointError(f"{source}: {key} is {list(value.shape)}, not a {3 if key == 'pos_emb' else 2}-d "
+                                  "tensor")
         if key == "pos_emb":  # grid positions then the class token -> class token first
             mapped["pos_emb"] = torch.cat([value[:, -1:], value[:, :-1]], 1)
         elif key == "bias":
@@ -116,41 +121,70 @@ def halton_to_maskgit(state: dict, cfg: MaskGITConfig, source: str = "checkpoint
             mapped[target] = value
         else:
             unexpected.append(key)
-    _check(mapped, model, source, unexpected)
-    model.load_state_dict(mapped)
+    _check(mapped, unexpected, model, source)
+    model.load_state_dict(mapped, assign=_is_meta(state))
     return model.eval()
 
 
 def halton_config(path: str | Path, codebook_size: int = 1024, heads: int = 16) -> MaskGITConfig:
     """A Halton-MaskGIT checkpoint's config, read from its tensors' shapes (the head count and the
     codebook size are not in them: 16 and the VQGAN's 1,024 codes for the released model)."""
-    state = _halton_state(Path(path))
-    vocab, width = state["tok_emb.weight"].shape
-    grid = round(math.sqrt(state["pos_emb"].shape[1] - 1))
+    state, archive = _halton_state(Path(path))
+    archive.close()
+    try:
+        vocab, width = _dims(state, "tok_emb.weight", 2)
+        positions = _dims(state, "pos_emb", 3)[1]
+        mlp = _dims(state, "transformer.layers.0.1.fn.net.0.weight", 2)[0]
+    except KeyError as e:
+        raise CheckpointError(f"{path} is not a Halton-MaskGIT checkpoint: it has no {e.args[0]}") from None
+    grid = round(math.sqrt(max(positions - 1, 0)))
     depth = len({k.split(".")[2] for k in state if k.startswith("transformer.layers.")})
-    mlp = state["transformer.layers.0.1.fn.net.0.weight"].shape[0]
+    if vocab - codebook_size - 2 < 1 or grid < 1 or grid * grid + 1 != positions or depth < 1:
+        raise CheckpointError(f"{path}: its shapes give no Halton-MaskGIT (tok_emb {vocab} rows for "
+                              f"{codebook_size} codes, pos_emb {positions} positions, {depth} layers)")
     return MaskGITConfig(codebook_size=codebook_size, num_classes=vocab - codebook_size - 2, grid=grid, width=width,
                          depth=depth, heads=heads, mlp=mlp, io_norm_eps=1e-12)
 
 
-def _halton_state(path: Path) -> dict:
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated zip, a pickle with foreign objects
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {e}") from None
-    state = ckpt.get("model_state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds no state dict (expected a dict with 'model_state_dict')")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+def _halton_state(path: Path) -> tuple[dict, Archive]:
+    state, archive = load_state(path, ("model_state_dict",))
+    return {k.removeprefix("module."): v for k, v in state.items()}, archive
 
 
 def load_halton_maskgit(path: str | Path, cfg: MaskGITConfig | None = None) -> MaskGIT:
     """`MaskGIT_ImageNet_512.pth` (or any v1.0 checkpoint of that layout) onto maskgit-imagenet512."""
     path = Path(path)
-    state = _halton_state(path)
-    return halton_to_maskgit(state, cfg or HALTON_IMAGENET512, str(path))
+    refs, archive = _halton_state(path)
+    cfg = cfg or HALTON_IMAGENET512
+    try:
+        halton_to_maskgit(dry_run(archive, refs), cfg, str(path))  # every check first, on the meta device
+        return halton_to_maskgit(materialize(archive, refs), cfg, str(path))
+    finally:
+        archive.close()
+
+
+# ---- reading a released .pth: checked on the meta device, then read ----
+
+def _is_meta(state: dict) -> bool:
+    return any(torch.is_tensor(v) and v.is_meta for v in state.values())
+
+
+def _build(make, state: dict, source: str) -> torch.nn.Module:
+    """`make()` on the meta device when the state is meta tensors; a config it cannot build is the file's fault."""
+    try:
+        if _is_meta(state):
+            with torch.device("meta"):
+                return make()
+        return make()
+    except (ConfigError, TypeError, ValueError, ZeroDivisionError, AssertionError) as e:
+        raise CheckpointError(f"{source}: its shapes give no model that can be built ({e})") from None
+
+
+def _dims(state: dict, key: str, ndim: int) -> tuple[int, ...]:
+    shape = tuple(state[key].shape)
+    if len(shape) != ndim:
+        raise CheckpointError(f"{key} is {list(shape)}; a {ndim}-d tensor was expected")
+    return shape
 
 
 # ---- Lumina-DiMOO ----
@@ -193,13 +227,16 @@ def dimoo_config(directory: str | Path, codebook_size: int = 8192, heads: int = 
 
 def _dimoo_shards(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index} is not a safetensors index (no weight_map): {e}") from None
+    if index.exists() or index.is_symlink():
+        doc = read_json(index, "safetensors index", CheckpointError)
+        weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} is not a safetensors index: its weight_map is not an object "
+                                  "of tensor name -> shard file")
+        if not all(isinstance(n, str) for n in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map names a shard that is not a file name")
         shards = sorted(set(weight_map.values()))
-        if not all(isinstance(n, str) and n == Path(n).name and n.endswith(".safetensors") for n in shards):
+        if not all(n == Path(n).name and n.endswith(".safetensors") for n in shards):
             raise CheckpointError(f"{index} names shards outside its directory; a checkpoint names its own files only")
         for n in shards:
             if not (directory / n).is_file():
@@ -238,7 +275,7 @@ def load_dimoo(directory: str | Path, cfg: LLaDAConfig | None = None, device: st
             raise
         except Exception as e:  # safetensors raises its own error types on corrupt headers
             raise CheckpointError(f"{f} is not a readable safetensors file: {e}") from None
-    _check(mapped, model, str(directory), unexpected)
+    _check(mapped, unexpected, model, str(directory))
     model.load_state_dict(mapped, assign=True)
     model.init_buffers(device)
     return model.eval()
@@ -278,32 +315,46 @@ _DIMOO_SHORTCUT = [
                       ("ff_out", "mlp.down"))]
 
 
-def _state_dict_file(path: str | Path) -> dict:
-    """A released `.pth` state dict, read as data only (`weights_only=True`: a pickle with code is refused)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated zip, a pickle with foreign objects
-        raise CheckpointError(f"{path} is not a readable torch state dict: {e}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+def _state_dict_file(path: str | Path) -> tuple[dict, Archive]:
+    """A released `.pth` state dict's tensors (read by the restricted unpickler: no code runs, other
+    objects are dropped), still unread: (name -> TensorRef, archive)."""
+    state, archive = load_state(path)
+    if not state:
+        archive.close()
         raise CheckpointError(f"{path} holds no flat state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}, archive
+
+
+def _bottleneck(state: dict, path, base_width: int) -> tuple[int, int]:
+    """(inner, width) of a shortcut's proj_in, checked: the width is the base's, the bottleneck divides it."""
+    if "proj_in.weight" not in state:
+        raise CheckpointError(f"{path} is not a shortcut state dict (no proj_in.weight)")
+    inner, width = _dims(state, "proj_in.weight", 2)
+    if width != base_width or inner < 1 or width % inner:
+        raise CheckpointError(f"{path}: proj_in.weight is [{inner}, {width}]; a shortcut for this base takes its "
+                              f"width {base_width} down to a bottleneck that divides it")
+    return inner, width
 
 
 def load_maskgit_shortcut(path: str | Path, base: MaskGIT, heads: int = 16) -> torch.nn.Module:
     """The released MaskGIT-Shortcut weights (`maskgit-shortcut.pth`, a flat state dict) for `base`:
     the bottleneck and block count are read from the tensors; the head count is not in them (16 released)."""
-    state = _state_dict_file(path)
-    if "proj_in.weight" not in state:
-        raise CheckpointError(f"{path} is not a MaskGIT-Shortcut state dict (no proj_in.weight)")
-    inner, width = state["proj_in.weight"].shape
+    refs, archive = _state_dict_file(path)
+    try:
+        _bottleneck(refs, path, base.cfg.width)
+        _maskgit_shortcut(dry_run(archive, refs), base, heads, path)  # every check first, on the meta device
+        return _maskgit_shortcut(materialize(archive, refs), base, heads, path)
+    finally:
+        archive.close()
+
+
+def _maskgit_shortcut(state: dict, base: MaskGIT, heads: int, path) -> torch.nn.Module:
+    inner, width = _bottleneck(state, path, base.cfg.width)
     n_block = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     c = base.cfg
     cfg = ShortcutConfig(width=width, codebook_size=c.codebook_size, vocab=c.vocab, num_tokens=c.num_tokens,
-                         ratio=round(width / inner), n_block=n_block, heads=heads, layout="upstream")
-    model = Shortcut(cfg)
+                         ratio=width // inner, n_block=n_block, heads=heads, layout="upstream")
+    model = _build(lambda: Shortcut(cfg), state, str(path))
     mapped, unexpected = {}, []
     for key, value in state.items():
         split = _IN_PROJ.fullmatch(key)
@@ -315,7 +366,9 @@ def load_maskgit_shortcut(path: str | Path, base: MaskGIT, heads: int = 16) -> t
             mapped[target] = value
         else:
             unexpected.append(key)
-    _check(mapped, model, str(path), unexpected)
+    _check(mapped, unexpected, model, str(path))
+    if _is_meta(state):
+        return model  # the dry run: every shape fits
     model.load_state_dict(mapped)
     model.load_base_embeddings(base)
     return model.eval()
@@ -323,15 +376,26 @@ def load_maskgit_shortcut(path: str | Path, base: MaskGIT, heads: int = 16) -> t
 
 def load_dimoo_shortcut(path: str | Path, base: LLaDA) -> torch.nn.Module:
     """The released DiMOO-Shortcut weights (`dimoo-shortcut.pth`, a flat state dict) for `base`."""
-    state = _state_dict_file(path)
-    if "proj_in.weight" not in state:
-        raise CheckpointError(f"{path} is not a DiMOO-Shortcut state dict (no proj_in.weight)")
-    inner, width = state["proj_in.weight"].shape
-    n_block = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    mlp = state["blocks.0.self_attn.ff_proj.weight"].shape[0] if "blocks.0.self_attn.ff_proj.weight" in state else 0
-    cfg = LLaDAShortcutConfig(base=base.cfg.to_dict(), ratio=round(width / inner), n_block=n_block, mlp=mlp)
-    with torch.device("meta"):
-        model = LLaDAShortcut(cfg)
+    refs, archive = _state_dict_file(path)
+    try:
+        inner, width = _bottleneck(refs, path, base.cfg.width)
+        state = dry_run(archive, refs)  # every declared shape checked against the archive before any read
+        n_block = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+        mlp = state["blocks.0.self_attn.ff_proj.weight"].shape[0] if "blocks.0.self_attn.ff_proj.weight" in state \
+            else 0
+        cfg = LLaDAShortcutConfig(base=base.cfg.to_dict(), ratio=width // inner, n_block=n_block, mlp=mlp)
+        model = _build(lambda: LLaDAShortcut(cfg), state, str(path))  # on the meta device
+        _check(*_map_dimoo_shortcut(state), model=model, source=str(path))
+        state = materialize(archive, refs)
+    finally:
+        archive.close()
+    model.load_state_dict(_map_dimoo_shortcut(state)[0], assign=True)
+    model.init_buffers(state["proj_in.weight"].device)
+    model.load_base_embeddings(base)
+    return model.eval()
+
+
+def _map_dimoo_shortcut(state: dict) -> tuple[dict, list[str]]:
     mapped, unexpected = {}, []
     for key, value in state.items():
         target = _rename(key, _DIMOO_SHORTCUT)
@@ -339,8 +403,4 @@ def load_dimoo_shortcut(path: str | Path, base: LLaDA) -> torch.nn.Module:
             unexpected.append(key)
         else:
             mapped[target] = value
-    _check(mapped, model, str(path), unexpected)
-    model.load_state_dict(mapped, assign=True)
-    model.init_buffers(state["proj_in.weight"].device)
-    model.load_base_embeddings(base)
-    return model.eval()
+    return mapped, unexpected

@@ -12,7 +12,7 @@ naming it (an <unk> id would silently become a different prompt).
 
 from __future__ import annotations
 
-import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +23,7 @@ from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
 from ..errors import CheckpointError, ConfigError, PromptError
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, clip, copy_regular
 
 UNK = "<unk>"
 # in LLaDAConfig's default order: pad is the last text id, then mask, boi, eoi, boa, eoa, eol
@@ -61,17 +61,43 @@ def save_tokenizer(tokenizer, path: str | Path) -> Path:
     return path
 
 
-def load_tokenizer(path: str | Path, files: Sequence[str] | None = None):
-    """A tokenizer saved with `save_pretrained`. With `files`, only those files of the directory are
-    read (a bundle's hashed ones: an extra file dropped beside them must change nothing)."""
+# the files a fast tokenizer's save_pretrained layout has: only these are read or copied into a
+# bundle, never whatever else the folder holds (notes, links to private files)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "chat_template.jinja",
+                   "chat_template.json")
+MAX_TOKENIZER_FILE = 256 << 20
+
+
+def tokenizer_files(path: str | Path) -> list[str]:
+    """The tokenizer files of a folder, by the format's names: each a regular file in the folder
+    itself (a symbolic link, device or FIFO under one of these names is refused)."""
     path = Path(path)
-    if not (path / "tokenizer.json").is_file():
+    names = []
+    for name in TOKENIZER_FILES:
+        f = path / name
+        if not f.exists() and not f.is_symlink():
+            continue
+        st = f.lstat()
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointError(f"tokenizer file {f} is a symbolic link, device or FIFO; a tokenizer is plain files")
+        names.append(name)
+    if "tokenizer.json" not in names:
         raise CheckpointError(f"no tokenizer at {path} (tokenizer.json missing)")
-    if files is None:
-        return PreTrainedTokenizerFast.from_pretrained(str(path))
+    return names
+
+
+def load_tokenizer(path: str | Path, files: Sequence[str] | None = None):
+    """A tokenizer saved with `save_pretrained`. Only its format's files are read (`files`: a
+    bundle's hashed ones; an extra file dropped beside them must change nothing), copied as regular
+    files of bounded size into a private folder first, so the library reads nothing else."""
+    path = Path(path)
+    names = tokenizer_files(path) if files is None else list(files)
+    if "tokenizer.json" not in names or not (path / "tokenizer.json").is_file():
+        raise CheckpointError(f"no tokenizer at {path} (tokenizer.json missing)")
     with tempfile.TemporaryDirectory(prefix="migm-tokenizer-") as tmp:
-        for name in files:
-            shutil.copyfile(path / name, Path(tmp) / name)
+        for name in names:
+            copy_regular(path / name, Path(tmp) / name, "tokenizer file", CheckpointError, MAX_TOKENIZER_FILE)
         return PreTrainedTokenizerFast.from_pretrained(tmp)
 
 
@@ -90,23 +116,24 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_text: int, text_vocab:
     rows = []
     for p in prompts:
         if not isinstance(p, str):
-            raise PromptError(f"a prompt is text, not {type(p).__name__} ({p!r})")
+            raise PromptError(f"a prompt is text, not {type(p).__name__} ({clip(repr(p))})")
         ids = tokenizer(p, add_special_tokens=False)["input_ids"]
         typed = [tokenizer.convert_ids_to_tokens(i) for i in ids if i in specials]
         if typed:  # the tokenizer matches special tokens in raw text: they would steer the sequence
-            raise PromptError(f"prompt {p!r} contains the control token {typed[0]}; prompts are plain words")
+            raise PromptError(f"prompt {clip(p)!r} contains the control token {typed[0]}; prompts are plain words")
         if not ids:  # would silently become the unconditional (all-padding) prompt
-            raise PromptError(f"prompt {p!r} has no words; give a description such as 'a small cat on the left'")
+            raise PromptError(f"prompt {clip(p)!r} has no words; give a description such as 'a small cat on the left'")
         if unk in ids:
             backend = tokenizer.backend_tokenizer
             words = backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(p))
             bad = [w for w, _ in words if tokenizer.convert_tokens_to_ids(w) == unk]
-            raise PromptError(f"prompt {p!r}: {', '.join(repr(w) for w in bad)} not in the model's vocabulary "
+            unknown = clip(", ".join(repr(w) for w in bad))
+            raise PromptError(f"prompt {clip(p)!r}: {unknown} not in the model's vocabulary "
                               f"(known words: {', '.join(known_words(tokenizer))})")
         if template != "{prompt}":  # the template's own control tokens are the model's, not the user's
             ids = tokenizer(template.replace("{prompt}", p), add_special_tokens=False)["input_ids"]
         if len(ids) > max_text:
-            raise PromptError(f"prompt {p!r} has {len(ids)} tokens; the model takes at most {max_text}")
+            raise PromptError(f"prompt {clip(p)!r} has {len(ids)} tokens; the model takes at most {max_text}")
         rows.append(ids)
     pad = tokenizer.pad_token_id if pad_id is None else pad_id
     ids = torch.full((len(rows), max_text), pad, dtype=torch.long)

@@ -28,7 +28,6 @@ the key as the file spells it.
 from __future__ import annotations
 
 import inspect
-import json
 import re
 from pathlib import Path
 
@@ -37,6 +36,8 @@ from diffusers import VQModel
 from safetensors import safe_open
 
 from ..errors import CheckpointError, ConfigError
+from ..fileio import read_json
+from .torchzip import Archive, dry_run, load_state, materialize
 from .vq_diffusers import AmusedVQ, AmusedVQConfig, HaltonVQGAN, HaltonVQGANConfig
 
 # the halves of a full VQ checkpoint a decoder-only model does not hold
@@ -75,8 +76,11 @@ def taming_key(key: str, levels: int) -> str:
 
 
 def halton_to_vqgan(state: dict, cfg: HaltonVQGANConfig, source: str = "checkpoint") -> HaltonVQGAN:
-    """A taming VQGAN state dict (Halton-MaskGIT's `last.ckpt["state_dict"]`) as our HaltonVQGAN."""
-    model = HaltonVQGAN(cfg)
+    """A taming VQGAN state dict (Halton-MaskGIT's `last.ckpt["state_dict"]`) as our HaltonVQGAN.
+    Given meta tensors, the model is built on the meta device: every check, no allocation."""
+    meta = any(torch.is_tensor(v) and v.is_meta for v in state.values())
+    with torch.device("meta" if meta else "cpu"):
+        model = HaltonVQGAN(cfg)
     want = model.state_dict()
     ours = {taming_key(k, len(cfg.block_out_channels)): k for k in want}
     missing = sorted(set(ours) - set(state))
@@ -94,51 +98,50 @@ def halton_to_vqgan(state: dict, cfg: HaltonVQGANConfig, source: str = "checkpoi
             got = list(value.shape) if torch.is_tensor(value) else type(value).__name__
             raise CheckpointError(f"{source}: {name} is {got}, the config gives {list(shape)}")
         mapped[target] = value.reshape(want[target].shape).float()
-    model.load_state_dict(mapped)
+    model.load_state_dict(mapped, assign=meta)
     return model.eval()
 
 
 def halton_vqgan_config(path: str | Path, grid: int = 32) -> HaltonVQGANConfig:
     """The VQGAN's config read from its checkpoint's shapes (codebook, latent width, the channels of
     each decoder level, blocks per level); `grid`: the tokens per side the base samples."""
-    state = _lightning_state(Path(path))
+    state, archive = _lightning_state(Path(path))
+    archive.close()
     try:
         codes, code_dim = state["quantize.embedding.weight"].shape
         latent = state["post_quant_conv.weight"].shape[0]
         levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("decoder.up.")})
         channels = [state[f"decoder.up.{i}.block.0.conv2.weight"].shape[0] for i in levels]
         blocks = len({k.split(".")[4] for k in state if k.startswith("decoder.up.0.block.")})
-    except (KeyError, IndexError, ValueError) as e:
+        return HaltonVQGANConfig(grid=grid, codebook_size=codes, code_dim=code_dim, latent_channels=latent,
+                                 block_out_channels=tuple(channels), layers_per_block=blocks - 1)
+    except (KeyError, IndexError, ValueError) as e:  # ValueError: a ConfigError of HaltonVQGANConfig too
         raise CheckpointError(f"{path} does not hold a taming VQGAN decoder ({e})") from None
-    return HaltonVQGANConfig(grid=grid, codebook_size=codes, code_dim=code_dim, latent_channels=latent,
-                             block_out_channels=tuple(channels), layers_per_block=blocks - 1)
 
 
-def _lightning_state(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated zip, or a pickle that names code (refused, never run)
-        raise CheckpointError(f"{path} is not a readable weights-only torch checkpoint: {_refusal(e)}") from None
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
+def _lightning_state(path: Path) -> tuple[dict, Archive]:
+    """The `state_dict` tensors of a Lightning checkpoint, not yet read, by the restricted unpickler:
+    the callbacks, hyper-parameters (argparse, omegaconf, AttributeDict) and optimizer states it also
+    carries become inert placeholders and are dropped; nothing in the file is imported or run."""
+    state, archive = load_state(path, ("state_dict",))
+    if not isinstance(archive.tree.get("state_dict"), dict):
+        archive.close()
         raise CheckpointError(f"{path} holds no state dict (expected a Lightning checkpoint: a dict with 'state_dict')")
-    return state
+    return state, archive
 
 
 def load_halton_vqgan(path: str | Path, cfg: HaltonVQGANConfig | None = None) -> HaltonVQGAN:
     """Halton-MaskGIT's `pretrained_maskgit/VQGAN/last.ckpt` (taming VQGAN f16-1024) as a HaltonVQGAN;
-    `cfg` defaults to the released model at 512 px (grid 32)."""
+    `cfg` defaults to the released model at 512 px (grid 32). Only the decoder's tensors are read."""
     path = Path(path)
-    state = _lightning_state(path)
-    return halton_to_vqgan(state, cfg or HaltonVQGANConfig(), str(path))
-
-
-def _refusal(e: Exception) -> str:
-    """The line of torch.load's error that says what it refused (it spans a paragraph)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(e).__name__)
+    refs, archive = _lightning_state(path)
+    refs = {k: v for k, v in refs.items() if not _TAMING_SKIPPED.match(k)}  # the discriminator, LPIPS, encoder
+    cfg = cfg or HaltonVQGANConfig()
+    try:
+        halton_to_vqgan(dry_run(archive, refs), cfg, str(path))  # every check first, on the meta device
+        return halton_to_vqgan(materialize(archive, refs), cfg, str(path))
+    finally:
+        archive.close()
 
 
 def load_amused_vq(directory: str | Path, grid: int = 64) -> AmusedVQ:
@@ -153,8 +156,11 @@ def load_amused_vq(directory: str | Path, grid: int = 64) -> AmusedVQ:
     if not weights.is_file():
         pickled = " (a .bin is a pickle: it is not read)" if (folder / "diffusion_pytorch_model.bin").exists() else ""
         raise CheckpointError(f"{folder} has no {AMUSED_WEIGHTS}{pickled}")
-    model = AmusedVQ(cfg)
-    want = model.decoder.state_dict()  # VQModel's names
+    try:
+        with torch.device("meta"):  # its shapes only: a config's sizes are checked against the file's header first
+            want = AmusedVQ(cfg).decoder.state_dict()  # VQModel's names
+    except (ValueError, TypeError, ZeroDivisionError) as e:
+        raise CheckpointError(f"{folder}/config.json describes no decoder that can be built: {e}") from None
     try:
         with safe_open(str(weights), framework="pt") as fh:
             keys = [k for k in fh.keys() if not _ENCODER_SIDE.match(k)]
@@ -171,6 +177,7 @@ def load_amused_vq(directory: str | Path, grid: int = 64) -> AmusedVQ:
         raise
     except Exception as e:  # safetensors raises its own error types on corrupt headers
         raise CheckpointError(f"{weights} is not a readable safetensors file: {e}") from None
+    model = AmusedVQ(cfg)  # every tensor's shape matched the file's: the model is no larger than the file
     model.decoder.load_state_dict(state)
     return model.eval()
 
@@ -202,11 +209,6 @@ def amused_config(raw: dict, grid: int, source: str | Path = "config.json") -> A
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise CheckpointError(f"{path} not found (expected a diffusers VQModel folder)")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise CheckpointError(f"{path} is over {MAX_CONFIG_BYTES} bytes: not a model config")
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    return read_json(path, "model config", CheckpointError, MAX_CONFIG_BYTES)

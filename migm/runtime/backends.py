@@ -27,6 +27,7 @@ from safetensors import safe_open
 
 from ..engines import trt
 from ..engines.bundle import BundleError
+from ..engines.graph_io import check_graph_io
 from ..engines.ort import ort_session
 from ..errors import BackendUnavailable, ConfigError
 from ..families import Family, ModelSpec, family_of
@@ -187,6 +188,8 @@ class OrtBackend(_GraphBackend):
                                   "`--backend ort` bundle")
             self.sessions[name] = ort_session(bundle / entry["file"], self.device.type, self.device.index or 0,
                                               threads)
+            s = self.sessions[name]  # the graph's own I/O, as read from its header, against the manifest
+            check_graph_io(name, entry, s.get_inputs(), s.get_outputs(), bundle / entry["file"])
             self.spec_io[name] = entry
         self._setup(bundle, doc, spec, family, list(self.sessions))
         self.caps = Capabilities(shortcut=self.has_shortcut)

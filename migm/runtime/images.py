@@ -132,9 +132,13 @@ class ImageFolder:
             self.path = self.root / f"{self.PREFIX}{self._next_number():04d}"
             try:
                 self.path.mkdir()
-                return self
+                break
             except FileExistsError:  # another run took this number between the glob and the mkdir
                 continue
+        # the marker first, before any image: a run killed (or out of disk) part-way leaves a folder
+        # that says it is migm-run's (an empty list: the run did not finish)
+        self._mark([])
+        return self
 
     def save(self, image: torch.Tensor | Image.Image, name: str, scale: int = 1) -> None:
         if isinstance(image, Image.Image):
@@ -144,6 +148,9 @@ class ImageFolder:
             save_png(image, self.path / name, scale=scale)
         self.written.append(name)
 
-    def close(self) -> None:
+    def _mark(self, files: list[str]) -> None:
         with atomic_path(self.path / self.MARKER) as tmp:
-            tmp.write_text(json.dumps({"files": self.written}, indent=1) + "\n")
+            tmp.write_text(json.dumps({"files": files}, indent=1) + "\n")
+
+    def close(self) -> None:
+        self._mark(self.written)

@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import CheckpointError
 from ..families import Family
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, read_json
 from ..models.checkpoint import (
     BASE_KINDS,
     VQ_KINDS,
@@ -32,13 +32,14 @@ from ..models.text import load_tokenizer
 
 INDEX = "model_index.json"
 CLASS = "MigmPipeline"
+MAX_INDEX_BYTES = 1 << 16  # an index names a handful of folders
 
 
 def is_saved(path: Path) -> bool:
     """A directory `save_pretrained` wrote (the only one it replaces)."""
     try:
-        return json.loads((path / INDEX).read_text())["_class_name"] == CLASS
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_json(path / INDEX, "pipeline index", CheckpointError, MAX_INDEX_BYTES)["_class_name"] == CLASS
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError):
         return False
 
 
@@ -64,10 +65,7 @@ def save(directory: str | Path, models: dict, family: Family, tokenizer=None) ->
 
 def load(directory: Path) -> tuple[dict, object]:
     """(models {base, vq, shortcut?}, tokenizer or None) of a saved pipeline directory."""
-    try:
-        index = json.loads((directory / INDEX).read_text()[:1 << 16])
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{directory / INDEX} is not a readable pipeline index: {e}") from None
+    index = read_json(directory / INDEX, "pipeline index", CheckpointError, MAX_INDEX_BYTES)
     if not isinstance(index, dict) or index.get("_class_name") != CLASS:
         raise CheckpointError(f"{directory / INDEX} is not a migm pipeline (its _class_name is not {CLASS})")
     base = load_checkpoint(directory / "base", kinds=BASE_KINDS)

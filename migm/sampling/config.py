@@ -18,7 +18,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import ConfigError
-from .schedules import SCHEDULES
+from .schedules import SCHEDULES, mask_schedule
 
 SAMPLERS = ("halton", "dimoo")
 RAMPS = ("linear", "constant")
@@ -51,6 +51,8 @@ class SamplerConfig:
             raise ConfigError(f"steps ({self.steps}) cannot exceed the number of tokens ({num_tokens})")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if num_tokens is not None:  # some N the schedule cannot split L into (a step revealing <= 0 tokens)
+            mask_schedule(self.schedule, self.steps, num_tokens)
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
         if self.guidance_ramp not in RAMPS:
@@ -85,6 +87,8 @@ class SamplerConfig:
     def from_dict(cls, doc: dict | None, default: "SamplerConfig | None" = None) -> "SamplerConfig":
         """From a checkpoint's or manifest's `sampling` entry; unknown keys are an error. Older
         files name the guidance weight `cfg`."""
+        if doc is not None and not isinstance(doc, dict):  # "ab" or [] from a file: the user's to fix, not a default
+            raise ConfigError(f"sampling settings must be a JSON object, not {type(doc).__name__} {str(doc)[:60]!r}")
         doc = dict(doc or {})
         if "cfg" in doc:
             doc.setdefault("guidance", doc.pop("cfg"))

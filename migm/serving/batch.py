@@ -33,7 +33,7 @@ import torch
 
 from .. import assets
 from ..errors import ConfigError, MigmError
-from ..fileio import atomic_path, sha256_file
+from ..fileio import atomic_path, clip, read_json, read_json_lines, sha256_file
 from ..models.checkpoint import checkpoint_digest
 from ..runtime.images import save_png, slug
 from ..runtime.pipeline import Pipeline
@@ -42,6 +42,11 @@ from .rows import generate_rows, preferred_sizes, read_row
 Say = Callable[[str], None]
 # what a manifest line keeps of a row's stats: what made the image, not how it was batched
 KEPT_STATS = ("steps", "budget", "strategy", "guidance", "base_calls")
+MAX_ROWS = 1_000_000  # conditions x seeds: more is a typo (a seed range of 10**10 would fill memory)
+MAX_SEEDS = 100_000  # like migm-run --num
+MAX_SHARD = 4096
+MAX_BATCH = 1024  # rows per generate call: CFG doubles it, and a large model's attention grows with it
+MAX_SHARD_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,13 @@ class Job:
 
     @classmethod
     def from_dict(cls, doc: dict) -> "Job":
-        return cls(**{**doc, "conditions": tuple(doc["conditions"]), "seeds": tuple(doc["seeds"])})
+        """A Job from a job file's dict; a file that does not describe one is a ConfigError."""
+        try:
+            if not isinstance(doc.get("conditions"), list) or not isinstance(doc.get("seeds"), list):
+                raise ValueError("it lists no conditions and seeds")
+            return cls(**{**doc, "conditions": tuple(doc["conditions"]), "seeds": tuple(doc["seeds"])})
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"not a migm-generate job ({clip(str(e))})") from None
 
 
 def job(conditions, seeds, model: str, **settings) -> Job:
@@ -96,10 +107,19 @@ def job(conditions, seeds, model: str, **settings) -> Job:
     else:
         raise ConfigError(f"{model} is neither a bundle (no manifest.json) nor a shipped model "
                           f"({', '.join(assets.MODELS)})")
+    if len(conditions) * len(seeds) > MAX_ROWS:
+        raise ConfigError(f"{len(conditions)} conditions x {len(seeds)} seeds is over {MAX_ROWS} rows: split the job")
     j = Job(tuple(str(c) for c in conditions), tuple(int(s) for s in seeds), model, model_digest=digest, **settings)
-    if j.shard_size < 1 or j.batch_size < 1:
-        raise ConfigError(f"shard size and batch size must be >= 1, got {j.shard_size} and {j.batch_size}")
+    if not 1 <= j.shard_size <= MAX_SHARD or not 1 <= j.batch_size <= MAX_BATCH:
+        raise ConfigError(f"shard size must be in 1..{MAX_SHARD} and batch size in 1..{MAX_BATCH}, got "
+                          f"{j.shard_size} and {j.batch_size}")
     return j
+
+
+def check_settings(j: Job, pipe: Pipeline) -> None:
+    """The job's sampler settings against the model, before OUT is touched (`--steps 256` on a
+    64-token model is refused here, not after the folder was made)."""
+    pipe.resolve(steps=j.steps, guidance=j.guidance, strategy=j.strategy, budget=j.budget)
 
 
 def load_pipeline(j: Job, threads: int = 0) -> Pipeline:
@@ -108,21 +128,72 @@ def load_pipeline(j: Job, threads: int = 0) -> Pipeline:
     return Pipeline.from_bundle(j.model, backend=j.backend, threads=threads)
 
 
-def prepare(j: Job, out: Path) -> list[int]:
-    """Claim OUT for the job (or check it holds the same job); the shards still to make."""
+def prepare(j: Job, out: Path, say: Say = lambda msg: None) -> list[int]:
+    """Claim OUT for the job (or check it holds the same job); the shards still to make.
+
+    OUT must be absent, empty, or hold this job's job.json (written first, before any image, so a
+    killed run's folder is recognised): anything else is the user's and is refused. A shard on
+    disk counts as done only when it verifies (`verify_shard`); any other is made again, said."""
     doc = out / "job.json"
-    if doc.exists():
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"{out} exists and is not a folder; choose another --out")
+    if doc.exists() or doc.is_symlink():
         try:
-            old = Job.from_dict(json.loads(doc.read_text()))
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"{doc} is not a migm-generate job file ({e}): use another --out") from None
+            old = Job.from_dict(read_json(doc, "job file", ConfigError))
+        except ConfigError as e:
+            raise ConfigError(f"{out} does not hold a migm-generate job: {e}; use another --out "
+                              f"(or delete {doc} if this folder is migm-generate's)") from None
         if old != j:
             diff = ", ".join(k for k, v in j.to_dict().items() if old.to_dict().get(k) != v)
             raise ConfigError(f"{out} holds another job (differs in: {diff}): use another --out, or delete it")
     else:
+        if out.is_dir() and any(out.iterdir()):
+            raise ConfigError(f"{out} holds files migm-generate did not write (no job.json); choose another --out "
+                              "or empty it (migm-generate replaces only what it wrote)")
         with atomic_path(doc) as tmp:
             tmp.write_text(json.dumps(j.to_dict(), indent=1))
-    return [k for k in range(j.num_shards) if not _shard_file(out, k).exists()]
+    todo = []
+    for k in range(j.num_shards):
+        problem = verify_shard(j, out, k)
+        if problem is not None:
+            if problem != "missing":
+                say(f"shard {k}: {problem}; it is made again")
+            todo.append(k)
+    return todo
+
+
+def expected_file(i: int, cond: str, seed: int) -> str:
+    return f"images/{i:06d}-{slug(cond)}-s{seed}.png"
+
+
+def verify_shard(j: Job, out: Path, k: int) -> str | None:
+    """None when shard k on disk is done: its lines parse, number and name the rows the job assigns
+    it, and each image is a regular file at its own name inside images/ with its recorded sha256.
+    Otherwise what is wrong ("missing" when it was never written)."""
+    path = _shard_file(out, k)
+    if not path.exists() and not path.is_symlink():
+        return "missing"
+    try:
+        lines = read_json_lines(path, "shard", ConfigError, MAX_SHARD_BYTES)
+    except ConfigError as e:
+        return clip(str(e))
+    rows = j.shard(k)
+    if len(lines) != len(rows):
+        return f"it lists {len(lines)} rows; the job gives it {len(rows)}"
+    for line, (i, cond, seed) in zip(lines, rows):
+        got = (line.get("index"), line.get("condition"), line.get("seed")) if isinstance(line, dict) else None
+        if got != (i, cond, seed):
+            return f"its lines do not match rows {rows[0][0]}..{rows[-1][0]} of the job"
+        if "error" in line and "file" not in line:
+            continue  # a row its checks rejected: no image, the same again on a rerun
+        if line.get("file") != expected_file(i, cond, seed):
+            return f"row {i} names {clip(repr(line.get('file')), 80)}, not its image"
+        image = out / line["file"]
+        if image.is_symlink() or not image.is_file():
+            return f"the image of row {i} is missing"
+        if line.get("sha256") != sha256_file(image):
+            return f"the image of row {i} does not match its recorded sha256"
+    return None
 
 
 def make_shard(pipe: Pipeline, j: Job, k: int, out: Path) -> list[dict]:
@@ -136,12 +207,13 @@ def make_shard(pipe: Pipeline, j: Job, k: int, out: Path) -> list[dict]:
     for (i, cond, seed), res in zip(todo, results):
         line = {"index": i, "shard": k, "condition": cond, "seed": seed}
         if res.error is None:
-            name = f"images/{i:06d}-{slug(cond)}-s{seed}.png"
+            name = expected_file(i, cond, seed)
             save_png(res.image, out / name)
             digest = hashlib.sha256(res.tokens.to(torch.int32).numpy().tobytes()).hexdigest()[:16]
-            line.update(file=name, tokens_sha256=digest, **{k: v for k, v in res.stats.items() if k in KEPT_STATS})
+            line.update(file=name, sha256=sha256_file(out / name), tokens_sha256=digest,
+                        **{k: v for k, v in res.stats.items() if k in KEPT_STATS})
         else:
-            line["error"] = res.error
+            line["error"] = clip(res.error)
         lines.append(line)
     with atomic_path(_shard_file(out, k)) as tmp:
         tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -152,7 +224,10 @@ def finish(j: Job, out: Path) -> dict:
     """Join the shards' lines into OUT/manifest.jsonl; a summary of the whole job."""
     lines = []
     for k in range(j.num_shards):
-        lines += [json.loads(s) for s in _shard_file(out, k).read_text().splitlines()]
+        problem = verify_shard(j, out, k)
+        if problem is not None:  # written by this job moments ago: changed under it
+            raise ConfigError(f"shard {k} of {out}: {problem}; rerun the same command to make it again")
+        lines += read_json_lines(_shard_file(out, k), "shard", ConfigError, MAX_SHARD_BYTES)
     with atomic_path(out / "manifest.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
     errors = [line for line in lines if "error" in line]
@@ -162,10 +237,11 @@ def finish(j: Job, out: Path) -> dict:
 
 def run_local(j: Job, out: Path, say: Say) -> dict:
     """Every missing shard, in this process, with one pipeline."""
-    todo = prepare(j, out)
+    pipe = load_pipeline(j)
+    check_settings(j, pipe)  # before OUT is made
+    todo = prepare(j, out, say)
     _say_start(j, todo, say)
     if todo:
-        pipe = load_pipeline(j)
         t0 = time.perf_counter()
         for n, k in enumerate(todo, 1):
             t = time.perf_counter()
@@ -205,7 +281,8 @@ def run_on_ray(j: Job, out: Path, say: Say, address: str | None = None, workers:
     import ray  # optional heavy dependency (the ray extra)
 
     out = out.resolve()
-    todo = prepare(j, out)
+    check_settings(j, load_pipeline(j))  # before OUT is made; the workers load their own
+    todo = prepare(j, out, say)
     _say_start(j, todo, say)
     if not todo:
         return finish(j, out)

@@ -20,11 +20,13 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import MigmError
+from ..fileio import clip
 from ..runtime.pipeline import Pipeline
 from ..sampling.config import SamplerConfig
 from ..sampling.loop import HybridStats
 
 MAX_SEED = 2**63 - 1  # seeds travel as int64
+MAX_ERROR = 400  # a row error quotes at most ~200 characters of the request (a 1 MiB class echoed whole)
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def read_row(pipe: Pipeline, condition: str | bytes, seed: int, *, steps: int | 
         row.cond = pipe.conditions(**given)
         cfg, strategy, budget = pipe.resolve(steps=steps, guidance=guidance, strategy=strategy, budget=budget)
     except MigmError as e:
-        row.error = " ".join(str(e).split())
+        row.error = clip(" ".join(str(e).split()), MAX_ERROR)
         return row
     # vanilla ignores B: rows asking for it with and without a budget are one group
     row.settings = Settings(cfg, strategy, None if strategy == "vanilla" else budget)
@@ -136,13 +138,13 @@ def _run_group(pipe, settings: Settings, rows: list[Row], size: int, out: list[R
         images = pipe.decode(tokens, batch_size=size)
     except MigmError as e:
         for res in out:
-            res.error = " ".join(str(e).split())
+            res.error = clip(" ".join(str(e).split()), MAX_ERROR)
         return
     except Exception as e:  # a bug or a backend failure: this group's rows fail, the others go on
         if log:
             log(f"group {settings.describe()} failed:\n{traceback.format_exc()}")
         for res in out:
-            res.error = f"internal error: {type(e).__name__}: {e}"
+            res.error = clip(f"internal error: {type(e).__name__}: {e}", MAX_ERROR)
         return
     ms = (time.perf_counter() - t0) * 1000
     for i, res in enumerate(out):

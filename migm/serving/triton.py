@@ -25,6 +25,7 @@ import json
 import os
 import signal
 import sysconfig
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,11 @@ class ServedModel:
         self.sizes = preferred_sizes(max_batch)
         self.kind = condition_kind(pipe)  # the condition input's name: "class" or "prompt"
         self.batches = 0
+        # what a drain cut short: rows still running when the server stopped, or finished after the
+        # drain deadline (Triton no longer delivers them); set by serve() on SIGTERM
+        self.deadline: float | None = None
+        self.in_flight = self.late = 0
+        self._lock = threading.Lock()
         # one small generation before serving: lazy initialisations happen now, not in the first
         # request, and error rows get a blank image of the right shape
         blank = pipe.generate(cond=pipe.example_conditions(1), steps=1, seed=0)[0]
@@ -70,8 +76,28 @@ class ServedModel:
                 "guidance": np.array([self.pipe.defaults.guidance], dtype=np.float32)}
 
     def infer(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        t0 = time.perf_counter()
         n = len(inputs[self.kind])
+        with self._lock:
+            self.in_flight += n
+        try:
+            out = self._infer(n, inputs)
+        finally:
+            with self._lock:
+                self.in_flight -= n
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            with self._lock:
+                self.late += n
+            if self.log:
+                self.log(f"batch {self.batches}: finished after the drain timeout; its {n} rows were not delivered")
+        return out
+
+    def dropped(self) -> int:
+        """Rows the drain cut short (still running, or done too late to be delivered)."""
+        with self._lock:
+            return self.in_flight + self.late
+
+    def _infer(self, n: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
         rows = [self._read(inputs, i) for i in range(n)]
         results = generate_rows(self.pipe, rows, self.sizes, log=self.log)
         images = np.zeros((n, *self.image_shape), dtype=np.uint8)
@@ -164,6 +190,7 @@ def serve(model: ServedModel, config: ServerConfig, say: Callable[[str], None]) 
             say(f"{signal.Signals(signum).name}: already stopping")
             return
         signalled.append(signum)
+        model.deadline = time.monotonic() + c.drain_timeout_s
         say(f"{signal.Signals(signum).name}: taking no new requests, finishing those in flight "
             f"(up to {c.drain_timeout_s} s)")
         raise KeyboardInterrupt
@@ -186,6 +213,9 @@ def serve(model: ServedModel, config: ServerConfig, say: Callable[[str], None]) 
     if not signalled:
         log = f"; its log: {c.triton_log}" if c.triton_log else ""
         raise MigmError(f"tritonserver stopped unexpectedly after {model.batches} batches{log}")
+    if model.dropped():
+        raise MigmError(f"the {c.drain_timeout_s} s drain timeout cut {model.dropped()} requests short: they were "
+                        "not answered (give a longer --drain-timeout)")
     say(f"stopped after {model.batches} batches")
 
 

@@ -23,9 +23,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, first_line
 from ..families import family_of
-from ..fileio import atomic_path, check_replaceable
+from ..fileio import atomic_path, check_replaceable, read_json
 from ..sampling.config import SamplerConfig
 from ..sampling.record import autocast_bf16, record_sampling
 from ..sampling.schedules import mask_schedule
@@ -59,9 +59,11 @@ def _claim(out: Path, settings: dict, info: DistInfo) -> None:
                 tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     barrier(info)
     try:
-        saved = json.loads((out / SETTINGS).read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{out / SETTINGS} is unreadable ({e}); delete the unfinished set to start over") from None
+        saved = read_json(out / SETTINGS, "trajectory settings", DataError)
+    except DataError as e:
+        raise DataError(f"{e}; delete the unfinished set to start over") from None
+    if not isinstance(saved, dict):
+        raise DataError(f"{out / SETTINGS} is not a settings object; delete the unfinished set to start over")
     if saved != json.loads(json.dumps(settings, sort_keys=True)):
         diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
         raise ConfigError(f"{out} is an unfinished trajectory set collected with other settings ({', '.join(diff)} "
@@ -160,28 +162,43 @@ class TrajectorySet:
         mf = self.path / "manifest.json"
         if not mf.exists():
             raise DataError(f"no trajectory set at {self.path} (manifest.json missing; is collection finished?)")
-        try:
-            self.manifest = json.loads(mf.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{mf} is not valid JSON: {e}") from None
-        if self.manifest.get("format") != FORMAT:
+        self.manifest = read_json(mf, "trajectory manifest", DataError)
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
             raise DataError(f"{mf} is not a migm trajectory manifest")
+        shards = self.manifest.get("shards")
+        if not isinstance(shards, list) or not all(
+                isinstance(sh, dict) and isinstance(sh.get("index"), int) and isinstance(sh.get("count"), int)
+                for sh in shards):
+            raise DataError(f"{mf} lists no shards (a list of {{index, count}}): an unfinished or damaged set; "
+                            "collect it again")
         # read-only memory maps; window() copies out of them
         self.features, self.tokens, self.reveal, self.labels = [], [], [], []
-        for shard in self.manifest["shards"]:
+        for shard in shards:
             files = _shard_files(self.path, shard["index"])
             missing = [str(p) for p in files.values() if not p.exists()]
             if missing:
                 raise DataError(f"trajectory shard file missing: {missing[0]}")
-            self.features.append(np.load(files["features"], mmap_mode="r"))
-            self.tokens.append(torch.from_numpy(np.load(files["tokens"]).astype(np.int64)))
-            self.reveal.append(torch.from_numpy(np.load(files["reveal"]).astype(np.int64)))
-            self.labels.append(torch.from_numpy(np.load(files["labels"])))
+            try:  # arrays only (no pickles); a truncated file is numpy's ValueError
+                arrays = (np.load(files["features"], mmap_mode="r"), np.load(files["tokens"]),
+                          np.load(files["reveal"]), np.load(files["labels"]))
+            except (ValueError, OSError, EOFError) as e:
+                raise DataError(f"trajectory shard {shard['index']} of {self.path} is truncated or not numpy arrays "
+                                f"({first_line(e)}); collect the set again") from None
+            if any(len(a) != shard["count"] for a in arrays):
+                raise DataError(f"trajectory shard {shard['index']} of {self.path} does not hold the "
+                                f"{shard['count']} trajectories its manifest lists; collect the set again")
+            self.features.append(arrays[0])
+            self.tokens.append(torch.from_numpy(arrays[1].astype(np.int64)))
+            self.reveal.append(torch.from_numpy(arrays[2].astype(np.int64)))
+            self.labels.append(torch.from_numpy(arrays[3]))
         self.offsets = np.cumsum([0] + [len(t) for t in self.tokens])
-        self.steps = self.manifest["steps"]
-        self.num_tokens = self.manifest["num_tokens"]
-        self.reveal_counts = self.manifest["reveal_counts"]
-        self.branches = len(self.manifest["branches"])
+        try:
+            self.steps = self.manifest["steps"]
+            self.num_tokens = self.manifest["num_tokens"]
+            self.reveal_counts = self.manifest["reveal_counts"]
+            self.branches = len(self.manifest["branches"])
+        except (KeyError, TypeError) as e:
+            raise DataError(f"{mf} lacks {e}: not a finished trajectory set") from None
         # sets written before the sampler config had one entry kept its fields at the top level
         m = self.manifest
         self.sampler = SamplerConfig.from_dict(m.get("sampling") or {
