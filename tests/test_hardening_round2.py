@@ -155,11 +155,14 @@ def test_bundle_takes_only_the_tokenizer_files_of_the_format(tmp_path):
 def test_a_killed_run_leaves_a_folder_the_next_run_recognises(tiny, tmp_path):
     out = tmp_path / "o"
     folder = ImageFolder(out).open()  # killed right after the first image
-    (out / "0000_0.png").write_bytes(b"half a run")
-    assert folder.previous == []
+    (folder.path / "0000_0.png").write_bytes(b"half a run")
+    # the marker is there before any image: the folder says it is migm-run's, with no finished list
+    assert json.loads((folder.path / ".migm-run.json").read_text())["files"] == []
     res = CliRunner().invoke(run_main, ["--model", "tiny-animals", "--num", "2", "--steps", "2", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert (out / "grid.png").exists() and len(json.loads((out / ".migm-run.json").read_text())["files"]) == 3
+    nxt = out / "run-0002"  # the next run takes the next folder and leaves the killed one as it was
+    assert (nxt / "grid.png").exists() and len(json.loads((nxt / ".migm-run.json").read_text())["files"]) == 3
+    assert (folder.path / "0000_0.png").read_bytes() == b"half a run"
 
 
 # ---- bundles: declared shapes cross-checked at load ----
