@@ -199,8 +199,8 @@ class MigmPipeline(DiffusionPipeline):
     def __call__(self, prompt: str | Sequence[str] | None = None, class_labels: Sequence[int | str] | int | None = None,
                  *, num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  generator: torch.Generator | Sequence[torch.Generator] | None = None, num_images_per_prompt: int = 1,
-                 budget: int | None = None, strategy: str | None = None, batch_size: int = 64,
-                 output_type: str = "pil", return_dict: bool = True,
+                 budget: int | None = None, strategy: str | None = None, seed: int | None = None,
+                 batch_size: int = 64, output_type: str = "pil", return_dict: bool = True,
                  callback_on_step_end: Callable[..., dict] | None = None,
                  callback_on_step_end_tensor_inputs: Sequence[str] | None = None):
         """See `Pipeline.__call__` (the same arguments and meanings: guidance_scale s is diffusers'
@@ -214,7 +214,7 @@ class MigmPipeline(DiffusionPipeline):
             return self.runtime(prompt, class_labels, num_inference_steps=num_inference_steps,
                                 guidance_scale=guidance_scale, generator=generator,
                                 num_images_per_prompt=num_images_per_prompt, budget=budget, strategy=strategy,
-                                batch_size=batch_size, output_type=output_type, return_dict=return_dict,
+                                seed=seed, batch_size=batch_size, output_type=output_type, return_dict=return_dict,
                                 callback_on_step_end=callback_on_step_end,
                                 callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
                                 progress=progress, owner=self)
