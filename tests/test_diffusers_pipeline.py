@@ -40,7 +40,8 @@ def test_diffusers_loads_the_folder_with_migm_tokens(saved, name):
     for part in ("base", "vq", "shortcut"):
         cfg = json.loads((folder / part / "config.json").read_text())
         assert cfg["_class_name"] == index[part][1] and "_diffusers_version" in cfg
-        assert sorted(p.name for p in (folder / part).iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+        files = sorted(p.name for p in (folder / part).iterdir())
+        assert files == ["config.json", "diffusion_pytorch_model.safetensors"]
     with pytest.raises(ValueError, match="trust_remote_code"):  # diffusers runs no folder code without the opt-in
         diffusers.DiffusionPipeline.from_pretrained(str(folder))
     theirs = diffusers.DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=True)
