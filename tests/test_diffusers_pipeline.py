@@ -174,3 +174,18 @@ def test_prompts_are_tokenized_as_upstream_calls_the_tokenizer():
     withbos = _dimoo_like_tokenizer(bos=True)
     ids = encode_prompts(withbos, ["a small cat"], max_text=9, text_vocab=126356, template=template)
     assert ids[0].tolist()[:2] == [126081, 126080]  # the tokenizer's own BOS kept, not flagged as typed
+
+
+def test_run_says_its_precision(tmp_path):
+    from click.testing import CliRunner
+
+    from migm.cli.run import main as run_main
+
+    base = ["--model", "tiny-animals", "--classes", "cat", "--num", "1", "--steps", "2"]
+    res = CliRunner().invoke(run_main, [*base, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0 and "precision fp32 (the default: upstream's arithmetic" in res.output, res.output
+    res = CliRunner().invoke(run_main, [*base, "--precision", "bf16", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0 and "precision bf16 (asked for" in res.output, res.output
+    res = CliRunner().invoke(run_main, ["--engine", str(tmp_path / "x.plan"), "--precision", "bf16",
+                                        "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "a bundle runs at the precision it was built with" in res.output, res.output
