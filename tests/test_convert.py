@@ -51,8 +51,10 @@ def test_convert_maskgit_build_and_run(maskgit_files, tmp_path):
                                          "--vqgan", str(r / "last.ckpt"), "--shortcut", str(r / "maskgit-shortcut.pth"),
                                          "--heads", "4", "--shortcut-heads", "4", "--out", str(tmp_path / "mg")]))
     index = json.loads((tmp_path / "mg" / "model_index.json").read_text())
-    assert index["family"] == "maskgit" and index["shortcut"] == ["migm", "shortcut"]
-    assert sorted(p.name for p in (tmp_path / "mg" / "base").iterdir()) == ["config.json", "model.safetensors"]
+    assert index["_class_name"] == ["pipeline_migm", "MigmPipeline"]
+    assert index["shortcut"] == ["migm.runtime.diffusers_models", "ShortcutModel"]
+    assert sorted(p.name for p in (tmp_path / "mg" / "base").iterdir()) == ["config.json",
+                                                                             "diffusion_pytorch_model.safetensors"]
     pipe = Pipeline.from_pretrained(tmp_path / "mg", torch_dtype=torch.float32)
     assert pipe.defaults.steps == 32 and pipe.defaults.guidance == 2.8 and pipe.defaults.tau == 7.0
     out = pipe(class_labels=[0, 2], budget=8, generator=torch.Generator().manual_seed(0))  # N = 32 by default

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +21,14 @@ from ..export.onnx import components, export_component
 from ..export.precision import PRECISIONS
 from ..families import family, family_of
 from ..fileio import atomic_path
-from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shortcut
+from ..models.checkpoint import (
+    BASE_KINDS,
+    VQ_KINDS,
+    checkpoint_digest,
+    load_checkpoint,
+    load_shortcut,
+    save_checkpoint,
+)
 from ..models.loaders import (
     DIMOO_TEMPLATE,
     dimoo_config,
@@ -29,9 +38,10 @@ from ..models.loaders import (
     load_halton_maskgit,
     load_maskgit_shortcut,
 )
-from ..models.text import load_tokenizer
+from ..models.text import load_tokenizer, save_tokenizer
 from ..models.vq_loaders import halton_vqgan_config, load_amused_vq, load_halton_vqgan
-from ..runtime import saved
+from ..runtime import hub
+from ..runtime.diffusers_pipeline import MigmPipeline
 from ..sampling.config import SamplerConfig
 from .common import Group, config_option, debug_option, one_line_errors, status_bar
 
@@ -48,9 +58,7 @@ def main():
 
 def _models(model, base, vq, shortcut, no_shortcut, pretrained=None):
     if pretrained:  # a saved pipeline: DIR/base, DIR/vq, DIR/shortcut
-        d = Path(pretrained)
-        if not (d / "base").is_dir():
-            raise click.BadParameter(f"{d} is no saved pipeline (no base/ inside)", param_hint="--pretrained")
+        d = _pretrained_checkpoints(pretrained)
         return d / "base", d / "vq", None if no_shortcut or not (d / "shortcut").is_dir() else d / "shortcut"
     d = assets.model_dir(model)
     shipped = base is None
@@ -61,6 +69,25 @@ def _models(model, base, vq, shortcut, no_shortcut, pretrained=None):
     if shortcut is None and shipped and assets.has_checkpoint(d / "shortcut"):
         shortcut = d / "shortcut"
     return base, vq, shortcut
+
+
+def _pretrained_checkpoints(pretrained: str) -> Path:
+    """A saved pipeline (folder or Hub repo id) as the checkpoint files build and onnx read: migm 0.1's
+    folders as they are; a diffusers folder written out into a temporary directory for this command."""
+    d = Path(pretrained)
+    if (d / "base" / "model.safetensors").is_file():
+        return d
+    pipe = MigmPipeline.from_pretrained(pretrained)
+    tmp = Path(tempfile.mkdtemp(prefix="migm-pretrained-"))
+    click.get_current_context().call_on_close(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    save_checkpoint(pipe.base.model, tmp / "base", meta=pipe.base.model.meta, directory=True)
+    save_checkpoint(pipe.vq.model, tmp / "vq", meta=pipe.vq.model.meta, directory=True)
+    if pipe.shortcut is not None:  # tied to the base as written here
+        save_checkpoint(pipe.shortcut.model, tmp / "shortcut", directory=True,
+                        meta={**pipe.shortcut.model.meta, "base_digest": checkpoint_digest(tmp / "base")})
+    if pipe.tokenizer is not None:
+        save_tokenizer(pipe.tokenizer, tmp / "tokenizer")
+    return tmp
 
 
 def _model_options(fn):
@@ -200,15 +227,20 @@ def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_
 
 @main.group()
 def convert():
-    """Convert the paper's released files (already on disk: nothing is downloaded) into a saved
-    pipeline directory that `migm-run --pretrained` and `migm-export build --pretrained` take."""
+    """Convert the paper's released files into a saved pipeline directory (a diffusers folder) that
+    `migm-run --pretrained`, `migm-export build --pretrained` and diffusers take. The files are
+    given as paths, or fetched by `--from-hub` from their Hugging Face repos into the Hub cache."""
 
 
 @convert.command("maskgit")
-@click.option("--base", "base_path", required=True, type=click.Path(dir_okay=False),
-              help="Halton-MaskGIT v1.0 checkpoint, e.g. MaskGIT_ImageNet_512.pth.")
-@click.option("--vqgan", "vqgan_path", required=True, type=click.Path(dir_okay=False),
-              help="Its VQGAN, pretrained_maskgit/VQGAN/last.ckpt.")
+@click.option("--from-hub", is_flag=True,
+              help=f"Fetch the released files from the Hub ({hub.MASKGIT_REPO}, {hub.SHORTCUT_REPO}) into its cache "
+                   "(HF_HOME; HF_HUB_OFFLINE=1 reads only the cache).")
+@click.option("--no-shortcut", is_flag=True, help="With --from-hub: leave the shortcut out.")
+@click.option("--base", "base_path", default=None, type=click.Path(dir_okay=False),
+              help="Halton-MaskGIT v1.0 checkpoint, e.g. MaskGIT_ImageNet_512.pth (or --from-hub).")
+@click.option("--vqgan", "vqgan_path", default=None, type=click.Path(dir_okay=False),
+              help="Its VQGAN, pretrained_maskgit/VQGAN/last.ckpt (or --from-hub).")
 @click.option("--shortcut", "shortcut_path", default=None, type=click.Path(dir_okay=False),
               help="The released MaskGIT-Shortcut weights, maskgit-shortcut.pth.")
 @click.option("--heads", type=click.IntRange(1, 1024), default=16, show_default=True,
@@ -218,9 +250,17 @@ def convert():
               help="Codes of the VQGAN (default: read from it).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The saved pipeline directory.")
 @one_line_errors
-def convert_maskgit(base_path, vqgan_path, shortcut_path, heads, shortcut_heads, codebook_size, out):
+def convert_maskgit(from_hub, no_shortcut, base_path, vqgan_path, shortcut_path, heads, shortcut_heads,
+                    codebook_size, out):
     """Halton-MaskGIT (ImageNet-512) + its VQGAN (+ MaskGIT-Shortcut), sampling as the paper does:
     N = 32, guidance 2.8 ramped, tau 7 (512 px), arccos."""
+    if from_hub:
+        if base_path or vqgan_path or shortcut_path:
+            raise click.UsageError("give --from-hub or the files (--base, --vqgan, --shortcut), not both")
+        files = hub.fetch_released("maskgit", shortcut=not no_shortcut)
+        base_path, vqgan_path, shortcut_path = files["base"], files["vqgan"], files.get("shortcut")
+    elif not (base_path and vqgan_path):
+        raise click.UsageError("give --base and --vqgan (the released files), or --from-hub to fetch them")
     vq_cfg = halton_vqgan_config(vqgan_path)
     cfg = halton_config(base_path, codebook_size or vq_cfg.codebook_size, heads)
     vq = load_halton_vqgan(vqgan_path, replace(vq_cfg, grid=cfg.grid))
@@ -230,14 +270,19 @@ def convert_maskgit(base_path, vqgan_path, shortcut_path, heads, shortcut_heads,
     models = {"base": base, "vq": vq}
     if shortcut_path:
         models["shortcut"] = load_maskgit_shortcut(shortcut_path, base, shortcut_heads)
-    saved.save(out, models, family_of(base))
+    MigmPipeline.from_models(models["base"], models["vq"], models.get("shortcut")).save_pretrained(out)
     click.echo(f"wrote {out}: maskgit {cfg.grid}x{cfg.grid} tokens, {cfg.depth} x {cfg.width}, "
                f"{'with' if shortcut_path else 'without'} the shortcut")
 
 
 @convert.command("dimoo")
-@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False),
-              help="The Lumina-DiMOO directory: safetensors shards + index, tokenizer.json, vqvae/.")
+@click.option("--from-hub", is_flag=True,
+              help=f"Fetch {hub.DIMOO_REPO} (its JSON and safetensors files) and the DiMOO-Shortcut weights "
+                   f"({hub.SHORTCUT_REPO}) into the Hub cache (HF_HOME; HF_HUB_OFFLINE=1 reads only the cache).")
+@click.option("--no-shortcut", is_flag=True, help="With --from-hub: leave the shortcut out.")
+@click.option("--revision", default=None, help=f"With --from-hub: the revision of {hub.DIMOO_REPO} to fetch.")
+@click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
+              help="The Lumina-DiMOO directory: safetensors shards + index, tokenizer.json, vqvae/ (or --from-hub).")
 @click.option("--shortcut", "shortcut_path", default=None, type=click.Path(dir_okay=False),
               help="The released DiMOO-Shortcut weights, dimoo-shortcut.pth.")
 @click.option("--heads", type=click.IntRange(1, 1024), default=32, show_default=True,
@@ -248,13 +293,21 @@ def convert_maskgit(base_path, vqgan_path, shortcut_path, heads, shortcut_heads,
               help="Prompt tokens (left-padded; the system/user template included).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The saved pipeline directory.")
 @one_line_errors
-def convert_dimoo(model_dir, shortcut_path, heads, grid, max_text, out):
+def convert_dimoo(from_hub, no_shortcut, revision, model_dir, shortcut_path, heads, grid, max_text, out):
     """Lumina-DiMOO (+ DiMOO-Shortcut) with its aMUSEd VQ and tokenizer, sampling as the paper does:
     N = 64, constant guidance 4, Gumbel tau 1, its cosine schedule; prompts in its system/user
     template and its <uncondition> prompt for guidance."""
+    if from_hub:
+        if model_dir or shortcut_path:
+            raise click.UsageError("give --from-hub or the files (--model, --shortcut), not both")
+        files = hub.fetch_released("dimoo", shortcut=not no_shortcut, revision=revision)
+        model_dir, shortcut_path = files["model"], files.get("shortcut")
+    elif not model_dir:
+        raise click.UsageError("give --model (the Lumina-DiMOO directory), or --from-hub to fetch it")
     tokenizer = load_tokenizer(model_dir)
     vq = load_amused_vq(model_dir, grid=grid)
-    uncond = tokenizer(DIMOO_TEMPLATE.replace("{prompt}", "<uncondition>"), add_special_tokens=False)["input_ids"]
+    # tokenized as upstream does (the tokenizer's default special tokens: none for Lumina-DiMOO's)
+    uncond = tokenizer(DIMOO_TEMPLATE.replace("{prompt}", "<uncondition>"))["input_ids"]
     cfg = dimoo_config(model_dir, codebook_size=vq.cfg.codebook_size, heads=heads, grid=grid, max_text=max_text,
                        uncond_ids=uncond)
     base = load_dimoo(model_dir, cfg, dtype=torch.float32)
@@ -263,7 +316,7 @@ def convert_dimoo(model_dir, shortcut_path, heads, grid, max_text, out):
     models = {"base": base, "vq": vq}
     if shortcut_path:
         models["shortcut"] = load_dimoo_shortcut(shortcut_path, base)
-    saved.save(out, models, family_of(base), tokenizer)
+    MigmPipeline.from_models(models["base"], models["vq"], models.get("shortcut"), tokenizer).save_pretrained(out)
     click.echo(f"wrote {out}: llada {grid}x{grid} tokens, {cfg.depth} x {cfg.width}, "
                f"{'with' if shortcut_path else 'without'} the shortcut")
 

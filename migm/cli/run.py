@@ -19,6 +19,7 @@ from .common import Bar, Command, debug_option, one_line_errors
 
 MAX_IMAGES = 100_000  # a sane bound: more is a typo, or a job for migm-generate
 GRID_MAX = 100  # the grid shows at most this many images
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @click.command(cls=Command)
@@ -56,6 +57,10 @@ GRID_MAX = 100  # the grid shows at most this many images
                    "with grid.png plus one PNG per image; earlier runs are kept.")
 @click.option("--pretrained", default=None, type=click.Path(file_okay=False),
               help="A saved pipeline directory (save_pretrained / `migm-export convert`), on the torch backend.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="Checkpoints (--model, --pretrained, --base): fp32 (the default) runs upstream's arithmetic, so "
+                   "tokens equal the reference's bit for bit; bf16 is faster where the hardware has bf16 units and "
+                   "samples other tokens. A bundle runs at the precision it was built with.")
 @click.option("--base", "base_path", default=None,
               help="Run these checkpoints on the torch backend instead of a bundle.")
 @click.option("--vq", "vq_path", default=None, help="VQ-VAE checkpoint (with --base; default: shipped).")
@@ -64,7 +69,7 @@ GRID_MAX = 100  # the grid shows at most this many images
 @debug_option
 @one_line_errors
 def main(engine, backend, classes, prompts, model, num, steps, budget, strategy, guidance, tau, seed, batch_size, out,
-         pretrained, base_path, vq_path, shortcut_path):
+         pretrained, precision, base_path, vq_path, shortcut_path):
     """Generate images for classes (tiny-animals) or text prompts (tiny-scenes).
 
     `migm-run --num 8 --steps 16 --budget 6` runs the base model on 6 of 16 steps and the
@@ -85,11 +90,18 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
         if backend not in ("auto", "torch"):
             raise click.BadParameter("checkpoints run on the torch backend only; build a bundle for "
                                      f"{backend} with `migm-export build`", param_hint="--backend")
-        pipe = Pipeline.from_pretrained(pretrained) if pretrained else \
-            Pipeline.from_checkpoints(base_path, vq_path, shortcut_path, model=model or "tiny-animals")
+        why = "the default: upstream's arithmetic, identical tokens" if precision is None else "asked for"
+        precision = precision or "fp32"
+        click.echo(f"precision {precision} ({why}; --precision fp32|bf16)")
+        pipe = Pipeline.from_pretrained(pretrained, torch_dtype=DTYPES[precision]) if pretrained else \
+            Pipeline.from_checkpoints(base_path, vq_path, shortcut_path, model=model or "tiny-animals",
+                                      precision=precision)
         shipped = defaults.default_run(pretrained) if pretrained in assets.MODELS else \
             None if pretrained else _checkpoints_run(model or "tiny-animals", base_path, shortcut_path)
     else:
+        if precision:
+            raise click.UsageError("--precision is for checkpoints; a bundle runs at the precision it was built "
+                                   "with (migm-export build --precision)")
         path = engine or default_bundle()
         pipe = Pipeline.from_bundle(path, backend=backend)
         shipped = defaults.for_bundle(path)

@@ -117,7 +117,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_text: int, text_vocab:
     for p in prompts:
         if not isinstance(p, str):
             raise PromptError(f"a prompt is text, not {type(p).__name__} ({clip(repr(p))})")
-        ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(p, add_special_tokens=False)["input_ids"]  # the user's words alone, checked here
         typed = [tokenizer.convert_ids_to_tokens(i) for i in ids if i in specials]
         if typed:  # the tokenizer matches special tokens in raw text: they would steer the sequence
             raise PromptError(f"prompt {clip(p)!r} contains the control token {typed[0]}; prompts are plain words")
@@ -130,8 +130,11 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_text: int, text_vocab:
             unknown = clip(", ".join(repr(w) for w in bad))
             raise PromptError(f"prompt {clip(p)!r}: {unknown} not in the model's vocabulary "
                               f"(known words: {', '.join(known_words(tokenizer))})")
-        if template != "{prompt}":  # the template's own control tokens are the model's, not the user's
-            ids = tokenizer(template.replace("{prompt}", p), add_special_tokens=False)["input_ids"]
+        # what the model gets is the tokenizer's default encoding of the templated prompt, as upstream
+        # calls it (`tokenizer(text)`): the template's control tokens are the model's, not the user's, and
+        # whatever the tokenizer's own post-processor adds stays (Lumina-DiMOO's adds no BOS: its
+        # unconditional prompt is 14 ids, <system> first)
+        ids = tokenizer(template.replace("{prompt}", p))["input_ids"]
         if len(ids) > max_text:
             raise PromptError(f"prompt {clip(p)!r} has {len(ids)} tokens; the model takes at most {max_text}")
         rows.append(ids)

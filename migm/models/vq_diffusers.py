@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
-from diffusers.models.autoencoders.vae import Decoder, VectorQuantizer
+from diffusers import VQModel
 
 from ..errors import ConfigError
 
@@ -100,12 +100,14 @@ class TokenDecoder(nn.Module):
         levels = len(cfg.block_out_channels)
         # up_blocks.0 is the lowest resolution: diffusers lists the decoder's levels from the bottom
         up = ["AttnUpDecoderBlock2D" if attention and i == 0 else "UpDecoderBlock2D" for i in range(levels)]
-        self.quantize = VectorQuantizer(cfg.codebook_size, cfg.code_dim, beta=0.25, remap=None, sane_index_shape=False)
-        self.post_quant_conv = nn.Conv2d(cfg.code_dim, cfg.latent_channels, 1)
-        self.decoder = Decoder(in_channels=cfg.latent_channels, out_channels=cfg.channels, up_block_types=tuple(up),
-                               block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
-                               norm_num_groups=cfg.norm_groups, act_fn="silu", norm_type="group",
-                               mid_block_add_attention=attention)
+        # built through diffusers' public VQModel; its encoder half is dropped (these models only decode)
+        vq = VQModel(in_channels=cfg.channels, out_channels=cfg.channels,
+                     down_block_types=("DownEncoderBlock2D",) * levels,
+                     up_block_types=tuple(up), block_out_channels=tuple(cfg.block_out_channels),
+                     layers_per_block=cfg.layers_per_block, act_fn="silu", latent_channels=cfg.latent_channels,
+                     num_vq_embeddings=cfg.codebook_size, norm_num_groups=cfg.norm_groups, vq_embed_dim=cfg.code_dim,
+                     norm_type="group", mid_block_add_attention=attention, lookup_from_codebook=True)
+        self.quantize, self.post_quant_conv, self.decoder = vq.quantize, vq.post_quant_conv, vq.decoder
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, h, w = tokens.shape

@@ -37,7 +37,6 @@ from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shor
 from ..models.text import load_tokenizer, tokenizer_path
 from ..sampling.config import SamplerConfig
 from ..sampling.loop import HybridStats, ProbeFn, check_strategy, generate_tokens
-from . import saved
 from .backends import BACKENDS, Backend, OrtBackend, TorchBackend, TrtBackend
 from .graphs import GraphedLoop
 from .images import to_pil
@@ -115,61 +114,84 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, torch_dtype: torch.dtype | None = None,
-                        device: str | None = None, backend: str = "auto") -> "Pipeline":
+                        device: str | None = None, backend: str = "auto", revision: str | None = None) -> "Pipeline":
         """The Hugging Face way in: a shipped model's name ("tiny-animals", "tiny-scenes"), a bundle
-        (NAME.plan/), or a saved pipeline directory (`save_pretrained`'s layout: model_index.json and a
-        folder per component; a Hub snapshot directory of that layout too). `torch_dtype` float32 or
-        bfloat16 (the default) picks the torch backend's precision."""
-        precisions = {None: "bf16", torch.bfloat16: "bf16", torch.float16: "bf16", torch.float32: "fp32"}
-        precision = precisions.get(torch_dtype)
-        if precision is None:
-            raise ConfigError(f"torch_dtype {torch_dtype} is not one migm runs; use torch.float32 or torch.bfloat16")
+        (NAME.plan/), a saved pipeline folder (`save_pretrained`, `migm-export convert`) or a Hub repo
+        id ("org/name", through huggingface_hub's cache; `revision`). `torch_dtype`: torch.float32
+        (the default: the exact arithmetic, so tokens equal upstream's) or torch.bfloat16 (faster
+        where the hardware has bf16 units); float16 is refused (see `check_dtype`)."""
+        precision = check_dtype(torch_dtype)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if isinstance(name_or_path, str) and name_or_path in assets.MODELS:
             return cls.from_checkpoints(model=name_or_path, device=device, precision=precision)
-        path = Path(name_or_path)
-        if (path / "manifest.json").exists():
-            return cls.from_bundle(path, backend=backend)
-        if not (path / saved.INDEX).is_file():
-            raise ConfigError(f"{path} is neither a shipped model ({', '.join(assets.MODELS)}), a bundle, nor a saved "
-                              f"pipeline directory ({saved.INDEX} missing)")
-        models, tokenizer = saved.load(path)
-        pipe = cls.from_models(models["base"], models["vq"], models.get("shortcut"), device=device,
-                               precision=precision)
-        pipe.tokenizer = tokenizer
-        return pipe
+        if (Path(name_or_path) / "manifest.json").exists():
+            return cls.from_bundle(name_or_path, backend=backend)
+        # diffusers is heavy: the diffusers pipeline (folders, the Hub) is imported only when asked for
+        from migm.runtime.diffusers_pipeline import MigmPipeline  # heavy (diffusers): on demand
+        return MigmPipeline.from_pretrained(name_or_path, torch_dtype=torch_dtype, revision=revision).to(device).runtime
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the pipeline as a directory `from_pretrained` reads: model_index.json and base/, vq/,
-        shortcut/ (config.json + model.safetensors each), tokenizer/ (for a text model)."""
-        if not self.models:
-            raise ConfigError("save_pretrained writes the torch models, and this pipeline runs a bundle's graphs: "
-                              "load it with backend='torch' (or from checkpoints) to save it")
-        return saved.save(directory, self.models, self.family, self.tokenizer)
+    def save_pretrained(self, directory: str | Path, **kwargs) -> Path:
+        """Write the pipeline as a diffusers folder (`MigmPipeline.save_pretrained`: model_index.json,
+        base/, vq/, shortcut/, tokenizer/, the model card and the pipeline file diffusers loads)."""
+        # diffusers is heavy: the diffusers pipeline is imported only when asked for
+        from migm.runtime.diffusers_pipeline import MigmPipeline  # heavy (diffusers): on demand
+        return MigmPipeline.from_runtime(self).save_pretrained(directory, **kwargs)
 
     def __call__(self, prompt: str | Sequence[str] | None = None, class_labels: Sequence[int | str] | int | None = None,
                  *, num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                 generator: torch.Generator | None = None, num_images_per_prompt: int = 1, budget: int | None = None,
-                 strategy: str | None = None, seed: int | None = None, batch_size: int = 64,
-                 output_type: str = "pil", return_dict: bool = True) -> "PipelineOutput | tuple":
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None, num_images_per_prompt: int = 1,
+                 budget: int | None = None, strategy: str | None = None, seed: int | None = None,
+                 batch_size: int = 64, output_type: str = "pil", return_dict: bool = True,
+                 callback_on_step_end: Callable[..., Any] | None = None,
+                 callback_on_step_end_tensor_inputs: Sequence[str] | None = None,
+                 progress: Callable[[int, int], None] | None = None, owner: Any = None) -> "PipelineOutput | tuple":
         """diffusers-style generation: `prompt` (text-to-image) or `class_labels`, each repeated
-        `num_images_per_prompt` times; the seed is drawn from `generator` (or given as `seed`; 0 by
-        default); `budget` B < N runs the shortcut. Returns `PipelineOutput(images=...)`, PIL images
-        for output_type "pil", a [n, C, H, W] tensor for "pt", a [n, H, W, C] array for "np"."""
+        `num_images_per_prompt` times; `budget` B < N runs the shortcut. Returns `PipelineOutput(images=...)`
+        (PIL images for output_type "pil", a [n, C, H, W] tensor for "pt", a [n, H, W, C] array for "np"),
+        or `(images,)` without `return_dict`.
+
+        `guidance_scale` is diffusers' s: u + s·(c − u), classifier-free guidance off for s <= 1 (the
+        base then runs on the conditional rows only). migm's own `guidance` w (`generate`, the sampler
+        config) is s − 1: `pipe(guidance_scale=s)` and `generate(guidance=s - 1)` give the same images.
+        `generator`: one torch.Generator (one seed is drawn from it for the call) or a list, one per
+        image (each image's seed is drawn from its own generator, so it does not depend on the rest of
+        the batch); or an explicit `seed`. `callback_on_step_end(owner, step, step, {})` runs after
+        every step (no tensors are exposed: the step loop keeps them); `progress(done, total)` counts
+        image-steps."""
         if output_type not in ("pil", "pt", "np"):
             raise ConfigError(f"output_type must be pil, pt or np, not {output_type!r}")
+        if callback_on_step_end_tensor_inputs:
+            raise ConfigError(f"callback_on_step_end_tensor_inputs: migm exposes no loop tensors to callbacks "
+                              f"(asked for {', '.join(callback_on_step_end_tensor_inputs)})")
         given = prompt if self.family.text else class_labels
         if isinstance(given, (str, int)):
             given = [given]
         if given is None:
             raise ConfigError(f"give {'prompt' if self.family.text else 'class_labels'} for this model")
         given = [g for g in given for _ in range(num_images_per_prompt)]
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else 0
+        seed = _seeds(generator, seed, len(given))
+        guidance = None if guidance_scale is None else max(0.0, float(guidance_scale) - 1.0)
+        calls = [0]
+
+        def on_progress(done, total):
+            if progress:
+                progress(done, total)
+            if callback_on_step_end:
+                steps = total // len(given)
+                callback_on_step_end(owner or self, calls[0] % steps, calls[0] % steps, {})
+                calls[0] += 1
+
         stats = HybridStats()
         kw = {"prompts": given} if self.family.text else {"classes": given}
-        tokens = self.generate_tokens(**kw, steps=num_inference_steps, guidance=guidance_scale, seed=seed,
-                                      budget=budget, strategy=strategy, stats=stats, batch_size=batch_size)
+        with self._lock:
+            graphs = self.use_graphs
+            self.use_graphs = graphs and callback_on_step_end is None  # a whole-loop graph has no steps to call back
+            try:
+                tokens = self.generate_tokens(**kw, steps=num_inference_steps, guidance=guidance, seed=seed,
+                                              budget=budget, strategy=strategy, stats=stats, batch_size=batch_size,
+                                              progress=on_progress if (progress or callback_on_step_end) else None)
+            finally:
+                self.use_graphs = graphs
         images = self.decode(tokens)
         if output_type == "pil":
             images = [to_pil(img) for img in images]
@@ -437,3 +459,31 @@ def _bundle_checkpoints(path: Path, doc: dict) -> dict:
     if "shortcut" in models:  # its frozen embeddings are the base's, not stored with it
         models["shortcut"].load_base_embeddings(models["base"])
     return models
+
+
+def check_dtype(torch_dtype) -> str:
+    """The torch backend's precision for a torch_dtype: float32 (and None) "fp32", bfloat16 "bf16";
+    float16 is refused, since the torch backend has no fp16 path (a silent bf16 would be another dtype)."""
+    if torch_dtype is None or torch_dtype == torch.float32:
+        return "fp32"
+    if torch_dtype == torch.bfloat16:
+        return "bf16"
+    if torch_dtype == torch.float16:
+        raise ConfigError("torch_dtype=torch.float16 is not run by migm's torch backend: use torch.bfloat16 (the same "
+                          "memory; on a CPU it runs bfloat16 autocast) or torch.float32 (exact), or build an fp16 "
+                          "bundle (migm-export build --precision fp16) for ONNX Runtime / TensorRT")
+    raise ConfigError(f"torch_dtype {torch_dtype} is not one migm runs; use torch.float32 or torch.bfloat16")
+
+
+def _seeds(generator, seed: int | None, n: int) -> int | list[int]:
+    """The call's seed (one generator, or `seed`, default 0) or one seed per image (a list of generators)."""
+    if generator is None:
+        return 0 if seed is None else seed
+    if seed is not None:
+        raise ConfigError("give a generator or a seed, not both")
+    draw = lambda g: int(torch.randint(0, 2**62, (1,), generator=g, device=g.device))
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != n:
+            raise ConfigError(f"{len(generator)} generators for {n} images: give one generator, or one per image")
+        return [draw(g) for g in generator]
+    return draw(generator)

@@ -1,4 +1,5 @@
-"""Saved pipelines in the Hugging Face layout (`save_pretrained` / `from_pretrained`):
+"""Reading the saved-pipeline folders migm 0.1 wrote (`MigmPipeline.from_pretrained` still loads
+them; `save_pretrained` now writes diffusers folders, see diffusers_pipeline.py):
 
     DIR/model_index.json     {"_class_name": "MigmPipeline", "_migm_version": ..., "family": ...,
                               "base": ["migm", KIND], "vq": [...], "shortcut": [...], "tokenizer": [...]}
@@ -6,61 +7,21 @@
     DIR/vq/, DIR/shortcut/   likewise
     DIR/tokenizer/           a text model's prompt tokenizer (save_pretrained layout)
 
-The folder names are fixed, never read from the JSON, so an index names no path. The whole
-directory is written in a staging directory beside it and swapped in (fileio.atomic_dir).
+The folder names are fixed, never read from the JSON, so an index names no path.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .. import __version__
 from ..errors import CheckpointError
-from ..families import Family
-from ..fileio import atomic_dir, read_json
-from ..models.checkpoint import (
-    BASE_KINDS,
-    VQ_KINDS,
-    checkpoint_digest,
-    kind_of,
-    load_checkpoint,
-    load_shortcut,
-    save_checkpoint,
-)
+from ..fileio import read_json
+from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shortcut
 from ..models.text import load_tokenizer
 
 INDEX = "model_index.json"
 CLASS = "MigmPipeline"
 MAX_INDEX_BYTES = 1 << 16  # an index names a handful of folders
-
-
-def is_saved(path: Path) -> bool:
-    """A directory `save_pretrained` wrote (the only one it replaces)."""
-    try:
-        return read_json(path / INDEX, "pipeline index", CheckpointError, MAX_INDEX_BYTES)["_class_name"] == CLASS
-    except (OSError, ValueError, KeyError, TypeError, CheckpointError):
-        return False
-
-
-def save(directory: str | Path, models: dict, family: Family, tokenizer=None) -> Path:
-    directory = Path(directory)
-    index = {"_class_name": CLASS, "_migm_version": __version__, "family": family.name}
-    with atomic_dir(directory, ours=is_saved, what="saved pipeline") as stage:
-        for name in ("base", "vq", "shortcut"):
-            model = models.get(name)
-            if model is None:
-                continue
-            meta = dict(getattr(model, "meta", {}))
-            if name == "shortcut":  # tied to the base as written here
-                meta["base_digest"] = checkpoint_digest(stage / "base")
-            save_checkpoint(model, stage / name, meta=meta, directory=True)
-            index[name] = ["migm", kind_of(model)]
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(stage / "tokenizer"))
-            index["tokenizer"] = ["transformers", type(tokenizer).__name__]
-        (stage / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-    return directory
 
 
 def load(directory: Path) -> tuple[dict, object]:
