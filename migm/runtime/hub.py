@@ -9,7 +9,10 @@ code. A file missing from the cache in offline mode is one line naming the repo 
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import stat
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +23,7 @@ from .. import __version__, assets
 from ..errors import CheckpointError, ConfigError
 from ..families import family_of
 from ..models.loaders import DIMOO_8B, HALTON_IMAGENET512
+from . import cache as migm_cache
 
 SHIPPED = tuple(assets.MODELS)
 PIPELINE_FILES = ["model_index.json", "README.md", "*/config.json", "*/*.safetensors", "tokenizer/*.json",
@@ -50,6 +54,47 @@ def _missing(repo_id: str, filename: str | None, e: Exception) -> CheckpointErro
     return CheckpointError(f"could not fetch {what} from the Hugging Face Hub: {' '.join(str(e).split())[:300]}")
 
 
+def plain_files(path: str | Path) -> Path:
+    """A Hub snapshot folder (or one file of it) as plain files. huggingface_hub's cache keeps each
+    file as a symbolic link into the repo's own blobs/, and migm's readers follow no links (a link in
+    a folder from someone else could point anywhere). Each link is checked to end in a regular file
+    in this repo's blobs/, then hard-linked (copied across file systems) into migm's cache under
+    hub/REPO/REVISION/, so the loaders read regular files only. A path outside the Hub cache's
+    layout is returned as it is."""
+    path = Path(path)
+    snapshots = next((p for p in path.parents if p.name == "snapshots"), None)
+    if snapshots is None:
+        return path
+    rev = path.relative_to(snapshots).parts[0]
+    blobs = (snapshots.parent / "blobs").resolve()
+    dest_root = migm_cache.cache_dir() / "hub" / snapshots.parent.name / rev
+    files = [f for f in path.rglob("*") if not f.is_dir()] if path.is_dir() else [path]
+    for f in files:
+        target = f.resolve()
+        if f.is_symlink() and not target.is_relative_to(blobs):
+            raise CheckpointError(f"{f} links outside its repository's blobs/ in the Hugging Face cache; "
+                                  "migm follows links only into the repo's own blobs")
+        if not stat.S_ISREG(target.stat().st_mode):
+            raise CheckpointError(f"{f} is not a regular file")
+        dest = dest_root / f.relative_to(snapshots / rev)
+        if dest.exists() and os.path.samefile(dest, target):
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        try:
+            os.link(target, tmp)
+        except OSError:  # another file system: a copy
+            shutil.copyfile(target, tmp)
+        os.replace(tmp, dest)
+    if path.is_dir():  # the view mirrors the snapshot: what left the snapshot leaves the view (ours only)
+        view = dest_root / path.relative_to(snapshots / rev)
+        keep = {dest_root / f.relative_to(snapshots / rev) for f in files}
+        for f in [f for f in view.rglob("*") if not f.is_dir()] if view.is_dir() else []:
+            if f not in keep:
+                f.unlink()
+    return dest_root / path.relative_to(snapshots / rev)
+
+
 def is_repo_id(name: str | Path) -> bool:
     return isinstance(name, str) and not Path(name).exists() and bool(_REPO_ID.match(name))
 
@@ -65,8 +110,8 @@ def local_folder(name_or_path: str | Path, revision: str | None = None, cache_di
         raise ConfigError(f"{name_or_path} is neither a shipped model ({', '.join(SHIPPED)}), a saved pipeline "
                           "folder nor a Hugging Face repo id (org/name)")
     try:
-        return Path(snapshot_download(str(name_or_path), revision=revision, cache_dir=cache_dir, token=token,
-                                      local_files_only=bool(local_files_only), allow_patterns=PIPELINE_FILES))
+        return plain_files(snapshot_download(str(name_or_path), revision=revision, cache_dir=cache_dir, token=token,
+                                             local_files_only=bool(local_files_only), allow_patterns=PIPELINE_FILES))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, EntryNotFoundError, HfHubHTTPError, OSError) as e:
         raise _missing(str(name_or_path), None, e) from None
 
@@ -93,10 +138,10 @@ def fetch_released(model: str, shortcut: bool = True, revision: str | None = Non
         rev = revision if repo_id != SHORTCUT_REPO else None  # --revision names the base model's revision
         try:
             if filename is None:
-                out[role] = Path(snapshot_download(repo_id, revision=rev, cache_dir=cache_dir,
-                                                   allow_patterns=DIMOO_FILES))
+                out[role] = plain_files(snapshot_download(repo_id, revision=rev, cache_dir=cache_dir,
+                                                          allow_patterns=DIMOO_FILES))
             else:
-                out[role] = Path(hf_hub_download(repo_id, filename, revision=rev, cache_dir=cache_dir))
+                out[role] = plain_files(hf_hub_download(repo_id, filename, revision=rev, cache_dir=cache_dir))
         except (LocalEntryNotFoundError, OfflineModeIsEnabled, EntryNotFoundError, HfHubHTTPError, OSError) as e:
             raise _missing(repo_id, filename, e) from None
     return out
