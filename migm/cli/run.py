@@ -21,9 +21,10 @@ GRID_MAX = 100  # the grid shows at most this many images
 @click.option("--engine", "engine", default=None, type=click.Path(),
               help="A NAME.plan bundle from `migm-export build`. Default: the shipped model's bundle, "
                    "built on first use into ~/.cache/migm (or $MIGM_CACHE).")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "torch", "ort", "trt"]),
-              help="auto: trt for a TensorRT bundle, else torch with CUDA graphs on a GPU; on a CPU ONNX Runtime "
-                   "for fp32/int8 bundles, torch (bf16) for fp16/best ones.")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "torch", "ort", "trt", "openvino"]),
+              help="auto: trt for a TensorRT bundle, openvino for an OpenVINO one, else torch with CUDA graphs on a "
+                   "GPU; on a CPU ONNX Runtime for fp32/int8 bundles, torch (bf16) for fp16/best ones.")
 @click.option("--classes", default=None,
               help="Comma-separated class names or indices, cycled to --num images (default: every class in turn).")
 @click.option("--prompt", "prompts", multiple=True,
@@ -133,8 +134,10 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
     folder.save(make_grid(torch.stack(shown), ncol=ncol), "grid.png", scale=4)
     folder.close()
     more = f" (the grid shows the first {GRID_MAX})" if num > GRID_MAX else ""
+    hint = getattr(pipe.backend, "inference_precision", None)  # OpenVINO: bf16 or f32 on this CPU
+    label = f"{pipe.backend.name} backend" + (f", {hint} on this CPU" if hint else "")
     click.echo(f"wrote {num} images and grid.png to {folder.path}{more}: {num / elapsed:.1f} images/s "
-               f"({pipe.backend.name} backend, N={sampler.steps}, B={budget or sampler.steps})")
+               f"({label}, N={sampler.steps}, B={budget or sampler.steps})")
 
 
 if __name__ == "__main__":
