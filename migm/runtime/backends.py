@@ -230,11 +230,11 @@ class OpenVinoBackend(_GraphBackend):
 
     def __init__(self, bundle: str | Path, doc: dict, spec: ModelSpec, family: Family, threads: int = 0):
         bundle = Path(bundle)
-        try:
-            self._ov = openvino.import_openvino()
-        except BackendUnavailable as e:
-            raise BackendUnavailable(f"bundle {bundle} holds OpenVINO IR and {e}, or build an ONNX Runtime bundle: "
-                                     "migm-export build --backend ort") from None
+        if not openvino.available():
+            raise BackendUnavailable(f"bundle {bundle} holds OpenVINO IR, and OpenVINO is not installed here: "
+                                     f"{openvino.INSTALL}, or run it with --backend torch, or build an ONNX Runtime "
+                                     "bundle with `migm-export build --backend ort`")
+        self._ov = openvino.import_openvino()
         self.device = torch.device("cpu")
         self.requests, self.spec_io, self.hints = {}, {}, {}
         for name, entry in doc["components"].items():
