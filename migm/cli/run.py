@@ -82,7 +82,7 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
         pipe = Pipeline.from_pretrained(pretrained) if pretrained else \
             Pipeline.from_checkpoints(base_path, vq_path, shortcut_path, model=model or "tiny-animals")
     else:
-        engine = engine or default_bundle(say=click.echo)
+        engine = engine or default_bundle(say=click.echo, backend=backend)
         pipe = Pipeline.from_bundle(engine, backend=backend)
     source = engine or pretrained or base_path or model
     text = pipe.family.text

@@ -25,11 +25,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "migm"
 
 
-def default_bundle(say: Callable[[str], None] | None = None) -> Path:
-    """Path of the default bundle (tiny-animals) for the fastest target here, building it if missing:
-    OpenVINO bf16 on a CPU with OpenVINO installed, else ONNX Runtime fp32 (a GPU runs its checkpoints on
-    torch with CUDA graphs)."""
-    backend = "openvino" if default_backend() == "openvino" else "ort"
+def default_bundle(say: Callable[[str], None] | None = None, backend: str = "auto") -> Path:
+    """Path of the default bundle (tiny-animals) for `backend` (ort or openvino; anything else: the
+    fastest target here), building it if missing: OpenVINO bf16 on a CPU with OpenVINO installed, else
+    ONNX Runtime fp32 (a GPU runs its checkpoints on torch with CUDA graphs)."""
+    if backend not in ("ort", "openvino"):
+        backend = "openvino" if default_backend() == "openvino" else "ort"
     precision = default_precision(backend) if backend == "openvino" else DEFAULT_PRECISION
     digest = checkpoint_digest(assets.BASE)[:8] + checkpoint_digest(assets.SHORTCUT)[:8]
     kind = "" if backend == "ort" else f"-{backend}"  # the ort bundle keeps its name (existing caches)
