@@ -34,7 +34,7 @@ ALLOWED = {
 # the only imports allowed inside functions: optional or heavy dependencies, each with a comment;
 # Polygraphy's TensorRT loaders bind to tensorrt or tensorrt_rtx when first imported (engines/trt.py)
 LAZY = ("tensorrt", "tensorrt_rtx", "matplotlib", "pytriton", "tritonclient", "ray", "polygraphy.backend.trt",
-        "polygraphy.backend.tensorrt_rtx")
+        "polygraphy.backend.tensorrt_rtx", "openvino", "nncf")
 
 
 def _modules():

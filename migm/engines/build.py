@@ -47,7 +47,7 @@ from ..models.checkpoint import (
 )
 from ..models.text import tokenizer_path
 from ..sampling.config import SamplerConfig
-from . import openvino, trt
+from . import openvino, openvino_build, trt
 from .bundle import BundleError, bundle_file, fill_bundle, is_bundle, verify_bundle
 from .verify import rel_error
 
@@ -132,7 +132,7 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
             prec = precisions[comp.name]
             if s.backend == "openvino":  # IR from the fp32 graph; its precision is OpenVINO's business
                 fp32 = component_graph(comp, "fp32", work, say)
-                xml, entry = openvino.build_component(comp, fp32, prec, work, calibration, say)
+                xml, entry = openvino_build.build_component(comp, fp32, prec, work, calibration, say)
                 files[entry["file"]], files[entry["data_file"]] = xml, xml.with_suffix(".bin")
                 if calib:
                     save_calibration(work / "calibration.npz", calib)
