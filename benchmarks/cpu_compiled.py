@@ -224,7 +224,8 @@ def summarize(rows: list[dict], peak: float) -> list[dict]:
         if mine[0].get("inference_precision"):
             row["inference_precision"] = mine[0]["inference_precision"]
         out.append(row)
-    return out
+    order = {e: i for i, e in enumerate(ENGINES)}
+    return sorted(out, key=lambda r: (r["model"], r["steps"], r["budget"], r["batch"], order.get(r["engine"], 99)))
 
 
 def targets(summary: list[dict], acc: list[dict]) -> list[dict]:
