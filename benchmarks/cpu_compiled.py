@@ -106,6 +106,8 @@ class Worker:
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", engine, "--bundle-dir",
                                       str(args.bundle_dir), "--threads", str(args.threads)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+    def ready(self) -> None:
         self._read()
 
     def _read(self) -> dict:
@@ -319,7 +321,9 @@ def main():
     peak_before = matmul_peak(args.threads)
     flops = {c: base_flops(c[0], 2 * c[1]) for c in cases}  # guidance doubles the rows
     print(f"load {load_before}, bf16 matmul peak {peak_before / 1e12:.2f} TFLOP/s", flush=True)
-    workers = {e: Worker(e, args) for e in engines}
+    workers = {e: Worker(e, args) for e in engines}  # started together: each imports torch, migm, its runtime
+    for w in workers.values():
+        w.ready()
     for case in cases:  # one untimed run per engine and case (compilation, allocation, first touches)
         for w in workers.values():
             w.run(case)
