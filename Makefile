@@ -16,8 +16,9 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
-	# trt-rtx: TensorRT for RTX builds engines without a GPU, so the tests build real ones here
-	$(BIN)/pip install -q -e ".[dev,trt-rtx,demo]"
+	# trt-rtx: TensorRT for RTX builds engines without a GPU, so the tests build real ones here;
+	# openvino: the CPU target (`migm-export build` and `migm-run` pick it on a CPU)
+	$(BIN)/pip install -q -e ".[dev,trt-rtx,openvino,demo]"
 	# training/evaluation data; --no-deps because its metadata pulls TensorFlow
 	$(BIN)/pip install -q --no-deps animal-mnist==0.4
 	touch $@

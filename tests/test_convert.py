@@ -59,8 +59,8 @@ def test_convert_maskgit_build_and_run(maskgit_files, tmp_path):
     assert pipe.defaults.steps == 32 and pipe.defaults.guidance == 2.8 and pipe.defaults.tau == 7.0
     out = pipe(class_labels=[0, 2], budget=8, generator=torch.Generator().manual_seed(0))  # N = 32 by default
     assert len(out.images) == 2 and out.images[0].size == (32, 32) and out.stats.base_calls == 8
-    _ok(CliRunner().invoke(export_main, ["build", "--pretrained", str(tmp_path / "mg"), "--precision", "fp32",
-                                         "--out", str(tmp_path / "mg.plan")]))
+    _ok(CliRunner().invoke(export_main, ["build", "--backend", "ort", "--pretrained", str(tmp_path / "mg"),
+                                         "--precision", "fp32", "--out", str(tmp_path / "mg.plan")]))
     # the paper's MaskGIT settings: N = 32 (the model's default), B = 8 (above, torch) and 12 (the bundle, ORT)
     res = _ok(CliRunner().invoke(run_main, ["--engine", str(tmp_path / "mg.plan"), "--backend", "ort", "--budget",
                                             "12", "--num", "2", "--out", str(tmp_path / "o12")]))
@@ -124,8 +124,8 @@ def test_convert_dimoo_build_and_run(dimoo_dir, tmp_path):
         pipe.conditions(prompts=["a <uncondition> cat"])
     out = pipe(prompt="a small cat", budget=9, seed=1)  # N = 64 by default
     assert out.stats.base_calls == 9 and len(out.images) == 1
-    _ok(CliRunner().invoke(export_main, ["build", "--pretrained", str(tmp_path / "dm"), "--precision", "fp32",
-                                         "--out", str(tmp_path / "dm.plan")]))
+    _ok(CliRunner().invoke(export_main, ["build", "--backend", "ort", "--pretrained", str(tmp_path / "dm"),
+                                         "--precision", "fp32", "--out", str(tmp_path / "dm.plan")]))
     # the paper's DiMOO settings: N = 64 (the model's default), B = 9 (above, torch) and 14 (the bundle, ORT)
     _ok(CliRunner().invoke(run_main, ["--engine", str(tmp_path / "dm.plan"), "--backend", "ort", "--prompt",
                                       "a large dog", "--budget", "14", "--out", str(tmp_path / "o14")]))

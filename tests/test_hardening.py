@@ -222,7 +222,8 @@ def test_4_special_files_do_not_hang_the_loader(bundle, tmp_path, kind):
 # ---- 5. only hashed files change behaviour ----
 
 def test_5_unhashed_tokenizer_files_are_not_read(tmp_path):
-    res = CliRunner().invoke(export_main, ["build", "--model", "tiny-scenes", "--precision", "fp32", "--no-shortcut",
+    res = CliRunner().invoke(export_main, ["build", "--backend", "ort", "--model", "tiny-scenes", "--precision", "fp32",
+                                           "--no-shortcut",
                                            "--out", str(tmp_path / "s.plan")])
     assert res.exit_code == 0, res.output
     plan = tmp_path / "s.plan"
@@ -477,8 +478,8 @@ def test_12_killed_build_leaves_the_old_bundle_and_no_leftovers(tiny, tmp_path):
     build_bundle(out, BuildSettings(precision="fp32"), root / "base", root / "vq", root / "sc")
     before = _snapshot(out)
     tmp_before = set(os.listdir(os.environ.get("TMPDIR", "/tmp")))
-    cmd = [sys.executable, "-m", "migm.cli.export", "build", "--precision", "fp16", "--base", str(root / "base"),
-           "--vq", str(root / "vq"), "--shortcut", str(root / "sc"), "--out", str(out)]
+    cmd = [sys.executable, "-m", "migm.cli.export", "build", "--backend", "ort", "--precision", "fp16", "--base",
+           str(root / "base"), "--vq", str(root / "vq"), "--shortcut", str(root / "sc"), "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".k.plan.stage-*")) and proc.poll() is None and time.monotonic() < deadline:

@@ -36,7 +36,7 @@ ALLOWED = {
 # the only imports allowed inside functions: optional or heavy dependencies, each with a comment;
 # Polygraphy's TensorRT loaders bind to tensorrt or tensorrt_rtx when first imported (engines/trt.py)
 LAZY = ("tensorrt", "tensorrt_rtx", "matplotlib", "pytriton", "tritonclient", "ray", "gradio", "polygraphy.backend.trt",
-        "polygraphy.backend.tensorrt_rtx", "migm.runtime.diffusers_pipeline")
+        "polygraphy.backend.tensorrt_rtx", "migm.runtime.diffusers_pipeline", "openvino", "nncf")
 # `migm.MigmPipeline` (migm/__init__.py) resolves the diffusers pipeline on first access: the one
 # import that goes up, lazily, so that `import migm` pulls in neither the runtime nor diffusers
 ENTRY_POINTS = {("migm/__init__.py", "migm.runtime.diffusers_pipeline")}

@@ -166,7 +166,7 @@ def test_scenes_bundle_carries_its_tokenizer(tmp_path):
     from migm.engines.bundle import BundleError, verify_bundle
 
     plan = tmp_path / "scenes.plan"
-    res = CliRunner().invoke(export_main, ["build", "--model", "tiny-scenes", "--precision", "fp32",
+    res = CliRunner().invoke(export_main, ["build", "--backend", "ort", "--model", "tiny-scenes", "--precision", "fp32",
                                            "--out", str(plan)])
     assert res.exit_code == 0, res.output
     doc = json.loads((plan / "manifest.json").read_text())

@@ -144,7 +144,7 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
                    "(tiny-scenes and dimoo-8b: the llada text-to-image family, DiMOO sampler).")
 @click.option("--depth", type=int, default=None,
               help="Override the preset's number of base blocks (e.g. a 2-layer dimoo-8b on a small GPU).")
-@click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "ort", "trt"]))
+@click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "ort", "trt", "openvino"]))
 @click.option("--engine", default=None, type=click.Path(),
               help="Bundle for ort/trt (default: built into the cache for the preset).")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available for torch/trt).")
@@ -177,7 +177,7 @@ def speed(preset, depth, backend, engine, device, batches, steps, budgets, strat
             raise click.BadParameter(f"budget B={b} must be between 1 and N={steps}", param_hint="--budget")
     if backend != "torch" and "mlcache" in names:
         raise click.BadParameter("mlcache runs on the torch backend only", param_hint="--strategies")
-    device = device or ("cuda" if torch.cuda.is_available() and backend != "ort" else "cpu")
+    device = device or ("cuda" if torch.cuda.is_available() and backend not in ("ort", "openvino") else "cpu")
     unsupported = [s for s in names if not get_preset(preset).fam.supports(s)]
     if unsupported:
         raise click.BadParameter(f"{', '.join(unsupported)} is not available for {preset}", param_hint="--strategies")
@@ -230,8 +230,8 @@ def _speed_pipeline(preset, backend, engine, device, depth=None):
     # the plain loop gets its own copies: the backend moves and casts its modules in place
     plain = (copy.deepcopy(base).to(dev, dtype), copy.deepcopy(sc).to(dev, dtype))
     if engine is None:
-        if preset == "tiny-animals" and backend == "ort":
-            engine = default_bundle()
+        if preset == "tiny-animals" and backend in ("ort", "openvino"):
+            engine = default_bundle(backend=backend)
         else:
             # the depth is in the name: a bundle cached at one depth must not answer for another
             deep = "" if depth is None else f"-depth{depth}"

@@ -12,7 +12,7 @@ import click
 import torch
 
 from .. import assets
-from ..engines.build import BuildSettings, build_bundle, rebuild_bundle
+from ..engines.build import BuildSettings, build_bundle, default_backend, default_precision, rebuild_bundle
 from ..engines.bundle import verify_bundle
 from ..engines.trt import FLAVOURS, LABELS
 from ..engines.verify import parity, save_polygraphy_reference
@@ -185,11 +185,15 @@ def calibrate(base_path, count, steps, seed, out):
 
 
 @main.command()
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp16", show_default=True,
-              help="fp16: FP16 graphs (norms, softmax, reductions in FP32); int8: INT8 shortcut; "
-                   "best: FP16 base and decoder + INT8 shortcut.")
-@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
-              help="ort: ONNX files for ONNX Runtime (any machine); trt: TensorRT engines (see --trt-flavour).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="fp16: FP16 graphs (norms, softmax, reductions in FP32); int8: INT8 shortcut (openvino: base "
+                   "and shortcut, NNCF); bf16 (openvino): fp32 IR run with the bf16 hint; best: FP16 base and decoder "
+                   "+ INT8 shortcut (openvino: each component's fastest, timed here). Default: bf16 for openvino, "
+                   "else fp16.")
+@click.option("--backend", type=click.Choice(["auto", "ort", "trt", "openvino"]), default="auto", show_default=True,
+              help="ort: ONNX files for ONNX Runtime (any machine); trt: TensorRT engines (see --trt-flavour); "
+                   "openvino: OpenVINO IR for CPUs (pip install \"migm[openvino]\"); auto: the fastest here "
+                   "(trt on an NVIDIA GPU with TensorRT, openvino on a CPU with OpenVINO, else ort).")
 @click.option("--out", required=True, help="Bundle directory, e.g. tiny.plan")
 @_model_options
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
@@ -211,6 +215,8 @@ def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_
     base_path, vq_path, shortcut_path = _models(model, base_path, vq_path, shortcut_path, no_shortcut, pretrained)
     if not out.endswith(".plan"):
         raise click.BadParameter("a bundle is a directory named NAME.plan", param_hint="--out")
+    backend = default_backend() if backend == "auto" else backend
+    precision = precision or default_precision(backend)
     s = BuildSettings(precision=precision, backend=backend, calibration=Path(calibration) if calibration else None,
                       calibration_size=calibration_size, max_batch=max_batch, opt_batch=opt_batch,
                       opt_level=opt_level, trt_flavour=trt_flavour,
@@ -353,6 +359,10 @@ def _print_manifest(path: Path):
     c = doc["config"]["base"]
     click.echo(f"{path}: {doc['family']} {c['grid']}x{c['grid']} tokens, {c['codebook_size']} codes, "
                f"{family(doc['family']).describe(c)}; precision {doc['precision']}, backend {doc['backend']}")
+    if doc.get("openvino"):
+        o = doc["openvino"]
+        click.echo(f"  OpenVINO {o['version']}; built on {o['cpu']} (inference precision {o['inference_precision']}; "
+                   "chosen again at load)")
     if doc.get("trt"):
         t = doc["trt"]
         compat = f", {t['hardware_compat']}" if t.get("hardware_compat") else ""
@@ -364,6 +374,9 @@ def _print_manifest(path: Path):
         extra = f", built in {e['build_seconds']:.1f} s" if "build_seconds" in e else ""
         if e.get("data_file"):
             extra += f", weights in {e['data_file']}"
+        if e.get("measured_ms"):
+            extra += "; measured " + ", ".join(f"{p} " + "/".join(f"{v:.2f}" for v in t.values()) + " ms"
+                                               for p, t in e["measured_ms"].items())
         click.echo(f"  {name:9s} {e['file']:15s} {e['precision']:5s} {e['bytes'] / 1e6:9.2f} MB  "
                    f"err vs torch {e['rel_error_vs_torch']:.1e}{extra}")
         click.echo(f"            in:  {io(e['inputs'])}")

@@ -47,7 +47,8 @@ def seed_list(value: str) -> list[int]:
               help="A NAME.plan bundle. Default: the shipped model's bundle (built on first use).")
 @click.option("--model", type=click.Choice(["tiny-animals", "tiny-scenes"]), default=None,
               help="A shipped model's checkpoints on the torch backend instead of a bundle.")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "torch", "ort", "trt"]))
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "torch", "ort", "trt", "openvino"]))
 @click.option("--steps", type=int, default=None, help="Sampling steps N (default: the model's).")
 @click.option("--budget", type=int, default=None, help="B: steps that run the base model (default: all N).")
 @click.option("--strategy", default=None, type=click.Choice(STRATEGIES),
@@ -90,7 +91,7 @@ def main(classes, prompts, seeds, out, engine, model, backend, steps, budget, st
     if use_ray and importlib.util.find_spec("ray") is None:
         raise click.ClickException("--ray needs Ray: pip install 'migm[ray]' (docs/cli.md)")
     conditions = [c.strip() for c in classes.split(",") if c.strip()] if classes else list(prompts)
-    source = model or engine or default_bundle()
+    source = model or engine or default_bundle(backend=backend)
     j = job(conditions, seed_list(seeds), source, backend=backend, steps=steps, budget=budget, strategy=strategy,
             guidance=guidance, shard_size=shard_size, batch_size=batch_size)
     out_dir = Path(out)

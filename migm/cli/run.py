@@ -26,9 +26,10 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 @click.option("--engine", "engine", default=None, type=click.Path(),
               help="A NAME.plan bundle from `migm-export build`. Default: the shipped model's bundle, "
                    "built on first use into ~/.cache/migm (or $MIGM_CACHE).")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "torch", "ort", "trt"]),
-              help="auto: trt for a TensorRT bundle, else torch with CUDA graphs on a GPU; on a CPU ONNX Runtime "
-                   "for fp32/int8 bundles, torch (bf16) for fp16/best ones.")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "torch", "ort", "trt", "openvino"]),
+              help="auto: trt for a TensorRT bundle, openvino for an OpenVINO one, else torch with CUDA graphs on a "
+                   "GPU; on a CPU ONNX Runtime for fp32/int8 bundles, torch (bf16) for fp16/best ones.")
 @click.option("--classes", default=None,
               help="Comma-separated class names or indices, cycled to --num images (default: every class in turn).")
 @click.option("--prompt", "prompts", multiple=True,
@@ -102,7 +103,7 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
         if precision:
             raise click.UsageError("--precision is for checkpoints; a bundle runs at the precision it was built "
                                    "with (migm-export build --precision)")
-        path = engine or default_bundle()
+        path = engine or default_bundle(backend=backend)
         pipe = Pipeline.from_bundle(path, backend=backend)
         shipped = defaults.for_bundle(path)
     # a shipped model starts from its default run (the shortcut at the budget the quality tables support)
@@ -164,8 +165,10 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
     more = f" (the grid shows the first {GRID_MAX})" if num > GRID_MAX else ""
     account = _against_full(pipe, sampler, strategy, budget, stats, num, batch_size)
     images = "image" if num == 1 else "images"
+    hint = getattr(pipe.backend, "inference_precision", None)  # OpenVINO: bf16 or f32 on this CPU
+    label = f"{pipe.backend.name} backend" + (f", {hint} on this CPU" if hint else "")
     click.echo(f"wrote {num} {images} and grid.png to {folder.path}{more}: {num / elapsed:.1f} images/s "
-               f"({pipe.backend.name} backend, {account})")
+               f"({label}, {account})")
 
 
 def _checkpoints_run(model, base_path, shortcut_path):

@@ -23,7 +23,8 @@ def _say(message: str) -> None:
 @click.option("--engine", default=None, type=click.Path(),
               help="A NAME.plan bundle from `migm-export build`. Default: the shipped model's bundle, "
                    "built on first use into ~/.cache/migm (or $MIGM_CACHE).")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "torch", "ort", "trt"]),
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "torch", "ort", "trt", "openvino"]),
               help="As for migm-run: auto picks trt for a TensorRT bundle, torch with CUDA graphs on a GPU, "
                    "ONNX Runtime for an fp32 bundle on a CPU.")
 @click.option("--model", type=click.Choice(["tiny-animals", "tiny-scenes"]), default=None,
@@ -68,7 +69,7 @@ def main(engine, backend, model, name, host, http_port, grpc_port, metrics_port,
             raise click.BadParameter("checkpoints run on the torch backend only", param_hint="--backend")
         pipe, source = Pipeline.from_checkpoints(model=model), model
     else:
-        source = engine or default_bundle()
+        source = engine or default_bundle(backend=backend)
         pipe = Pipeline.from_bundle(source, backend=backend)
     if pipe.family.text and pipe.tokenizer is None:
         raise click.ClickException(f"{source} carries no tokenizer, so text prompts cannot be read: rebuild the "

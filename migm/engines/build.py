@@ -6,13 +6,15 @@
     TensorRT engine per component, the ONNX kept beside it under onnx/ (so
     `rebuild_bundle` makes fresh engines for another GPU or TensorRT release)
     ->  bundle (written atomically)
+    openvino: the FP32 graphs converted to OpenVINO IR (NAME.xml + NAME.bin), INT8 by NNCF
+    on the OpenVINO model (base and shortcut), `best` measured per component (engines/openvino.py)
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -46,17 +48,30 @@ from ..models.checkpoint import (
 )
 from ..models.text import tokenizer_files, tokenizer_path
 from ..sampling.config import SamplerConfig
-from . import trt
+from . import openvino, openvino_build, trt
 from .bundle import BundleError, bundle_file, fill_bundle, is_bundle, read_manifest, verify_bundle
 from .verify import rel_error
 
-BACKENDS = ("ort", "trt")
+BACKENDS = ("ort", "trt", "openvino")
+
+
+def default_backend() -> str:
+    """The bundle kind that runs fastest on this machine (measured: benchmarks/RESULTS.md): TensorRT on
+    an NVIDIA GPU with TensorRT installed, OpenVINO on a CPU with OpenVINO installed, else ONNX Runtime."""
+    if torch.cuda.is_available():
+        return "trt" if trt.version("tensorrt") or trt.version(trt.RTX) else "ort"
+    return "openvino" if openvino.available() else "ort"
+
+
+def default_precision(backend: str) -> str:
+    """A build's precision when none is given: bf16 for OpenVINO (its CPU winner), fp16 otherwise."""
+    return "bf16" if backend == "openvino" else "fp16"
 
 
 @dataclass
 class BuildSettings:
     precision: str = "fp16"
-    backend: str = "ort"
+    backend: str = "ort"  # or "auto": default_backend()
     calibration: Path | None = None  # an .npz from `migm-export calibrate`; sampled when missing
     calibration_size: int = 128
     max_batch: int = 64  # TensorRT profile: batch 1..max_batch (CFG doubles the batch)
@@ -72,8 +87,10 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
                  progress: Callable[[str], None] | None = None) -> Path:
     """Build the bundle for the given checkpoints (the shortcut is optional)."""
     say = progress or (lambda msg: None)
+    if s.backend == "auto":
+        s = replace(s, backend=default_backend())
     if s.backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {s.backend!r}; choose from {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown backend {s.backend!r}; choose from auto, {', '.join(BACKENDS)}")
     if not 1 <= s.opt_batch <= s.max_batch <= 65536:
         raise ConfigError(f"TensorRT profile batches need 1 <= opt ({s.opt_batch}) <= max ({s.max_batch}) <= 65536")
     if not 1 <= s.calibration_size <= 100_000:
@@ -83,6 +100,7 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
     if s.backend == "trt":  # fail before any work when TensorRT (or its GPU) is missing or a setting is wrong
         flavour = trt.choose_flavour(s.trt_flavour)
         trt_info = _trt_info(flavour, s.opt_level, s.compute_capabilities, s.hardware_compat, s.timing_cache)
+    ov_info = openvino.info() if s.backend == "openvino" else None  # BackendUnavailable before any work
     base = load_checkpoint(base_path, kinds=BASE_KINDS)
     vq = load_checkpoint(vq_path, kinds=VQ_KINDS)
     fam = family_of(base)
@@ -90,7 +108,8 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
     if (vq.cfg.codebook_size, vq.cfg.grid) != (spec.codebook_size, spec.grid):
         raise ConfigError(f"the base model (codebook {spec.codebook_size}, grid {spec.grid}) does not match the "
                           f"VQ-VAE (codebook {vq.cfg.codebook_size}, grid {vq.cfg.grid})")
-    precisions = component_precisions(s.precision, fam.precisions)
+    precisions = (openvino.component_precisions(s.precision, fam.precisions) if s.backend == "openvino"
+                  else component_precisions(s.precision, fam.precisions))
     shortcut = load_shortcut(shortcut_path, base_path, base) if shortcut_path is not None else None
     if shortcut is None and precisions["shortcut"] == "int8":
         raise ConfigError(f"precision {s.precision} quantizes the shortcut, but no shortcut checkpoint was given")
@@ -103,10 +122,25 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
     # and the next build on `out` removes it; `out` itself is replaced only by a finished bundle
     with atomic_dir(out, ours=is_bundle, what="bundle") as stage:
         work = stage / ".work"
-        files, entries = {}, {}
+        files, entries, calib = {}, {}, {}
+
+        def calibration():  # sampled once per build, whichever component asks first
+            if not calib:
+                calib.update(_calibration(s, out, digests, base, sampler, say))
+            return calib
+
         for comp in components(base, vq.decoder, shortcut):
             prec = precisions[comp.name]
-            final = component_graph(comp, prec, work, say, lambda: _calibration(s, out, digests, base, sampler, say))
+            if s.backend == "openvino":  # IR from the fp32 graph; its precision is OpenVINO's business
+                fp32 = component_graph(comp, "fp32", work, say)
+                xml, entry = openvino_build.build_component(comp, fp32, prec, work, calibration, say)
+                files[entry["file"]], files[entry["data_file"]] = xml, xml.with_suffix(".bin")
+                if calib:
+                    save_calibration(work / "calibration.npz", calib)
+                    files["calibration.npz"] = work / "calibration.npz"
+                entries[comp.name] = {**entry, "backend": s.backend}
+                continue
+            final = component_graph(comp, prec, work, say, calibration)
             if prec == "int8":
                 files["calibration.npz"] = work / "calibration.npz"
             inputs, outputs = io_spec(final)
@@ -144,8 +178,8 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
                        "shortcut": shortcut.cfg.to_dict() if shortcut is not None else None},
             "spec": spec.to_dict(), "class_names": list(base.meta.get("class_names", [])),
             "sampling": sampler.to_dict(), "sources": digests, "components": entries, "checkpoints": checkpoints,
-            "tools": _versions(), **({"tokenizer": tokenizer} if tokenizer else {}),
-            **({"trt": trt_info} if trt_info else {}),
+            "tools": _versions(s.backend), **({"tokenizer": tokenizer} if tokenizer else {}),
+            **({"trt": trt_info} if trt_info else {}), **({"openvino": ov_info} if ov_info else {}),
         }
         say("bundle")
         fill_bundle(stage, manifest, files)
@@ -295,8 +329,10 @@ def _calibration(s: BuildSettings, out, digests: dict, base, sampler: SamplerCon
         try:
             doc = verify_bundle(out)
             if doc["sources"] == digests and doc.get("calibration"):
-                say("calibration: reusing the previous bundle's")
-                return load_calibration(bundle_file(Path(out), doc["calibration"]["file"], "calibration data"))
+                data = load_calibration(bundle_file(Path(out), doc["calibration"]["file"], "calibration data"))
+                if s.backend != "openvino" or "base_tokens" in data:  # OpenVINO INT8 calibrates the base too
+                    say("calibration: reusing the previous bundle's")
+                    return data
         except (BundleError, DataError):  # an unreadable old bundle: sample afresh
             pass
     say("calibration: sampling trajectories with the base model")
@@ -318,7 +354,9 @@ def _profiles(comp: Component, s: BuildSettings, num_tokens: int) -> dict:
     return out
 
 
-def _versions() -> dict:
+def _versions(backend: str = "ort") -> dict:
     out = {"migm": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
            "onnxruntime": onnxruntime.__version__}
+    if backend == "openvino":
+        out.update(openvino.versions())
     return out  # a TensorRT bundle's flavour and version are in its `trt` entry

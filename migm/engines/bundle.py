@@ -5,7 +5,7 @@
                          components (file, precision, backend, inputs/outputs with shapes,
                          sha256), tool versions; for TensorRT the flavour, its version and
                          the compute capabilities the engines target (`trt`); a digest of all of it
-      base.onnx | base.engine
+      base.onnx | base.engine | base.xml + base.bin (OpenVINO IR)
       shortcut.onnx | shortcut.engine
       decoder.onnx | decoder.engine
       onnx/              (TensorRT bundles) the graphs the engines were built from, for rebuilds
@@ -189,11 +189,12 @@ def _check_schema(doc, mf: Path) -> None:
                 f"it is bundle version {doc.get('version')}; this migm reads version {VERSION} (rebuild it)")
         _keys(doc, "manifest", required={"format", "version", "family", "precision", "backend", "config", "spec",
                                          "class_names", "sampling", "sources", "components", "checkpoints", "tools",
-                                         "digest"}, optional={"tokenizer", "calibration", "trt"})
+                                         "digest"}, optional={"tokenizer", "calibration", "trt", "openvino"})
         _expect(doc["family"] in FAMILIES, f"family {doc['family']!r} is none this migm runs ({', '.join(FAMILIES)})")
         fam = family(doc["family"])
-        _expect(doc["precision"] in ("fp32", "fp16", "int8", "best"), f"precision {doc['precision']!r} is unknown")
-        _expect(doc["backend"] in ("ort", "trt"), f"backend {doc['backend']!r} is unknown")
+        _expect(doc["precision"] in ("fp32", "fp16", "int8", "bf16", "best"),
+                f"precision {doc['precision']!r} is unknown")
+        _expect(doc["backend"] in ("ort", "trt", "openvino"), f"backend {doc['backend']!r} is unknown")
         cfg = doc["config"]
         _keys(cfg, "config", required={"base", "vq", "shortcut"})
         _expect(isinstance(cfg["base"], dict) and isinstance(cfg["vq"], dict), "config.base and config.vq are objects")
@@ -243,6 +244,12 @@ def _check_schema(doc, mf: Path) -> None:
                     and isinstance(t["opt_level"], int) and 0 <= t["opt_level"] <= 5,
                     "trt names a flavour (tensorrt, tensorrt-rtx), its version, target compute capabilities, "
                     "hardware compatibility and optimization level")
+        if "openvino" in doc:
+            o = doc["openvino"]
+            _keys(o, "openvino", required={"version", "inference_precision", "cpu"})
+            _expect(isinstance(o["version"], str) and len(o["version"]) <= 64 and o["inference_precision"] in
+                    ("bf16", "f32") and isinstance(o["cpu"], str) and len(o["cpu"]) <= 200,
+                    "openvino names its version, the inference precision chosen at the build (bf16, f32) and the CPU")
         _expect(_hex(doc["digest"]), "digest is a sha256")
         check_manifest_io(doc)  # the recorded graph shapes against config.base's sizes
     except BundleError as e:
@@ -254,10 +261,10 @@ def _check_schema(doc, mf: Path) -> None:
 def _component(entry, where: str) -> None:
     _keys(entry, where, required={"file", "sha256", "bytes", "precision", "backend", "inputs", "outputs",
                                   "rel_error_vs_torch"},
-          optional={"data_file", "data_sha256", "data_bytes", "profile", "onnx", "build_seconds"})
+          optional={"data_file", "data_sha256", "data_bytes", "profile", "onnx", "build_seconds", "measured_ms"})
     _expect(isinstance(entry["file"], str) and _hex(entry["sha256"]), f"{where} needs a file and its sha256")
     _expect(_count(entry["bytes"]), f"{where}.bytes is a size in bytes")
-    _expect(entry["precision"] in ("fp32", "fp16", "int8"), f"{where}.precision is unknown")
+    _expect(entry["precision"] in ("fp32", "fp16", "int8", "bf16"), f"{where}.precision is unknown")
     err = entry["rel_error_vs_torch"]
     _expect(isinstance(err, (int, float)) and not isinstance(err, bool) and math.isfinite(err) and err >= 0,
             f"{where}.rel_error_vs_torch is a finite number")
@@ -281,6 +288,12 @@ def _component(entry, where: str) -> None:
         if "data_file" in g:
             _expect(isinstance(g["data_file"], str) and _hex(g.get("data_sha256")),
                     f"{where}.onnx.data_file needs its sha256")
+    if "measured_ms" in entry:  # --precision best: each candidate precision's ms per call, by rows
+        m = entry["measured_ms"]
+        _expect(isinstance(m, dict) and 0 < len(m) <= 8 and all(
+            isinstance(p, str) and len(p) <= 16 and isinstance(t, dict) and 0 < len(t) <= 16 and all(
+                isinstance(r, str) and r.isdigit() and len(r) <= 8 and _number(v) for r, v in t.items())
+            for p, t in m.items()), f"{where}.measured_ms maps precisions to milliseconds by rows")
     if "build_seconds" in entry:
         b = entry["build_seconds"]
         _expect(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b >= 0,
@@ -301,6 +314,10 @@ def _expect(ok: bool, message: str) -> None:
 
 def _hex(v) -> bool:
     return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
 def _count(v) -> bool:

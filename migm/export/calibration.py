@@ -1,4 +1,5 @@
-"""Calibration inputs for the INT8 shortcut, drawn from the sampler's own trajectories.
+"""Calibration inputs for INT8 (the shortcut; with OpenVINO the base too), drawn from the
+sampler's own trajectories.
 
 Each record is one shortcut call as the sampler makes it: the features at the start of a step
 s (one CFG branch), the tokens unmasked at s, and the mask ratio after s, with s drawn across all
@@ -6,6 +7,8 @@ steps (early, nearly-all-masked states and late ones have very different activat
 INT8 scales must cover both), with the branch's condition (class id or prompt ids; the empty one
 for the unconditional branch) for a shortcut that reads it. Stored as one .npz so a rebuild does
 not resample; new tokens are padded to the largest count, and `counts` says how many are real.
+The base's records (`base_tokens`, `base_cond`) are its inputs at a random (trajectory, step,
+branch): the tokens still masked at that step, and the branch's condition.
 """
 
 from __future__ import annotations
@@ -57,6 +60,23 @@ def collect_calibration(rec: Recording, count: int = 256, seed: int = 0,
     return {k: np.stack(v) if k in ("features", "cond") else np.asarray(v) for k, v in out.items()}
 
 
+def collect_base_calibration(rec: Recording, count: int, mask_id: int, conds: torch.Tensor,
+                             seed: int = 1) -> dict[str, np.ndarray]:
+    """`count` base inputs (tokens at the start of a step, the branch's condition) drawn at random
+    (trajectory, step, branch) from a recording; `conds` [n, branches, ...] as in `collect_calibration`."""
+    n, branches, steps = rec.features.shape[:3]
+    g = torch.Generator().manual_seed(seed)
+    tokens, cond = [], []
+    for _ in range(count):
+        i = int(torch.randint(n, (1,), generator=g))
+        s = int(torch.randint(steps, (1,), generator=g))
+        branch = int(torch.randint(branches, (1,), generator=g))
+        # at the start of step s the positions unmasked at steps < s hold their final tokens
+        tokens.append(torch.where(rec.reveal[i] < s, rec.tokens[i], mask_id).numpy())
+        cond.append(np.asarray(conds[i, branch].numpy()))
+    return {"base_tokens": np.stack(tokens), "base_cond": np.stack(cond)}
+
+
 def sample_calibration(base: torch.nn.Module, sampler: SamplerConfig, count: int = 128, seed: int = 1234,
                        steps: int = 32) -> dict[str, np.ndarray]:
     """Calibration inputs from trajectories the base model samples here and now (its own sampler
@@ -74,7 +94,8 @@ def sample_calibration(base: torch.nn.Module, sampler: SamplerConfig, count: int
     rec = record_sampling(autocast_bf16(base), cond, uncond, sampler, num_tokens=spec.num_tokens,
                           mask_id=spec.mask_id, generator=g)
     branches = torch.stack([cond, uncond.expand_as(cond)], 1)[:, : rec.features.shape[1]]  # [cond, uncond] rows
-    return collect_calibration(rec, count, conds=branches.cpu())
+    out = collect_calibration(rec, count, conds=branches.cpu())
+    return {**out, **collect_base_calibration(rec, count, spec.mask_id, branches.cpu())}
 
 
 def _valid(sampler: SamplerConfig, num_tokens: int) -> bool:

@@ -18,7 +18,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from ..errors import ConfigError
 from .onnx import save_onnx
 
-PRECISIONS = ("fp32", "fp16", "int8", "best")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16", "best")  # bf16: OpenVINO bundles only
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "Pow", "Sqrt", "Exp", "Sin",
             "Cos", "Sigmoid", "Erf"]
 
@@ -40,6 +40,9 @@ def component_precisions(precision: str, supported: tuple[str, ...] = PRECISIONS
     if precision not in supported:
         raise ConfigError(f"precision {precision} is not available for this model family; "
                           f"choose from {', '.join(supported)}")
+    if precision == "bf16":
+        raise ConfigError("bf16 is an OpenVINO precision (an fp32 graph compiled with the bf16 hint): build with "
+                          "--backend openvino, or fp16 for ONNX Runtime and TensorRT")
     if precision == "best":
         return {"base": "fp16", "shortcut": "int8", "decoder": "fp16"}
     if precision == "int8":  # only the shortcut is quantized; the base and decoder stay FP32

@@ -35,7 +35,7 @@ class LLaDAFamily(Family):
     condition = "prompt"
     text = True
     strategies = ("vanilla", "fewer", "reuse", "extrapolate", "shortcut")  # no cached forward: no mlcache
-    precisions = ("fp32", "fp16", "int8", "best")
+    precisions = ("fp32", "fp16", "int8", "bf16", "best")
     sampler = SamplerConfig(steps=64, schedule="dimoo", sampler="dimoo", tau=1.0)
 
     def spec(self, cfg: LLaDAConfig) -> ModelSpec:

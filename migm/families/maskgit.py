@@ -60,7 +60,7 @@ class MaskGITFamily(Family):
     condition = "labels"
     text = False
     strategies = STRATEGIES
-    precisions = ("fp32", "fp16", "int8", "best")
+    precisions = ("fp32", "fp16", "int8", "bf16", "best")
     sampler = SamplerConfig(steps=16, schedule="arccos", sampler="halton", tau=4.5)
 
     def spec(self, cfg: MaskGITConfig) -> ModelSpec:

@@ -1,4 +1,4 @@
-"""Execution backends: the model calls the step loop makes, on torch, ONNX Runtime or TensorRT.
+"""Execution backends: the model calls the step loop makes, on torch, ONNX Runtime, TensorRT or OpenVINO.
 
 Every backend has the same methods (the loop's `StepModels`) and says what it can do:
 
@@ -9,8 +9,9 @@ Every backend has the same methods (the loop's `StepModels`) and says what it ca
     caps                                                        `Capabilities` (below)
 
 `cond` is every row's condition (class ids, or prompt ids); a shortcut that does not read it
-ignores it. `ort` and `trt` write their outputs into buffers allocated once per input shape and
-then reused (ORT IOBinding, TensorRT tensor addresses). Two buffer sets alternate per shape,
+ignores it. `ort`, `trt` and `openvino` write their outputs into buffers allocated once per input
+shape and then reused (ORT IOBinding, TensorRT tensor addresses, OpenVINO tensors over the same
+memory). Two buffer sets alternate per shape,
 because the loop reads the previous step's features while the next step writes: a result stays
 valid until the same component has been called twice more with the same shape.
 """
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from ..engines import trt
+from ..engines import openvino, trt
 from ..engines.bundle import BundleError
 from ..engines.graph_io import check_graph_io
 from ..engines.ort import ort_session
@@ -34,7 +35,7 @@ from ..families import Family, ModelSpec, family_of
 from ..models.vqvae import Decoder
 from ..sampling.loop import CachedBase
 
-BACKENDS = ("auto", "torch", "ort", "trt")
+BACKENDS = ("auto", "torch", "ort", "trt", "openvino")
 
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bool: np.bool_,
        torch.int32: np.int32}
@@ -217,6 +218,66 @@ class OrtBackend(_GraphBackend):
         if dev == "cuda":  # ORT runs on its own stream: torch's writes to the inputs must be done first
             torch.cuda.current_stream(self.device).synchronize()
         session.run_with_iobinding(binding)
+        return outs
+
+
+class OpenVinoBackend(_GraphBackend):
+    """OpenVINO on the CPU over the bundle's IR (.xml + .bin), each component compiled once
+    (engines/openvino.py: bf16 hint where the CPU has AMX/AVX512-BF16, f32 elsewhere and for fp32
+    components), one infer request each. No copies: inputs are OpenVINO tensors over the loop's
+    torch tensors' memory, outputs are written straight into preallocated torch buffers.
+    `inference_precision` says the hint its bf16/int8 components run with here ("f32" where all
+    are fp32); `hints` has it per component."""
+
+    name = "openvino"
+
+    def __init__(self, bundle: str | Path, doc: dict, spec: ModelSpec, family: Family, threads: int = 0):
+        bundle = Path(bundle)
+        if not openvino.available():
+            raise BackendUnavailable(f"bundle {bundle} holds OpenVINO IR, and OpenVINO is not installed here: "
+                                     f"{openvino.INSTALL}, or run it with --backend torch, or build an ONNX Runtime "
+                                     "bundle with `migm-export build --backend ort`")
+        self._ov = openvino.import_openvino()
+        self.device = torch.device("cpu")
+        self.requests, self.spec_io, self.hints = {}, {}, {}
+        for name, entry in doc["components"].items():
+            xml = bundle / entry["file"]
+            if not entry["file"].endswith(".xml"):
+                raise BundleError(f"bundle {bundle}: {entry['file']} is not OpenVINO IR; the openvino backend needs "
+                                  "a `--backend openvino` bundle")
+            if entry["precision"] not in openvino.PRECISIONS:
+                raise BundleError(f"bundle {bundle}: {entry['file']} is {entry['precision']}, which the openvino "
+                                  f"backend does not run ({', '.join(openvino.PRECISIONS)}): rebuild it with "
+                                  "`migm-export build --backend openvino --precision bf16`")
+            compiled = openvino.compile_ir(xml, entry["precision"], threads)
+            openvino.check_io(compiled, entry, xml)
+            self.requests[name] = compiled.create_infer_request()
+            self.spec_io[name] = entry
+            self.hints[name] = openvino.compile_config(entry["precision"], threads)["INFERENCE_PRECISION_HINT"]
+        self.inference_precision = "bf16" if "bf16" in self.hints.values() else "f32"
+        self._setup(bundle, doc, spec, family, list(self.requests))
+        self.caps = Capabilities(shortcut=self.has_shortcut)
+
+    def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        req, entry, tensor = self.requests[name], self.spec_io[name], self._ov.Tensor
+        shapes = {}
+        for i, spec in enumerate(entry["inputs"]):
+            t = feeds[spec["name"]]
+            want = _TORCH[spec["dtype"]]
+            t = t.to(want).contiguous() if t.dtype != want or not t.is_contiguous() else t
+            feeds[spec["name"]] = t  # keep the tensor alive until the run is over
+            req.set_input_tensor(i, tensor(t.numpy(), shared_memory=True))
+            for axis, dim in zip(t.shape, spec["shape"]):
+                if isinstance(dim, str):
+                    shapes[dim] = axis
+        key = (name,) + tuple(tuple(t.shape) for t in feeds.values())
+        outs = self.buffers.get(key, lambda: [
+            torch.empty([shapes[d] if isinstance(d, str) else d for d in spec["shape"]], dtype=_TORCH[spec["dtype"]])
+            for spec in entry["outputs"]])
+        for i, t in enumerate(outs):
+            req.set_output_tensor(i, tensor(t.numpy(), shared_memory=True))
+        req.start_async()  # start + wait: `infer()` would also build a dict of the results
+        req.wait()
         return outs
 
 

@@ -11,12 +11,12 @@ import os
 from pathlib import Path
 
 from .. import assets
-from ..engines.build import BuildSettings, build_bundle
+from ..engines.build import BuildSettings, build_bundle, default_backend, default_precision
 from ..engines.bundle import VERSION
 from ..fileio import recover_dir
 from ..models.checkpoint import checkpoint_digest
 
-DEFAULT_PRECISION = "fp32"
+DEFAULT_PRECISION = "fp32"  # of an ort bundle; an openvino one is bf16 (default_precision)
 log = logging.getLogger(__name__)
 
 
@@ -26,13 +26,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "migm"
 
 
-def default_bundle() -> Path:
-    """Path of the default bundle (tiny-animals, fp32, ONNX Runtime), building it if missing."""
+def default_bundle(backend: str = "auto") -> Path:
+    """Path of the default bundle (tiny-animals) for `backend` (ort or openvino; anything else: the
+    fastest target here), building it if missing: OpenVINO bf16 on a CPU with OpenVINO installed, else
+    ONNX Runtime fp32 (a GPU runs its checkpoints on torch with CUDA graphs)."""
+    if backend not in ("ort", "openvino"):
+        backend = "openvino" if default_backend() == "openvino" else "ort"
+    precision = default_precision(backend) if backend == "openvino" else DEFAULT_PRECISION
     digest = checkpoint_digest(assets.BASE)[:8] + checkpoint_digest(assets.SHORTCUT)[:8]
-    path = cache_dir() / "bundles" / f"tiny-animals-{digest}-{DEFAULT_PRECISION}-v{VERSION}.plan"
+    kind = "" if backend == "ort" else f"-{backend}"  # the ort bundle keeps its name (existing caches)
+    path = cache_dir() / "bundles" / f"tiny-animals-{digest}{kind}-{precision}-v{VERSION}.plan"
     recover_dir(path)  # a build killed mid-swap: its predecessor comes back
     if (path / "manifest.json").exists():
         return path
-    log.info("first use: building the default bundle into %s (once, about a minute)", path)
-    return build_bundle(path, BuildSettings(precision=DEFAULT_PRECISION, backend="ort"), assets.BASE, assets.VQ,
+    log.info("first use: building the default bundle (%s, %s) into %s (once, about a minute)", backend, precision, path)
+    return build_bundle(path, BuildSettings(precision=precision, backend=backend), assets.BASE, assets.VQ,
                         assets.SHORTCUT)

@@ -37,7 +37,7 @@ from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shor
 from ..models.text import load_tokenizer, tokenizer_path
 from ..sampling.config import SamplerConfig
 from ..sampling.loop import HybridStats, ProbeFn, check_strategy, generate_tokens
-from .backends import BACKENDS, Backend, OrtBackend, TorchBackend, TrtBackend
+from .backends import BACKENDS, Backend, OpenVinoBackend, OrtBackend, TorchBackend, TrtBackend
 from .graphs import GraphedLoop
 from .images import to_pil
 
@@ -205,7 +205,8 @@ class Pipeline:
                     threads: int = 0, rebuild: bool = True) -> "Pipeline":
         """A `NAME.plan/` bundle on a backend.
 
-        auto: TensorRT for a trt bundle; for an ort bundle the torch backend with CUDA graphs
+        auto: TensorRT for a trt bundle; OpenVINO for an openvino bundle (refused, saying what would run
+        it, where OpenVINO is not installed); for an ort bundle the torch backend with CUDA graphs
         where a GPU is present; on a CPU ONNX Runtime for fp32/int8 bundles and torch (bf16) for
         fp16/best ones (the faster of the two for each, see benchmarks/RESULTS.md).
         torch runs the bundle's own checkpoints (fp32 for fp32/int8 bundles, bf16 otherwise).
@@ -227,14 +228,15 @@ class Pipeline:
             # on a CPU: ORT runs fp32 graphs faster than torch does, but ORT's FP16/INT8 CPU kernels
             # are slow (benchmarks/precision.py) where torch's bf16 uses the CPU's AMX/AVX512-BF16
             half = doc["precision"] in ("fp16", "best")
-            backend = "trt" if built == "trt" else ("torch" if gpu or half else "ort")
+            backend = built if built in ("trt", "openvino") else ("torch" if gpu or half else "ort")
         if backend == "trt" and built != "trt":
             raise BundleError(f"bundle {path} holds ONNX files, not TensorRT engines: use --backend ort or torch, "
                               "or rebuild with `migm-export build --backend trt`")
-        if backend == "ort" and built != "ort":
-            raise BundleError(f"bundle {path} holds TensorRT engines: use --backend trt (or torch), "
-                              "or rebuild with `migm-export build --backend ort`")
-        device = device or ("cuda" if gpu and backend != "ort" else "cpu")
+        if backend in ("ort", "openvino") and built != backend:
+            held = {"trt": "TensorRT engines", "ort": "ONNX files for ONNX Runtime", "openvino": "OpenVINO IR"}[built]
+            raise BundleError(f"bundle {path} holds {held}: use --backend {built} (or torch), "
+                              f"or rebuild with `migm-export build --backend {backend}`")
+        device = device or ("cuda" if gpu and backend not in ("ort", "openvino") else "cpu")
         if backend == "trt":
             doc = _engines_for_here(path, doc, torch.device(device), rebuild)
         if backend == "torch":
@@ -244,6 +246,10 @@ class Pipeline:
                                 precision=precision)
         elif backend == "ort":
             impl = OrtBackend(path, doc, spec, fam, device=device, threads=threads)
+        elif backend == "openvino":
+            if torch.device(device).type != "cpu":
+                raise BackendUnavailable("the openvino backend runs on the CPU: use --backend torch on a GPU")
+            impl = OpenVinoBackend(path, doc, spec, fam, threads=threads)
         else:
             impl = TrtBackend(path, doc, spec, fam, device=device)
         tok = doc.get("tokenizer")  # its files were confined and hashed by verify_bundle: read only those
