@@ -5,12 +5,8 @@ from __future__ import annotations
 import time
 
 import click
-import torch
 
-from ..runtime.cache import default_bundle
-from ..runtime.images import ImageFolder, make_grid, slug
-from ..runtime.pipeline import Pipeline
-from ..sampling.loop import STRATEGIES
+from ..sampling.strategies import STRATEGIES
 from .common import Bar, debug_option, one_line_errors
 
 MAX_IMAGES = 100_000  # a sane bound: more is a typo, or a job for migm-generate
@@ -54,10 +50,13 @@ GRID_MAX = 100  # the grid shows at most this many images
 @click.option("--vq", "vq_path", default=None, help="VQ-VAE checkpoint (with --base; default: shipped).")
 @click.option("--shortcut", "shortcut_path", default=None,
               help="Shortcut checkpoint (with checkpoints; default: the shipped one, with the shipped base).")
+@click.option("--verify", is_flag=True,
+              help="Hash every file of the bundle (by default only the first open does; later opens re-hash the "
+                   "files whose size, times or inode changed).")
 @debug_option
 @one_line_errors
 def main(engine, backend, classes, prompts, model, num, steps, budget, strategy, guidance, tau, seed, batch_size, out,
-         pretrained, base_path, vq_path, shortcut_path):
+         pretrained, base_path, vq_path, shortcut_path, verify):
     """Generate images for classes (tiny-animals) or text prompts (tiny-scenes).
 
     `migm-run --num 8 --steps 16 --budget 6` runs the base model on 6 of 16 steps and the
@@ -66,6 +65,11 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
     text-to-image bundle. Checkpoint options (--model or --base/--vq/--shortcut) run the
     torch backend on them.
     """
+    import torch  # here, not at the top: `migm-run --help` starts without torch and the runtime
+
+    from ..runtime.images import ImageFolder, make_grid, slug  # (as torch)
+    from ..runtime.pipeline import Pipeline  # (as torch)
+
     if prompts and classes:
         raise click.UsageError("give --classes (class-conditional model) or --prompt (text-to-image), not both")
     folder = ImageFolder(out)  # refused now, before any work, if it holds files migm-run did not write
@@ -81,8 +85,14 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
         pipe = Pipeline.from_pretrained(pretrained) if pretrained else \
             Pipeline.from_checkpoints(base_path, vq_path, shortcut_path, model=model or "tiny-animals")
     else:
-        engine = engine or default_bundle(say=click.echo)
-        pipe = Pipeline.from_bundle(engine, backend=backend)
+        if engine is None:
+            from ..runtime.cache import default_bundle  # builds the shipped model's bundle on first use
+
+            engine = default_bundle(say=click.echo)
+        from ..engines.refit import fit_for_backend  # TensorRT engines made elsewhere: rebuilt here, once
+
+        fit_for_backend(engine, backend, say=click.echo)
+        pipe = Pipeline.from_bundle(engine, backend=backend, verify=verify)
     source = engine or pretrained or base_path or model
     text = pipe.family.text
     if text and not prompts:

@@ -6,23 +6,16 @@ name carries the shipped checkpoints' digests, so a new release builds a fresh o
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
 from .. import assets
-from ..engines.build import BuildSettings, build_bundle
 from ..engines.bundle import VERSION
-from ..fileio import recover_dir
+from ..fileio import cache_dir, recover_dir
 from ..models.checkpoint import checkpoint_digest
 
 DEFAULT_PRECISION = "fp32"
-
-
-def cache_dir() -> Path:
-    if os.environ.get("MIGM_CACHE"):
-        return Path(os.environ["MIGM_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "migm"
+__all__ = ["cache_dir", "default_bundle"]
 
 
 def default_bundle(say: Callable[[str], None] | None = None) -> Path:
@@ -34,5 +27,7 @@ def default_bundle(say: Callable[[str], None] | None = None) -> Path:
         return path
     if say:
         say(f"first use: building the default bundle into {path} (once, about a minute)")
+    from ..engines.build import BuildSettings, build_bundle  # the export stack: only for this first build
+
     return build_bundle(path, BuildSettings(precision=DEFAULT_PRECISION, backend="ort"), assets.BASE, assets.VQ,
                         assets.SHORTCUT)

@@ -57,7 +57,7 @@ def save(directory: str | Path, models: dict, family: Family, tokenizer=None) ->
             index[name] = ["migm", kind_of(model)]
         if tokenizer is not None:
             tokenizer.save_pretrained(str(stage / "tokenizer"))
-            index["tokenizer"] = ["transformers", type(tokenizer).__name__]
+            index["tokenizer"] = ["transformers", getattr(tokenizer, "hf_class", type(tokenizer).__name__)]
         (stage / INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return directory
 
