@@ -185,11 +185,16 @@ class _SkipInit(TorchFunctionMode):
     nothing there, and torch runs it through torch._refs, whose first use imports torch._dynamo (and
     torch.onnx with it), seconds at every process start."""
 
+    # in-place fills only (never what changes a shape, such as unsqueeze_)
+    FILLS = frozenset({"normal_", "uniform_", "zero_", "zeros_", "ones_", "fill_", "constant_", "trunc_normal_",
+                       "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_",
+                       "eye_", "dirac_", "sparse_", "random_", "bernoulli_", "exponential_", "log_normal_",
+                       "cauchy_", "geometric_"})
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
         first = args[0] if args else next(iter(kwargs.values()), None)
-        if name.endswith("_") and not name.endswith("__") and isinstance(first, torch.Tensor) and first.is_meta:
+        if getattr(func, "__name__", "") in self.FILLS and isinstance(first, torch.Tensor) and first.is_meta:
             return first
         return func(*args, **kwargs)
 
