@@ -88,14 +88,18 @@ def bundles(tiny, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("backend,kind,package,allowed,gpu", BACKENDS)
-def test_from_bundle_and_generate_are_slim(backend, kind, package, allowed, gpu, bundles, tmp_path):
+def _skip_unless_here(backend, package, gpu):
     if package and importlib.util.find_spec(package) is None:
         pytest.skip(f"{package} is not installed here")
     if backend not in backends.BACKENDS:
         pytest.skip(f"this migm has no {backend} backend")
     if gpu and not torch.cuda.is_available():
         pytest.skip(f"the {backend} backend runs on a CUDA GPU, and there is none here")
+
+
+@pytest.mark.parametrize("backend,kind,package,allowed,gpu", BACKENDS)
+def test_from_bundle_and_generate_are_slim(backend, kind, package, allowed, gpu, bundles, tmp_path):
+    _skip_unless_here(backend, package, gpu)
     bundle = bundles(kind)
     body = (f"from migm.runtime import Pipeline\n"
             f"pipe = Pipeline.from_bundle({str(bundle)!r}, backend={backend!r})\n"
@@ -104,6 +108,18 @@ def test_from_bundle_and_generate_are_slim(backend, kind, package, allowed, gpu,
             "assert images.shape[0] == 2")
     heavy, _ = _imported(body, tmp_path)
     assert heavy - allowed == set(), f"the {backend} backend's load-and-generate path imports {sorted(heavy)}"
+
+
+@pytest.mark.parametrize("backend,kind,package,allowed,gpu", BACKENDS)
+def test_migm_run_engine_is_slim(backend, kind, package, allowed, gpu, bundles, tmp_path):
+    _skip_unless_here(backend, package, gpu)
+    args = ["--engine", str(bundles(kind)), "--backend", backend, "--num", "2", "--steps", "3", "--budget", "2",
+            "--out", str(tmp_path / "out")]
+    body = ("from click.testing import CliRunner\nfrom migm.cli.run import main\n"
+            f"res = CliRunner().invoke(main, {args!r})\nassert res.exit_code == 0, res.output\n"
+            f"assert '({backend} backend' in res.output, res.output")
+    heavy, _ = _imported(body, tmp_path)
+    assert heavy - allowed == set(), f"migm-run --engine X --backend {backend} imports {sorted(heavy)}"
 
 
 def test_text_model_reads_prompts_without_transformers(tmp_path):
