@@ -212,7 +212,7 @@ def _leftovers(path: Path) -> list[Path]:
 def _recover_locked(path: Path) -> None:
     """recover_dir's work, with the lock held."""
     olds = [e for e in path.parent.glob(f".{path.name}.old-*") if _ours_and_dead(e, ".old-")]
-    for entry in sorted(olds, key=lambda p: p.stat().st_mtime):
+    for entry in sorted(olds, key=lambda p: p.stat().st_mtime, reverse=True):
         if not path.exists() and not path.is_symlink():
             os.replace(entry, path)  # the newest old copy wins: it was the last complete one
         else:
