@@ -236,7 +236,8 @@ def _speed_pipeline(preset, backend, engine, device, depth=None):
                         save_checkpoint(m, f"{tmp}/{name}", meta=getattr(m, "meta", {}))
                     build_bundle(engine, BuildSettings(precision="fp32", backend=backend),
                                  f"{tmp}/base", f"{tmp}/vq", f"{tmp}/shortcut")
-    fit_for_backend(engine, backend, say=click.echo)  # TensorRT engines made elsewhere: rebuilt here, once
+    if backend == "trt":  # TensorRT engines made elsewhere: rebuilt here, once
+        fit_for_backend(engine, backend, say=click.echo)
     return Pipeline.from_bundle(engine, backend=backend, device=device), plain
 
 
