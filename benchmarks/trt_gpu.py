@@ -38,7 +38,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 from migm import assets
 from migm.data.animals import has_animals, load_animals
-from migm.engines import trt
+from migm.engines import refit, trt
 from migm.engines.build import BuildSettings, build_bundle
 from migm.engines.bundle import verify_bundle
 from migm.errors import MigmError
@@ -233,6 +233,7 @@ def agree_section(args, bundles: dict, work: Path) -> list[dict]:
                 rows.append(row)
                 continue
             try:
+                refit.fit_engines(bundle, "cuda", say=lambda msg: print(msg, flush=True))  # as migm-run does
                 pipe = Pipeline.from_bundle(bundle, backend="trt")
                 tokens = pipe.generate_tokens(**kw)
             except MigmError as e:
@@ -270,6 +271,7 @@ def speed_section(args, bundles: dict) -> list[dict]:
                                                f"{settings.steps}, vanilla and shortcut B={args.speed_budget})"})
                 continue
             try:
+                refit.fit_for_backend(bundle, backend, say=lambda msg: print(msg, flush=True))  # as migm-run does
                 pipe = Pipeline.from_bundle(bundle, backend=backend)
                 info["device"] = torch.cuda.get_device_name(pipe.device)
                 rows += [{**r, "result": "ran"} for r in measure(pipe, settings, info, say=print)]

@@ -3,11 +3,16 @@ destroys what migm did not write.
 
 - `atomic_path`: one file, written beside its target and renamed onto it.
 - `atomic_dir`: a directory (a bundle, a tokenizer), staged beside its target as
-  `.NAME.stage-PID-*` and swapped in with two renames (the old one to `.NAME.old-PID`, the stage
-  into place). A directory already at the target is replaced only when the caller says it is one
-  of ours. A kill between the two renames leaves no directory at the target: the next
-  `atomic_dir` (or `recover_dir`) on that path puts the old one back, and removes the staging
-  and old copies that dead processes left.
+  `.NAME.stage-HOST-PID-*` and swapped in with two renames (the old one to `.NAME.old-HOST-PID`,
+  the stage into place), all under the target's lock (`dir_lock`). A directory already at the
+  target is replaced only when the caller says it is one of ours. A kill between the two renames
+  leaves no directory at the target: the next `atomic_dir` (or `recover_dir`) on that path puts
+  the old one back, and removes the staging and old copies that dead processes left.
+- `dir_lock`: the target's lock, `.NAME.lock` beside it: an flock (where the platform has one)
+  plus the owner recorded in the file (host, PID), because a shared filesystem may not carry
+  flocks between hosts. Leftovers are recovered only under the lock, and only those of a process
+  on this host that is gone: a live lock, or anything of another host, is left alone (this host
+  cannot tell whether that process still runs). HOST is a digest of the host name.
 - `swap_files`: several files into a directory that holds other files too (the shipped assets),
   as one: staged first, then renamed along a journal that the next run completes if a kill cut it.
 """
@@ -20,17 +25,34 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import ConfigError
 
+try:
+    import fcntl
+except ImportError:  # Windows: the recorded owner alone
+    fcntl = None
+
 # mkstemp creates files 0600; give finished files the usual permissions instead
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 JOURNAL = ".migm-swap.json"
+# this host in leftover names and lock files: a digest, since host names may hold any character
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:12]
+LOCK_WAIT = 600.0  # seconds atomic_dir waits for another writer of the same target
+
+
+def cache_dir() -> Path:
+    """The user's migm cache: $MIGM_CACHE, else $XDG_CACHE_HOME/migm, else ~/.cache/migm."""
+    if os.environ.get("MIGM_CACHE"):
+        return Path(os.environ["MIGM_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "migm"
 
 
 @contextlib.contextmanager
@@ -79,55 +101,178 @@ def _owner(entry: Path, marker: str) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
-def recover_dir(path: str | os.PathLike) -> None:
-    """Put back a directory whose swap was cut between its two renames, and remove the staging
-    and old copies that dead processes left beside `path` (live processes' are theirs)."""
+def _ours_and_dead(entry: Path, marker: str) -> bool:
+    """Whether `.NAME.<marker>HOST-PID[-suffix]` was left by a process of this host that is gone.
+    Names without this host's tag (another host's, or an older migm's) are never ours to touch."""
+    tail = entry.name.split(marker, 1)[1]
+    host, _, rest = tail.partition("-")
+    pid = rest.split("-", 1)[0]
+    return host == HOST and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
+
+
+class LockBusy(ConfigError):
+    """Another process (maybe on another host) holds a directory's lock."""
+
+
+def lock_path(path: str | os.PathLike) -> Path:
     path = Path(path)
-    if not path.parent.is_dir():
-        return
-    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    for entry in olds:
-        pid = _owner(entry, ".old-")
-        if pid is None or _alive(pid):
-            continue
+    return path.with_name(f".{path.name}.lock")
+
+
+def _read_owner(fd: int) -> dict | None:
+    """The owner a lock file records ({} for an empty one: free), None for one unreadable."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    raw = os.read(fd, 4096)
+    if not raw.strip():
+        return {}
+    try:
+        owner = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    ok = isinstance(owner, dict) and isinstance(owner.get("host"), str) and isinstance(owner.get("pid"), int)
+    return owner if ok else None
+
+
+def _describe(owner: dict | None) -> str:
+    if owner is None:
+        return "an unknown owner"
+    here = "this host" if owner.get("host") == HOST else f"host {owner.get('name', owner.get('host'))}"
+    return f"process {owner.get('pid')} on {here}"
+
+
+def _try_lock(lock: Path) -> tuple[int | None, dict | None]:
+    """(fd, None) with the lock taken and this process recorded as its owner, or (None, the owner
+    holding it). A recorded owner that is this host's and gone is taken over; any other recorded
+    owner holds the lock even where the flock is free (a shared filesystem may not carry flocks)."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read_owner(fd)
+                os.close(fd)
+                return None, owner or {"host": "?", "pid": "?"}
+        try:  # a releaser unlinks the file after its last write: a lock on that old file means nothing
+            if os.stat(lock).st_ino != os.fstat(fd).st_ino:
+                os.close(fd)
+                return None, {}
+        except FileNotFoundError:
+            os.close(fd)
+            return None, {}
+        owner = _read_owner(fd)
+        # this host's owner without the flock is gone (the flock dies with its process; where there
+        # is no flock, the PID says); another host's may live on, and only a person can tell
+        stale = owner == {} or (owner is not None and owner["host"] == HOST and owner["pid"] != os.getpid()
+                                and (fcntl is not None or not _alive(owner["pid"])))
+        if not stale:
+            os.close(fd)
+            return None, owner
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps({"host": HOST, "pid": os.getpid(), "name": socket.gethostname()[:100],
+                                 "time": round(time.time())}).encode())
+        os.fsync(fd)
+        return fd, None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+
+
+def _unlock(lock: Path, fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.unlink(lock)  # while still holding it: a waiter that opened this file sees it gone and retries
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def dir_lock(path: str | os.PathLike, wait: float = LOCK_WAIT) -> Iterator[Path]:
+    """Hold the lock of directory `path` (`.NAME.lock` beside it), waiting up to `wait` seconds for
+    another holder; LockBusy naming the holder after that."""
+    lock = lock_path(path)
+    deadline = time.monotonic() + wait
+    while True:
+        fd, owner = _try_lock(lock)
+        if fd is not None:
+            break
+        if time.monotonic() >= deadline:
+            raise LockBusy(f"{path} is being written by {_describe(owner)} (lock file {lock}); wait for it to "
+                           f"finish, or remove {lock} if that process is gone")
+        time.sleep(0.1 if owner == {} else 0.5)
+    try:
+        yield lock
+    finally:
+        _unlock(lock, fd)
+
+
+def _leftovers(path: Path) -> list[Path]:
+    return [*path.parent.glob(f".{path.name}.old-*"), *path.parent.glob(f".{path.name}.stage-*")]
+
+
+def _recover_locked(path: Path) -> None:
+    """recover_dir's work, with the lock held."""
+    olds = [e for e in path.parent.glob(f".{path.name}.old-*") if _ours_and_dead(e, ".old-")]
+    for entry in sorted(olds, key=lambda p: p.stat().st_mtime, reverse=True):
         if not path.exists() and not path.is_symlink():
             os.replace(entry, path)  # the newest old copy wins: it was the last complete one
         else:
             shutil.rmtree(entry, ignore_errors=True)
     for entry in path.parent.glob(f".{path.name}.stage-*"):
-        pid = _owner(entry, ".stage-")
-        if pid is not None and not _alive(pid):
+        if _ours_and_dead(entry, ".stage-"):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def recover_dir(path: str | os.PathLike) -> None:
+    """Put back a directory whose swap was cut between its two renames, and remove the staging
+    and old copies that dead processes of this host left beside `path`, under its lock. Where
+    another process holds the lock (a live writer, or one of another host) nothing is touched."""
+    path = Path(path)
+    if not path.parent.is_dir() or not _leftovers(path):
+        return  # nothing to recover: no lock taken, nothing written (readers open bundles this way)
+    try:
+        with dir_lock(path, wait=0):
+            _recover_locked(path)
+    except LockBusy:
+        return
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, ours: Callable[[Path], bool] = lambda p: False,
-               what: str = "directory") -> Iterator[Path]:
+               what: str = "directory", wait: float = LOCK_WAIT) -> Iterator[Path]:
     """Yield a staging directory beside `path`; it replaces `path` only on success.
 
     `path` may be absent, an empty directory, or a directory `ours(path)` accepts (one this tool
-    wrote); anything else is refused with a ConfigError before any work."""
+    wrote); anything else is refused with a ConfigError before any work. The target's lock is
+    held from the check to the swap (waiting up to `wait` seconds for another writer)."""
     path = Path(path)
-    check_replaceable(path, ours, what)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.stage-{os.getpid()}-", dir=path.parent))
-    try:
-        yield stage
-        os.chmod(stage, 0o777 & ~_UMASK)
-        old = path.with_name(f".{path.name}.old-{os.getpid()}") if path.exists() else None
-        if old is not None:
-            os.replace(path, old)
-        os.replace(stage, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
+    with dir_lock(path, wait=wait):
+        _recover_locked(path)
+        _check_target(path, ours, what)
+        stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.stage-{HOST}-{os.getpid()}-", dir=path.parent))
+        try:
+            yield stage
+            os.chmod(stage, 0o777 & ~_UMASK)
+            old = path.with_name(f".{path.name}.old-{HOST}-{os.getpid()}") if path.exists() else None
+            if old is not None:
+                os.replace(path, old)
+            os.replace(stage, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
 
 
 def check_replaceable(path: Path, ours: Callable[[Path], bool] = lambda p: False, what: str = "directory") -> None:
     """Refuse a target that holds something migm did not write (after recovering an interrupted swap)."""
     recover_dir(path)
+    _check_target(Path(path), ours, what)
+
+
+def _check_target(path: Path, ours: Callable[[Path], bool], what: str) -> None:
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise ConfigError(f"{path} exists and is not a {what} migm wrote; choose another output path "
                           "(migm replaces only what it made)")

@@ -25,7 +25,7 @@ from migm.cli.train import main as train_main
 from migm.engines.build import BuildSettings, build_bundle
 from migm.engines.bundle import BundleError, manifest_digest, verify_bundle
 from migm.errors import CheckpointError, ConfigError, PromptError
-from migm.fileio import atomic_dir, staged_files
+from migm.fileio import HOST, atomic_dir, staged_files
 from migm.models.text import encode_prompts, load_tokenizer
 from migm.runtime import Pipeline
 from migm.training.state import load_train_state
@@ -458,8 +458,8 @@ def test_11_prompts(prompt, message):
 def test_12_interrupted_swap_is_restored(bundle, tmp_path):
     plan = _copy(bundle, tmp_path, "b.plan")
     dead = _dead_pid()
-    os.replace(plan, tmp_path / f".b.plan.old-{dead}")  # killed between the swap's two renames
-    stage = tmp_path / f".b.plan.stage-{dead}-abc"
+    os.replace(plan, tmp_path / f".b.plan.old-{HOST}-{dead}")  # killed between the swap's two renames
+    stage = tmp_path / f".b.plan.stage-{HOST}-{dead}-abc"
     stage.mkdir()
     (stage / "half.onnx").write_bytes(b"half")
     with atomic_dir(tmp_path / "other.plan"):  # any staged write beside it: nothing of b.plan's

@@ -15,8 +15,9 @@ from migm.cli.export import main as export_main
 from migm.cli.run import main as run_main
 from migm.engines import build as build_mod
 from migm.engines import openvino as ov_engine
-from migm.engines.build import BuildSettings, build_bundle, default_backend
+from migm.engines.build import BuildSettings, build_bundle
 from migm.engines.bundle import manifest_digest, verify_bundle
+from migm.engines.targets import default_backend
 from migm.errors import BackendUnavailable, BundleError, ConfigError
 from migm.fileio import sha256_file
 from migm.runtime.pipeline import Pipeline

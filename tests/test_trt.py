@@ -4,7 +4,6 @@ graph TensorRT's parser takes, and one-line errors. TensorRT for RTX builds with
 all of this runs on CI machines (`make install` adds it); running engines needs a GPU."""
 
 import json
-import logging
 import re
 
 import numpy as np
@@ -17,7 +16,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from migm import assets
 from migm.cli.export import main as export_main
 from migm.engines import build as build_mod
-from migm.engines import trt
+from migm.engines import refit, trt
 from migm.engines.build import BuildSettings, build_bundle, convert_precision, rebuild_bundle
 from migm.engines.bundle import BundleError, manifest_digest, verify_bundle
 from migm.errors import BackendUnavailable, ConfigError
@@ -28,7 +27,6 @@ from migm.export.precision import component_precisions
 from migm.families import family_of
 from migm.models.checkpoint import BASE_KINDS, load_checkpoint, load_shortcut
 from migm.runtime import Pipeline
-from migm.runtime import pipeline as pipeline_mod
 from migm.sampling.config import SamplerConfig
 
 RTX = trt.RTX
@@ -282,9 +280,10 @@ def test_engine_problem_names_what_does_not_fit(trt_bundle):
 
 
 @needs_rtx
-def test_first_load_rebuilds_stale_engines(trt_bundle, tmp_path, monkeypatch, caplog):
-    """On a GPU an engine built by another release is rebuilt on first load (said on screen); a GPU
-    TensorRT for RTX cannot build for is refused with how to get engines for it. The GPU facts are
+def test_first_load_rebuilds_stale_engines(trt_bundle, tmp_path, monkeypatch):
+    """On a GPU an engine built by another release is refused by the runtime and rebuilt by the CLI's
+    refit (said on screen); a GPU TensorRT for RTX cannot build for is refused with how to get
+    engines for it. The GPU facts are
     faked here: what is tested is the decision, and that the rebuild really happens."""
     import shutil
 
@@ -299,10 +298,9 @@ def test_first_load_rebuilds_stale_engines(trt_bundle, tmp_path, monkeypatch, ca
     monkeypatch.setattr(trt, "version", lambda f="tensorrt": trt.import_flavour(RTX).__version__ if f == RTX else None)
     monkeypatch.setattr(trt, "engine_validity", lambda flavour, data: ("VALID", []))
     with pytest.raises(BundleError, match=r"cannot run here: .*1\.6\.0\.0.*migm-export rebuild"):
-        pipeline_mod._engines_for_here(plan, verify_bundle(plan), torch.device("cuda"), False)
-    with caplog.at_level(logging.INFO, logger="migm"):
-        new = pipeline_mod._engines_for_here(plan, verify_bundle(plan), torch.device("cuda"), True)
-    said = [r.getMessage() for r in caplog.records]
+        Pipeline.from_bundle(plan, backend="trt")  # loading never builds: it names the command
+    said = []
+    new = refit.fit_engines(plan, "cuda", said.append)  # what migm-run calls first
     assert new["trt"]["version"] == trt.import_flavour(RTX).__version__
     assert any("rebuilding its engines" in m and "1.6.0.0" in m for m in said)
     assert verify_bundle(plan)["trt"]["version"] == new["trt"]["version"]
@@ -311,7 +309,7 @@ def test_first_load_rebuilds_stale_engines(trt_bundle, tmp_path, monkeypatch, ca
     monkeypatch.setattr(trt, "engine_validity", lambda flavour, data: ("INVALID", ["UNSUPPORTED_CC"]))
     with pytest.raises(BackendUnavailable, match=r"UNSUPPORTED_CC.*cannot build for this GPU \(compute capability "
                                                  r"9\.0\).*migm\[trt\]"):
-        pipeline_mod._engines_for_here(plan, verify_bundle(plan), torch.device("cuda"), True)
+        refit.fit_engines(plan, "cuda", said.append)
 
 
 gpu_trt = pytest.mark.skipif(not torch.cuda.is_available() or not (trt.version(RTX) or trt.version("tensorrt")),

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from .. import assets
 from ..data.animals import load_animals
 from ..engines.build import BuildSettings, build_bundle
+from ..engines.refit import fit_for_backend
 from ..errors import ConfigError
 from ..evaluation.metrics import Evaluator
 from ..evaluation.quality import Sweep, label, pareto_plot, planned_rows, row_key, run_row, summarize
@@ -243,6 +244,8 @@ def _speed_pipeline(preset, backend, engine, device, depth=None):
                         save_checkpoint(m, f"{tmp}/{name}", meta=getattr(m, "meta", {}))
                     build_bundle(engine, BuildSettings(precision="fp32", backend=backend),
                                  f"{tmp}/base", f"{tmp}/vq", f"{tmp}/shortcut")
+    if backend == "trt":  # TensorRT engines made elsewhere: rebuilt here, once
+        fit_for_backend(engine, backend, say=click.echo)
     return Pipeline.from_bundle(engine, backend=backend, device=device), plain
 
 

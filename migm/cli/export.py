@@ -12,8 +12,9 @@ import click
 import torch
 
 from .. import assets
-from ..engines.build import BuildSettings, build_bundle, default_backend, default_precision, rebuild_bundle
+from ..engines.build import BuildSettings, build_bundle, rebuild_bundle
 from ..engines.bundle import verify_bundle
+from ..engines.targets import default_backend, default_precision
 from ..engines.trt import FLAVOURS, LABELS
 from ..engines.verify import parity, save_polygraphy_reference
 from ..export.calibration import sample_calibration, save_calibration

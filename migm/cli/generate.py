@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..engines.refit import fit_for_backend
 from ..fileio import clip
 from ..runtime.cache import default_bundle
 from ..sampling.loop import STRATEGIES
@@ -92,6 +93,8 @@ def main(classes, prompts, seeds, out, engine, model, backend, steps, budget, st
         raise click.ClickException("--ray needs Ray: pip install 'migm[ray]' (docs/cli.md)")
     conditions = [c.strip() for c in classes.split(",") if c.strip()] if classes else list(prompts)
     source = model or engine or default_bundle(backend=backend)
+    if not model:  # once here, not in every worker: TensorRT engines made elsewhere are rebuilt for this machine
+        fit_for_backend(source, backend, say=_say)
     j = job(conditions, seed_list(seeds), source, backend=backend, steps=steps, budget=budget, strategy=strategy,
             guidance=guidance, shard_size=shard_size, batch_size=batch_size)
     out_dir = Path(out)

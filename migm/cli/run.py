@@ -6,20 +6,13 @@ import math
 import time
 
 import click
-import torch
 
 from .. import assets
-from ..evaluation.speed import components
-from ..runtime import defaults
-from ..runtime.cache import default_bundle
-from ..runtime.images import ImageFolder, labelled_grid, slug
-from ..runtime.pipeline import Pipeline
-from ..sampling.loop import STRATEGIES, HybridStats
+from ..sampling.strategies import STRATEGIES
 from .common import Bar, Command, debug_option, one_line_errors
 
 MAX_IMAGES = 100_000  # a sane bound: more is a typo, or a job for migm-generate
 GRID_MAX = 100  # the grid shows at most this many images
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @click.command(cls=Command)
@@ -67,10 +60,13 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 @click.option("--vq", "vq_path", default=None, help="VQ-VAE checkpoint (with --base; default: shipped).")
 @click.option("--shortcut", "shortcut_path", default=None,
               help="Shortcut checkpoint (with checkpoints; default: the shipped one, with the shipped base).")
+@click.option("--verify", is_flag=True,
+              help="Hash every file of the bundle (by default only the first open does; later opens re-hash the "
+                   "files whose size, times or inode changed).")
 @debug_option
 @one_line_errors
 def main(engine, backend, classes, prompts, model, num, steps, budget, strategy, guidance, tau, seed, batch_size, out,
-         pretrained, precision, base_path, vq_path, shortcut_path):
+         pretrained, precision, base_path, vq_path, shortcut_path, verify):
     """Generate images for classes (tiny-animals) or text prompts (tiny-scenes).
 
     `migm-run --num 8 --steps 16 --budget 6` runs the base model on 6 of 16 steps and the
@@ -79,6 +75,13 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
     text-to-image bundle. Checkpoint options (--model or --base/--vq/--shortcut) run the
     torch backend on them.
     """
+    import torch  # here, not at the top: `migm-run --help` starts without torch and the runtime
+
+    from ..runtime import defaults  # (as torch)
+    from ..runtime.images import ImageFolder, labelled_grid, slug  # (as torch)
+    from ..runtime.pipeline import Pipeline  # (as torch)
+    from ..sampling.loop import HybridStats  # (as torch)
+
     if prompts and classes:
         raise click.UsageError("give --classes (class-conditional model) or --prompt (text-to-image), not both")
     folder = ImageFolder(out)  # refused now, before any work, if it is a file; the run's subfolder comes later
@@ -94,7 +97,8 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
         why = "the default: upstream's arithmetic, identical tokens" if precision is None else "asked for"
         precision = precision or "fp32"
         click.echo(f"precision {precision} ({why}; --precision fp32|bf16)")
-        pipe = Pipeline.from_pretrained(pretrained, torch_dtype=DTYPES[precision]) if pretrained else \
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+        pipe = Pipeline.from_pretrained(pretrained, torch_dtype=dtype) if pretrained else \
             Pipeline.from_checkpoints(base_path, vq_path, shortcut_path, model=model or "tiny-animals",
                                       precision=precision)
         shipped = defaults.default_run(pretrained) if pretrained in assets.MODELS else \
@@ -103,8 +107,14 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
         if precision:
             raise click.UsageError("--precision is for checkpoints; a bundle runs at the precision it was built "
                                    "with (migm-export build --precision)")
+        if engine is None:
+            from ..runtime.cache import default_bundle  # builds the shipped model's bundle on first use
+
         path = engine or default_bundle(backend=backend)
-        pipe = Pipeline.from_bundle(path, backend=backend)
+        from ..engines.refit import fit_for_backend  # TensorRT engines made elsewhere: rebuilt here, once
+
+        fit_for_backend(path, backend, say=click.echo)
+        pipe = Pipeline.from_bundle(path, backend=backend, verify=verify)
         shipped = defaults.for_bundle(path)
     # a shipped model starts from its default run (the shortcut at the budget the quality tables support)
     steps, budget, strategy = defaults.fill(shipped, steps, budget, strategy)
@@ -173,6 +183,8 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
 
 def _checkpoints_run(model, base_path, shortcut_path):
     """The default run of a shipped model whose base and shortcut these checkpoints are."""
+    from ..runtime import defaults  # (as torch)
+
     d = assets.model_dir(model)
     base = base_path or d / "base"
     shortcut = shortcut_path or (d / "shortcut" if base_path is None and assets.has_checkpoint(d / "shortcut")
@@ -182,6 +194,8 @@ def _checkpoints_run(model, base_path, shortcut_path):
 
 def _against_full(pipe, sampler, strategy, budget, stats, num, batch_size) -> str:
     """The closing line's account: strategy, N, B and the speedup against the full sampler (vanilla N)."""
+    from ..runtime import defaults  # (as torch)
+
     n = sampler.steps
     if strategy == "vanilla" or ((budget or n) >= n and strategy != "fewer"):
         return f"{strategy}, N={n}, B={n}: the full sampler"
@@ -189,6 +203,8 @@ def _against_full(pipe, sampler, strategy, budget, stats, num, batch_size) -> st
     cost, predicted = stats.cost(pipe.spec.num_tokens) / chunks, stats.predicted_steps / chunks
     c = None
     if strategy == "shortcut":  # c: one shortcut step over one base step, timed here (a few calls)
+        from ..evaluation.speed import components  # the timing harness: only for this closing line
+
         c = components(pipe, min(num, batch_size), n, repeats=3, warmup=1)["c"]
     calls, time_x = defaults.speedups(n, cost, predicted, strategy, c)
     timed = f", {time_x:.1f}x faster by the cost model" + (f" (c={c:.2f} measured here)" if c is not None else "")

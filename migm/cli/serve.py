@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from ..engines.refit import fit_for_backend
 from ..runtime.cache import default_bundle
 from ..runtime.pipeline import Pipeline
 from ..serving.triton import ServedModel, ServerConfig, model_name, serve
@@ -70,6 +71,7 @@ def main(engine, backend, model, name, host, http_port, grpc_port, metrics_port,
         pipe, source = Pipeline.from_checkpoints(model=model), model
     else:
         source = engine or default_bundle(backend=backend)
+        fit_for_backend(source, backend, say=_say)  # TensorRT engines made elsewhere: rebuilt here, once
         pipe = Pipeline.from_bundle(source, backend=backend)
     if pipe.family.text and pipe.tokenizer is None:
         raise click.ClickException(f"{source} carries no tokenizer, so text prompts cannot be read: rebuild the "

@@ -50,22 +50,10 @@ from ..models.text import tokenizer_files, tokenizer_path
 from ..sampling.config import SamplerConfig
 from . import openvino, openvino_build, trt
 from .bundle import BundleError, bundle_file, fill_bundle, is_bundle, read_manifest, verify_bundle
+from .targets import default_backend
 from .verify import rel_error
 
 BACKENDS = ("ort", "trt", "openvino")
-
-
-def default_backend() -> str:
-    """The bundle kind that runs fastest on this machine (measured: benchmarks/RESULTS.md): TensorRT on
-    an NVIDIA GPU with TensorRT installed, OpenVINO on a CPU with OpenVINO installed, else ONNX Runtime."""
-    if torch.cuda.is_available():
-        return "trt" if trt.version("tensorrt") or trt.version(trt.RTX) else "ort"
-    return "openvino" if openvino.available() else "ort"
-
-
-def default_precision(backend: str) -> str:
-    """A build's precision when none is given: bf16 for OpenVINO (its CPU winner), fp16 otherwise."""
-    return "bf16" if backend == "openvino" else "fp16"
 
 
 @dataclass

@@ -17,7 +17,9 @@
 A bundle is data, never code, and may come from someone else. Loading it reads a manifest of
 bounded size, checks it against one schema (types, ranges, finite numbers, no unknown keys) and
 its digest, confines every path it names to the bundle (relative, no `..`, no symlinks, regular
-files only, sizes as recorded) and checks every file's hash before anything reads it.
+files only, sizes as recorded) and checks every file's hash before anything reads it: all of them
+at the first open (and at `migm-export inspect`, or with verify), afterwards only those whose
+stat changed since (engines/stamps.py).
 
 A bundle is assembled in a staging directory beside the target and swapped into place
 (fileio.atomic_dir), so a failed or killed build leaves no half-written bundle.
@@ -37,6 +39,7 @@ from ..families import FAMILIES, family
 from ..fileio import copy_regular, read_json, recover_dir
 from ..fileio import sha256_file as sha256
 from ..sampling.config import SamplerConfig
+from . import stamps
 from .graph_io import check_manifest_io
 
 FORMAT = "migm-bundle"
@@ -145,15 +148,27 @@ def bundle_file(bundle: Path, rel, what: str, size: int | None = None) -> Path:
     return full
 
 
-def verify_bundle(path: str | Path) -> dict:
-    """The manifest, after checking that every file it names is in the bundle and matches its hash."""
+def verify_bundle(path: str | Path, full: bool = True) -> dict:
+    """The manifest, after checking that every file it names is in the bundle and matches its hash.
+
+    `full=False` (opening a bundle to run it) skips the hash of a file whose stat is the one the
+    last check recorded in the user's cache (engines/stamps.py); the first open, and any file
+    that changed, is hashed. A check that passes records the stamp."""
     path = Path(path)
     doc = read_manifest(path)
+    seen = {} if full else stamps.load(path, doc["digest"])
+    checked: dict[str, tuple[list[int], str]] = {}
 
     def check(rel: str, digest: str, what: str, size: int | None = None) -> None:
-        if sha256(bundle_file(path, rel, what, size)) != digest:
+        file = bundle_file(path, rel, what, size)
+        key = stamps.stat_key(file.stat())
+        if seen.get(rel) == (key, digest):
+            checked[rel] = (key, digest)
+            return
+        if sha256(file) != digest:
             raise BundleError(f"bundle {path}: {rel} does not match its hash in manifest.json "
                               "(corrupt or modified; rebuild the bundle)")
+        checked[rel] = (key, digest)
 
     for name, entry in doc["components"].items():
         for e in (entry, entry.get("onnx")):  # the artifact, and a TensorRT engine's source graph
@@ -171,6 +186,8 @@ def verify_bundle(path: str | Path) -> dict:
             check(f"{tok['dir']}/{name}", tok["sha256"][name], "tokenizer file")
     if doc.get("calibration"):
         check(doc["calibration"]["file"], doc["calibration"]["sha256"], "calibration data")
+    if checked != seen:
+        stamps.save(path, doc["digest"], checked)
     return doc
 
 

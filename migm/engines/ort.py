@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnxruntime as ort
-
 from ..errors import BackendUnavailable, BundleError, first_line
 
 
 def ort_session(path: str | Path, device: str = "cpu", device_index: int = 0, threads: int = 0):
     """An InferenceSession for `path` on the CPU, or on a CUDA GPU with onnxruntime-gpu (its
     TensorRT provider first where it is built in)."""
+    import onnxruntime as ort  # only where a session is made: the torch backend never loads it
+
     providers: list = ["CPUExecutionProvider"]
     if device == "cuda":
         available = ort.get_available_providers()

@@ -33,9 +33,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from polygraphy import config as polygraphy_config
-from polygraphy.exception import PolygraphyException
-from polygraphy.logger import G_LOGGER
 
 from ..errors import BackendUnavailable, BundleError, ConfigError
 from ..fileio import atomic_path
@@ -156,6 +153,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: BuildOpti
     progress monitor; TensorRT's own log goes to this module's logger at DEBUG (--verbose)."""
     trt = import_flavour(opts.flavour)
     loaders, create_config = _polygraphy(opts.flavour)
+    from polygraphy.exception import PolygraphyException  # heavy-ish, build side only: the runtime never needs it
     cc = targets(opts)
     label, what = f"{LABELS[opts.flavour]} {trt.__version__}", f"the {component} graph ({precision})"
     start = time.perf_counter()
@@ -280,6 +278,8 @@ def _polygraphy(flavour: str):
     """Polygraphy's TensorRT loaders bound to the flavour's module (the first import decides), and
     the flavour's config loader (CreateConfigRTX takes the compute capabilities)."""
     want = flavour == RTX
+    from polygraphy import config as polygraphy_config  # build side only, like the loaders below
+
     if "polygraphy.backend.trt" in sys.modules and bool(polygraphy_config.USE_TENSORRT_RTX) != want:
         other = LABELS[RTX if polygraphy_config.USE_TENSORRT_RTX else "tensorrt"]
         raise TensorRTUnavailable(f"this process already builds with {other} (Polygraphy binds one TensorRT "
@@ -299,6 +299,8 @@ def _quiet(buf: io.StringIO):
     """Polygraphy's and TensorRT's log during a build, kept (errors only; everything from INFO up
     when this module logs DEBUG) instead of printed; the DeprecationWarning of TensorRT for RTX's
     no-op timing cache (Polygraphy always makes one) dropped."""
+    from polygraphy.logger import G_LOGGER  # build side only: _quiet wraps Polygraphy's loaders
+
     level = G_LOGGER.INFO if log.isEnabledFor(logging.DEBUG) else G_LOGGER.ERROR
     with G_LOGGER.verbosity(level), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), \
             warnings.catch_warnings():

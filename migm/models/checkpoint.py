@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch.overrides import TorchFunctionMode
 
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path, read_json, sha256_file
@@ -23,7 +24,6 @@ from .llada import LLaDA, LLaDAConfig
 from .maskgit import MaskGIT, MaskGITConfig
 from .shortcut import Shortcut, ShortcutConfig
 from .shortcut_llada import LLaDAShortcut, LLaDAShortcutConfig
-from .vq_diffusers import AmusedVQ, AmusedVQConfig, HaltonVQGAN, HaltonVQGANConfig
 from .vqvae import VQVAE, VQConfig
 
 # checkpoint kind -> (config class, model class)
@@ -34,17 +34,31 @@ KINDS = {
     "shortcut": (ShortcutConfig, Shortcut),
     "llada": (LLaDAConfig, LLaDA),
     "llada-shortcut": (LLaDAShortcutConfig, LLaDAShortcut),
-    "halton-vqgan": (HaltonVQGANConfig, HaltonVQGAN),
-    "amused-vq": (AmusedVQConfig, AmusedVQ),
 }
+# the published VQ decoders, built on diffusers' modules (models/vq_diffusers.py): kind -> class names there,
+# imported when such a checkpoint is read, since importing diffusers costs seconds at every start
+DIFFUSERS_KINDS = {"halton-vqgan": ("HaltonVQGANConfig", "HaltonVQGAN"), "amused-vq": ("AmusedVQConfig", "AmusedVQ")}
 _KIND_OF = {model_cls: kind for kind, (_, model_cls) in KINDS.items()}
+
 BASE_KINDS = ("maskgit", "llada")
 SHORTCUT_KINDS = ("shortcut", "llada-shortcut")
 # the decoders a pipeline can turn tokens into images with (only "vqvae" also encodes images)
 VQ_KINDS = ("vqvae", "halton-vqgan", "amused-vq")
 
 
+def kind_classes(kind: str) -> tuple[type, type]:
+    """(config class, model class) of a checkpoint kind (KINDS or DIFFUSERS_KINDS)."""
+    if kind in DIFFUSERS_KINDS:
+        from . import vq_diffusers  # diffusers (seconds to import): only for a published VQ decoder
+
+        return tuple(getattr(vq_diffusers, name) for name in DIFFUSERS_KINDS[kind])
+    return KINDS[kind]
+
+
 def kind_of(model: torch.nn.Module) -> str:
+    for kind, (_, name) in DIFFUSERS_KINDS.items():  # a model of these exists: its module is imported
+        if type(model).__name__ == name and type(model).__module__ == f"{__package__}.vq_diffusers":
+            return kind
     if type(model) not in _KIND_OF:
         raise CheckpointError(f"no checkpoint kind for {type(model).__name__}")
     return _KIND_OF[type(model)]
@@ -107,9 +121,10 @@ def read_config(path: str | Path) -> dict:
     if not config.is_file():
         raise CheckpointError(f"checkpoint config not found: {config}")
     doc = read_json(config, "checkpoint config", CheckpointError, MAX_CONFIG_BYTES, parse_constant=_no_constant)
-    if not isinstance(doc, dict) or doc.get("kind") not in KINDS:
+    if not isinstance(doc, dict) or doc.get("kind") not in {**KINDS, **DIFFUSERS_KINDS}:
         kind = doc.get("kind") if isinstance(doc, dict) else None
-        raise CheckpointError(f"checkpoint {config} has unknown kind {kind!r}; known: {', '.join(KINDS)}")
+        raise CheckpointError(f"checkpoint {config} has unknown kind {kind!r}; known: "
+                              f"{', '.join([*KINDS, *DIFFUSERS_KINDS])}")
     if not isinstance(doc.get("config"), dict) or not isinstance(doc.get("meta", {}), dict):
         raise CheckpointError(f"checkpoint {config}: `config` and `meta` must be JSON objects")
     bad = _out_of_range(doc["config"])
@@ -160,6 +175,25 @@ def _out_of_range(cfg: dict, where: str = "") -> str | None:
     return None
 
 
+class _SkipInit(TorchFunctionMode):
+    """Weight initialization skipped on meta tensors (nn.init.normal_, Tensor.uniform_, ...): it computes
+    nothing there, and torch runs it through torch._refs, whose first use imports torch._dynamo (and
+    torch.onnx with it), seconds at every process start."""
+
+    # in-place fills only (never what changes a shape, such as unsqueeze_)
+    FILLS = frozenset({"normal_", "uniform_", "zero_", "zeros_", "ones_", "fill_", "constant_", "trunc_normal_",
+                       "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_",
+                       "eye_", "dirac_", "sparse_", "random_", "bernoulli_", "exponential_", "log_normal_",
+                       "cauchy_", "geometric_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        if getattr(func, "__name__", "") in self.FILLS and isinstance(first, torch.Tensor) and first.is_meta:
+            return first
+        return func(*args, **kwargs)
+
+
 def load_checkpoint(path: str | Path, map_location: str = "cpu",
                     kinds: tuple[str, ...] | None = None) -> torch.nn.Module:
     """Build the model from its JSON config and load its weights (cast to fp32).
@@ -171,10 +205,10 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu",
     doc = read_config(path)
     if kinds is not None and doc["kind"] not in kinds:
         raise CheckpointError(f"{weights.with_suffix('')} is a {doc['kind']} checkpoint; expected {' or '.join(kinds)}")
-    cfg_cls, model_cls = KINDS[doc["kind"]]
+    cfg_cls, model_cls = kind_classes(doc["kind"])
     try:
         cfg = config_from_dict(cfg_cls, doc["config"])
-        with torch.device("meta"):
+        with _SkipInit(), torch.device("meta"):
             ref = model_cls(cfg).state_dict()
     except (TypeError, ValueError, ZeroDivisionError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint config {weights.with_suffix('.json')} does not describe a "

@@ -83,7 +83,10 @@ class LLaDAConfig:
         """Sequence positions of the L image tokens, row-major."""
         row = self.grid + (1 if self.newline else 0)
         start = self.max_text + 2
-        r, c = torch.meshgrid(torch.arange(self.grid), torch.arange(self.grid), indexing="ij")
+        # on the CPU, also under torch.device("meta"): meta meshgrid goes through torch._refs, which imports
+        # torch._dynamo (seconds) the first time
+        r, c = torch.meshgrid(torch.arange(self.grid, device="cpu"), torch.arange(self.grid, device="cpu"),
+                              indexing="ij")
         return (start + r * row + c).reshape(-1)
 
     def to_dict(self) -> dict:
@@ -181,11 +184,11 @@ class LLaDA(nn.Module):
     def _layout(self) -> torch.Tensor:
         """The fixed part of the sequence (special tokens); prompt and image slots are filled per call."""
         c = self.cfg
-        seq = torch.full((c.seq_len,), c.pad_id, dtype=torch.long)
+        seq = torch.full((c.seq_len,), c.pad_id, dtype=torch.long, device="cpu")  # (as image_slots)
         seq[c.max_text], seq[c.max_text + 1] = c.boa_id, c.boi_id
         if c.newline:
             row = c.grid + 1
-            seq[c.max_text + 2 + torch.arange(c.grid) * row + c.grid] = c.eol_id
+            seq[c.max_text + 2 + torch.arange(c.grid, device="cpu") * row + c.grid] = c.eol_id
         seq[-2], seq[-1] = c.eoi_id, c.eoa_id
         return seq
 

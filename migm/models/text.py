@@ -8,22 +8,26 @@ special tokens at the end of the text vocabulary where LLaDAConfig puts them by 
 of punctuation, split on whitespace and left-padded to the model's prompt length, so the prompt
 ends right before the image as in Lumina-DiMOO. A word outside the vocabulary is an error
 naming it (an <unk> id would silently become a different prompt).
+
+Reading a tokenizer needs only the `tokenizers` package (`TextTokenizer`, below): the runtime
+does not import transformers, which costs seconds at start-up. Building one (training) and
+tokenizers from elsewhere saved by transformers read alike; the ids are the same as
+transformers' `PreTrainedTokenizerFast` gives (tested).
 """
 
 from __future__ import annotations
 
+import json
 import stat
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
-from transformers import PreTrainedTokenizerFast
 
 from ..errors import CheckpointError, ConfigError, PromptError
-from ..fileio import atomic_dir, clip, copy_regular
+from ..fileio import atomic_dir, clip, read_regular
 
 UNK = "<unk>"
 # in LLaDAConfig's default order: pad is the last text id, then mask, boi, eoi, boa, eoa, eol
@@ -41,6 +45,8 @@ def build_tokenizer(words: Sequence[str], text_vocab: int, max_text: int):
     # punctuation is dropped: "a cat, on the left." is "a cat on the left"
     tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(Regex(r"[^\w\s]"), " ")])
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    from transformers import PreTrainedTokenizerFast  # heavy (seconds): only training builds a tokenizer
+
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token=UNK, pad_token=SPECIALS[0], mask_token=SPECIALS[1],
         additional_special_tokens=list(SPECIALS[2:]), padding_side="left", model_max_length=max_text)
@@ -59,6 +65,96 @@ def save_tokenizer(tokenizer, path: str | Path) -> Path:
     with atomic_dir(path) as tmp:
         tokenizer.save_pretrained(str(tmp))
     return path
+
+
+# tokenizer_config.json's special-token fields (transformers 4 and 5 write them alike)
+_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+_CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def _content(v) -> str | None:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict) and isinstance(v.get("content"), str):  # a serialized AddedToken
+        return v["content"]
+    return None
+
+
+class TextTokenizer:
+    """A tokenizer saved in the `save_pretrained` layout, read with the `tokenizers` package only.
+
+    It answers what prompt encoding asks of transformers' `PreTrainedTokenizerFast` (same names,
+    same ids) and saves back the files it was read from."""
+
+    hf_class = "PreTrainedTokenizerFast"  # what a saved pipeline's model_index.json names
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = files
+        try:
+            self.backend_tokenizer = Tokenizer.from_str(files["tokenizer.json"].decode())
+            config = {}
+            for name in reversed(_CONFIG_FILES):  # tokenizer_config.json wins over special_tokens_map.json
+                if name in files:
+                    doc = json.loads(files[name])
+                    config.update(doc if isinstance(doc, dict) else {})
+        except Exception as e:  # bad JSON, or tokenizers' own exception type for a bad tokenizer.json
+            raise CheckpointError(f"tokenizer files are not readable: {' '.join(str(e).split())[:300]}") from None
+        self.special: dict[str, str] = {k: c for k in _SPECIAL_KEYS if (c := _content(config.get(k))) is not None}
+        extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
+        extra = extra.values() if isinstance(extra, dict) else extra
+        self.extra = [c for c in map(_content, extra) if c is not None]
+        # as transformers does: a special token the vocabulary lacks is added (at the end)
+        missing = [t for t in [*self.special.values(), *self.extra] if self.backend_tokenizer.token_to_id(t) is None]
+        if missing:
+            self.backend_tokenizer.add_special_tokens([AddedToken(t, special=True) for t in dict.fromkeys(missing)])
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
+
+    def convert_tokens_to_ids(self, tokens):
+        if isinstance(tokens, str):
+            i = self.backend_tokenizer.token_to_id(tokens)
+            return self.unk_token_id if i is None else i
+        return [self.convert_tokens_to_ids(t) for t in tokens]
+
+    def convert_ids_to_tokens(self, ids):
+        if isinstance(ids, int):
+            return self.backend_tokenizer.id_to_token(ids)
+        return [self.backend_tokenizer.id_to_token(i) for i in ids]
+
+    def _id(self, key: str) -> int | None:
+        token = self.special.get(key)
+        return None if token is None else self.backend_tokenizer.token_to_id(token)
+
+    @property
+    def unk_token_id(self) -> int | None:
+        return self._id("unk_token")
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self._id("pad_token")
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return self._id("mask_token")
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        tokens = dict.fromkeys([*self.special.values(), *self.extra])
+        return [i for t in tokens if (i := self.backend_tokenizer.token_to_id(t)) is not None]
+
+    @property
+    def added_tokens_decoder(self) -> dict:
+        return self.backend_tokenizer.get_added_tokens_decoder()
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.backend_tokenizer.get_vocab(with_added_tokens=True)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in self.files.items():
+            (directory / name).write_bytes(data)
 
 
 # the files a fast tokenizer's save_pretrained layout has: only these are read or copied into a
@@ -88,17 +184,16 @@ def tokenizer_files(path: str | Path) -> list[str]:
 
 
 def load_tokenizer(path: str | Path, files: Sequence[str] | None = None):
-    """A tokenizer saved with `save_pretrained`. Only its format's files are read (`files`: a
-    bundle's hashed ones; an extra file dropped beside them must change nothing), copied as regular
-    files of bounded size into a private folder first, so the library reads nothing else."""
+    """A tokenizer saved with `save_pretrained`, read with the `tokenizers` package only. Only its
+    format's files are read (`files`: a bundle's hashed ones; an extra file dropped beside them must
+    change nothing), each a regular file of bounded size."""
     path = Path(path)
     names = tokenizer_files(path) if files is None else list(files)
     if "tokenizer.json" not in names or not (path / "tokenizer.json").is_file():
         raise CheckpointError(f"no tokenizer at {path} (tokenizer.json missing)")
-    with tempfile.TemporaryDirectory(prefix="migm-tokenizer-") as tmp:
-        for name in names:
-            copy_regular(path / name, Path(tmp) / name, "tokenizer file", CheckpointError, MAX_TOKENIZER_FILE)
-        return PreTrainedTokenizerFast.from_pretrained(tmp)
+    names = [n for n in ("tokenizer.json", *_CONFIG_FILES) if n in names]  # what the tokenizer reads
+    return TextTokenizer({name: read_regular(path / name, MAX_TOKENIZER_FILE, "tokenizer file", CheckpointError)
+                          for name in names})
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], max_text: int, text_vocab: int, template: str = "{prompt}",

@@ -7,23 +7,17 @@ name carries the shipped checkpoints' digests, so a new release builds a fresh o
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from .. import assets
-from ..engines.build import BuildSettings, build_bundle, default_backend, default_precision
 from ..engines.bundle import VERSION
-from ..fileio import recover_dir
+from ..engines.targets import default_backend, default_precision
+from ..fileio import cache_dir, recover_dir
 from ..models.checkpoint import checkpoint_digest
 
 DEFAULT_PRECISION = "fp32"  # of an ort bundle; an openvino one is bf16 (default_precision)
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    if os.environ.get("MIGM_CACHE"):
-        return Path(os.environ["MIGM_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "migm"
+__all__ = ["cache_dir", "default_bundle"]
 
 
 def default_bundle(backend: str = "auto") -> Path:
@@ -40,5 +34,7 @@ def default_bundle(backend: str = "auto") -> Path:
     if (path / "manifest.json").exists():
         return path
     log.info("first use: building the default bundle (%s, %s) into %s (once, about a minute)", backend, precision, path)
+    from ..engines.build import BuildSettings, build_bundle  # the export stack: only for this first build
+
     return build_bundle(path, BuildSettings(precision=precision, backend=backend), assets.BASE, assets.VQ,
                         assets.SHORTCUT)

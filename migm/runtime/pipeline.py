@@ -27,9 +27,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .. import assets
-from ..engines import trt
-from ..engines.build import rebuild_bundle
 from ..engines.bundle import BundleError, verify_bundle
+from ..engines.refit import engines_problem
 from ..errors import BackendUnavailable, ConfigError
 from ..families import Family, ModelSpec, family, family_of
 from ..models import require_device
@@ -202,7 +201,7 @@ class Pipeline:
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "auto", device: str | None = None,
-                    threads: int = 0, rebuild: bool = True) -> "Pipeline":
+                    threads: int = 0, verify: bool = False) -> "Pipeline":
         """A `NAME.plan/` bundle on a backend.
 
         auto: TensorRT for a trt bundle; OpenVINO for an openvino bundle (refused, saying what would run
@@ -213,13 +212,15 @@ class Pipeline:
         `threads`: ONNX Runtime's threads per session (0: one per core), for several pipelines on one
         machine (torch's are process-wide: torch.set_num_threads).
         A trt bundle whose engines do not suit this machine (another TensorRT release or flavour,
-        another GPU) is rebuilt in place from the ONNX it keeps when `rebuild` (logged as a warning),
-        else refused with the command that rebuilds it.
+        another GPU) is refused with the command that rebuilds them (`migm-run` rebuilds them first:
+        engines/refit.py); loading never builds.
+        Every file is hashed at the first open; later opens re-hash only files whose stat changed
+        (engines/stamps.py); `verify` hashes them all.
         """
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         path = Path(path)
-        doc = verify_bundle(path)
+        doc = verify_bundle(path, full=verify)
         fam = family(doc.get("family", "maskgit"))
         spec = fam.spec_from_config(doc["config"]["base"])
         gpu = torch.cuda.is_available()
@@ -238,7 +239,10 @@ class Pipeline:
                               f"or rebuild with `migm-export build --backend {backend}`")
         device = device or ("cuda" if gpu and backend not in ("ort", "openvino") else "cpu")
         if backend == "trt":
-            doc = _engines_for_here(path, doc, torch.device(device), rebuild)
+            problem = engines_problem(path, doc, torch.device(device))
+            if problem is not None:
+                raise BundleError(f"bundle {path} cannot run here: {problem}. Rebuild its engines with "
+                                  f"`migm-export rebuild {path}` (migm-run does it first)")
         if backend == "torch":
             models = _bundle_checkpoints(path, doc)
             precision = "fp32" if doc["precision"] in ("fp32", "int8") else "bf16"
@@ -421,39 +425,6 @@ class Pipeline:
     def generate(self, classes: Sequence[int | str] | None = None, **kwargs) -> torch.Tensor:
         """Images [n, C, H, W] in [0, 1] for the given classes (or `prompts=`); see `generate_tokens`."""
         return self.decode(self.generate_tokens(classes, **kwargs))
-
-
-def _engines_for_here(path: Path, doc: dict, device: torch.device, rebuild: bool) -> dict:
-    """The manifest of a trt bundle whose engines run here: rebuilt first (once) where they were made
-    for another TensorRT release, flavour or GPU; BackendUnavailable where nothing can run them."""
-    if "trt" not in doc:
-        raise BundleError(f"bundle {path} was built by an older migm (no TensorRT flavour recorded): build it again "
-                          "with `migm-export build --backend trt`")
-    flavour = doc["trt"]["flavour"]
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise BackendUnavailable(f"the trt backend runs {trt.LABELS[flavour]} engines on a CUDA GPU, and there is none "
-                                 "here: use --backend ort (an ort bundle) or torch")
-    index = device.index or 0
-    problem = trt.engine_problem(doc["trt"], [path / e["file"] for e in doc["components"].values()], index)
-    if problem is None:
-        return doc
-    if not rebuild:
-        raise BundleError(f"bundle {path} cannot run here: {problem}. Rebuild its engines with "
-                          f"`migm-export rebuild {path}`")
-    here, cc = trt.choose_flavour("auto"), trt.gpu_capability(index)
-    if here == trt.RTX and cc not in trt.rtx_capabilities(trt.import_flavour(here)):
-        raise BackendUnavailable(f"{path}: {problem}; TensorRT for RTX {trt.version(here)} cannot build for this GPU "
-                                 f"(compute capability {cc}): install NVIDIA TensorRT (pip install 'migm[trt]') and "
-                                 f"run `migm-export rebuild {path} --trt-flavour tensorrt`, or use --backend torch")
-    log.warning("%s: %s; rebuilding its engines from the ONNX it keeps (once)", path, problem)
-    rebuild_bundle(path, progress=lambda msg: log.info("rebuild: %s", msg))
-    doc = verify_bundle(path)
-    problem = trt.engine_problem(doc["trt"], [path / e["file"] for e in doc["components"].values()], index)
-    if problem is not None:
-        raise BackendUnavailable(f"{path}: rebuilt with {trt.LABELS[doc['trt']['flavour']]}, and still {problem}: "
-                                 "install NVIDIA TensorRT (pip install 'migm[trt]') and run `migm-export rebuild "
-                                 f"{path} --trt-flavour tensorrt`, or use --backend torch")
-    return doc
 
 
 def _bundle_checkpoints(path: Path, doc: dict) -> dict:

@@ -30,8 +30,7 @@ from .config import SamplerConfig, step_ratio
 from .kernel import Generators, guide, sample_step
 from .plan import full_step_plan
 from .schedules import mask_schedule
-
-STRATEGIES = ("vanilla", "fewer", "reuse", "extrapolate", "mlcache", "shortcut")
+from .strategies import STRATEGIES
 
 BaseFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # (step, predicted features, token sequence, conditions) -> None: sees every predicted step
