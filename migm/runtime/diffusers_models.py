@@ -25,14 +25,14 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from ..errors import CheckpointError
-from ..models.checkpoint import KINDS, _out_of_range, config_from_dict, kind_of
+from ..models.checkpoint import _out_of_range, config_from_dict, kind_classes, kind_of
 
 
 class _Wrapper(ModelMixin, ConfigMixin):
     kind = ""  # the checkpoint kind of the wrapped model
 
     def _build(self, args: dict, meta: dict | None) -> None:
-        cfg_cls, model_cls = KINDS[self.kind]
+        cfg_cls, model_cls = kind_classes(self.kind)
         given = {f.name: args[f.name] for f in fields(cfg_cls) if args[f.name] is not None}
         bad = _out_of_range(given)
         if bad:

@@ -159,6 +159,12 @@ class MigmPipeline(DiffusionPipeline):
             index = json.loads((stage / saved.INDEX).read_text())
             index["_class_name"] = [PIPELINE_FILE, type(self).__name__]
             index["_migm_version"] = __version__
+            hf_class = getattr(self.tokenizer, "hf_class", None)
+            if hf_class:  # migm reads tokenizers with `tokenizers` alone; diffusers loads the same files by
+                # the transformers class that wrote them
+                if not (stage / "tokenizer" / "tokenizer.json").is_file():
+                    self.tokenizer.save_pretrained(stage / "tokenizer")
+                index["tokenizer"] = ["transformers", hf_class]
             (stage / saved.INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
             (stage / f"{PIPELINE_FILE}.py").write_text(SHIM)
             hub.model_card(self, results).save(str(stage / "README.md"))
