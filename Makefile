@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 SERVE_VENV ?= .venv-serve
 SBIN := $(SERVE_VENV)/bin
 
-.PHONY: demo test test-serve lint install data clean
+.PHONY: demo test test-fast test-serve lint install data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: install
 ## Set up, lint and run the test suite
 test: install lint
 	$(BIN)/python -m pytest -q
+
+## The tests that need no GPU and no slow step (engine builds, training, servers): the loop while editing
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 # The serving extras live in a venv of their own: PyTriton pins numpy < 2, the main venv has numpy 2.
 $(SBIN)/python:

@@ -17,6 +17,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _hermetic_caches(tmp_path_factory, monkeypatch):
+    """Every cache a test (or a subprocess it starts) could write lands in one folder of this session's
+    temporary directory, never in the user's ~/.cache: migm's bundles, and the HOME-derived caches of
+    the libraries below it. One folder per session, so the default bundle is built once per run."""
+    root = tmp_path_factory.getbasetemp() / "caches"
+    monkeypatch.setenv("MIGM_CACHE", str(root / "migm"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root / "xdg"))
+    monkeypatch.setenv("HF_HOME", str(root / "hf"))
+
+
 needs_data = pytest.mark.skipif(not has_animals(), reason="animal-mnist not installed (make install adds it)")
 
 

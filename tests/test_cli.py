@@ -12,6 +12,7 @@ def _run(args):
     return CliRunner().invoke(run_main, args)
 
 
+@pytest.mark.slow  # builds the shipped model's bundle
 def test_generates_grid_and_images(tmp_path):
     out = tmp_path / "out"
     res = _run(["--num", "3", "--steps", "4", "--classes", "cat,dog", "--seed", "1", "--out", str(out)])
@@ -47,6 +48,7 @@ def test_unwritable_output(tmp_path):
     assert "cannot write to" in res.output and "Not a directory" in res.output
 
 
+@pytest.mark.slow  # subprocess
 def test_console_script_error_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "migm.cli.run", "--classes", "unicorn", "--out", str(tmp_path)],
                           capture_output=True, text=True)
@@ -57,6 +59,7 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert [line for line in lines if line.startswith("Error:")] == lines[-1:], proc.stderr
 
 
+@pytest.mark.slow  # subprocess
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path, monkeypatch):
     from migm.cli import common
 

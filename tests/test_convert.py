@@ -8,10 +8,8 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import dimoo_shapes, dimoo_state, halton_state, maskgit_shapes, rand_state, taming_state, write_lightning
 from safetensors.torch import save_file
-from test_loaders import dimoo_state, halton_state
-from test_upstream_shortcuts import _dimoo_shapes, _maskgit_shapes, _rand_state
-from test_vq_diffusers import taming_state, write_lightning
 from tokenizers import AddedToken, Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
@@ -23,6 +21,8 @@ from migm.models.loaders import DIMOO_8B
 from migm.models.maskgit import MaskGITConfig
 from migm.models.vq_diffusers import HaltonVQGANConfig
 from migm.runtime import Pipeline
+
+pytestmark = pytest.mark.slow  # builds bundles of the paper-layout models
 
 
 def _ok(res):
@@ -41,7 +41,7 @@ def maskgit_files(tmp_path_factory):
     vq = HaltonVQGANConfig(grid=8, codebook_size=cfg.codebook_size, code_dim=8, latent_channels=12,
                            block_out_channels=(32, 32, 64), layers_per_block=1, norm_groups=32)
     write_lightning(root / "last.ckpt", taming_state(vq))
-    torch.save(_rand_state(_maskgit_shapes(d=cfg.width), seed=4), root / "maskgit-shortcut.pth")
+    torch.save(rand_state(maskgit_shapes(d=cfg.width), seed=4), root / "maskgit-shortcut.pth")
     return root
 
 
@@ -106,7 +106,7 @@ def dimoo_dir(tmp_path_factory):
         {"weight_map": {k: name for name, ks in shards.items() for k in ks}}))
     _dimoo_tokenizer(root)
     VQModel(**AMUSED).save_pretrained(root / "vqvae")
-    torch.save(_rand_state(_dimoo_shapes(d=32, di=16, mlp=48), seed=5), root / "dimoo-shortcut.pth")
+    torch.save(rand_state(dimoo_shapes(d=32, di=16, mlp=48), seed=5), root / "dimoo-shortcut.pth")
     return root
 
 

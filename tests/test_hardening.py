@@ -472,6 +472,7 @@ def test_12_interrupted_swap_is_restored(bundle, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.plan", "other.plan"]
 
 
+@pytest.mark.slow  # a build in a subprocess
 def test_12_killed_build_leaves_the_old_bundle_and_no_leftovers(tiny, tmp_path):
     root = tiny[0]
     out = tmp_path / "k.plan"

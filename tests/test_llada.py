@@ -175,6 +175,7 @@ def test_bundle_with_external_data(scenes_checkpoints, tmp_path, monkeypatch):
         verify_bundle(out)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on CI machines)")
 def test_llada_cuda_graph_loop_equals_eager():
     base, vq, sc = random_models("tiny-scenes")

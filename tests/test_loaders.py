@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import dimoo_state, halton_state
 from safetensors.torch import save_file
 
 from migm.models.checkpoint import CheckpointError
@@ -14,30 +15,6 @@ from migm.models.loaders import load_dimoo, load_halton_maskgit
 from migm.models.maskgit import MaskGITConfig
 
 MG = MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=2, heads=4, mlp=64)
-
-
-def halton_state(cfg: MaskGITConfig) -> dict:
-    """A random Halton-MaskGIT v1.0 `MaskTransformer` state dict (names and shapes as published)."""
-    g = torch.Generator().manual_seed(0)
-    d, v, n = cfg.width, cfg.vocab, cfg.num_tokens
-    r = lambda *s: torch.randn(*s, generator=g) * 0.2
-    st = {"tok_emb.weight": r(v, d), "pos_emb": r(1, n + 1, d), "bias": r(n + 1, v)}
-    for i in (0, 4):
-        st[f"first_layer.{i}.weight"], st[f"first_layer.{i}.bias"] = 1 + r(d), r(d)
-    for i in (2, 6):
-        st[f"first_layer.{i}.weight"], st[f"first_layer.{i}.bias"] = r(d, d), r(d)
-    for i in (0, 4):
-        st[f"last_layer.{i}.weight"], st[f"last_layer.{i}.bias"] = 1 + r(d), r(d)
-    st["last_layer.2.weight"], st["last_layer.2.bias"] = r(d, d), r(d)
-    for i in range(cfg.depth):
-        p = f"transformer.layers.{i}"
-        st.update({f"{p}.0.norm.weight": 1 + r(d), f"{p}.0.norm.bias": r(d),
-                   f"{p}.0.fn.mha.in_proj_weight": r(3 * d, d), f"{p}.0.fn.mha.in_proj_bias": r(3 * d),
-                   f"{p}.0.fn.mha.out_proj.weight": r(d, d), f"{p}.0.fn.mha.out_proj.bias": r(d),
-                   f"{p}.1.norm.weight": 1 + r(d), f"{p}.1.norm.bias": r(d),
-                   f"{p}.1.fn.net.0.weight": r(cfg.mlp, d), f"{p}.1.fn.net.0.bias": r(cfg.mlp),
-                   f"{p}.1.fn.net.3.weight": r(d, cfg.mlp), f"{p}.1.fn.net.3.bias": r(d)})
-    return st
 
 
 def halton_logits(st: dict, cfg: MaskGITConfig, tokens, labels):
@@ -95,22 +72,6 @@ def test_halton_loader_errors(tmp_path):
 
 
 LC = LLaDAConfig(text_vocab=40, codebook_size=8, grid=3, width=32, depth=2, heads=4, mlp=48, max_text=5)
-
-
-def dimoo_state(cfg: LLaDAConfig, pad_rows: int = 6) -> dict:
-    """Random weights under Lumina-DiMOO's (LLaDA llama-block) key names; vocab rows padded."""
-    g = torch.Generator().manual_seed(1)
-    d = cfg.width
-    r = lambda *s: torch.randn(*s, generator=g) * 0.2
-    st = {"model.transformer.wte.weight": r(cfg.vocab + pad_rows, d), "model.transformer.ln_f.weight": 1 + r(d),
-          "model.transformer.ff_out.weight": r(cfg.vocab + pad_rows, d)}
-    for i in range(cfg.depth):
-        p = f"model.transformer.blocks.{i}"
-        st.update({f"{p}.attn_norm.weight": 1 + r(d), f"{p}.ff_norm.weight": 1 + r(d),
-                   f"{p}.q_proj.weight": r(d, d), f"{p}.k_proj.weight": r(d, d), f"{p}.v_proj.weight": r(d, d),
-                   f"{p}.attn_out.weight": r(d, d), f"{p}.ff_proj.weight": r(cfg.mlp, d),
-                   f"{p}.up_proj.weight": r(cfg.mlp, d), f"{p}.ff_out.weight": r(d, cfg.mlp)})
-    return st
 
 
 def dimoo_reference(st, cfg: LLaDAConfig, seq, keys):

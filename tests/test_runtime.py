@@ -205,6 +205,7 @@ def test_bench_speed_rows(tmp_path, monkeypatch):
     assert out.with_suffix(".md").exists() and out.with_suffix(".png").exists()
 
 
+@pytest.mark.gpu
 @gpu
 def test_cuda_graph_loop_equals_eager(tiny):
     base, vq, sc = (copy.deepcopy(m) for m in tiny[1:])  # the backend moves its modules in place
@@ -217,6 +218,7 @@ def test_cuda_graph_loop_equals_eager(tiny):
     assert torch.equal(graphed, again) and torch.equal(graphed, eager)
 
 
+@pytest.mark.gpu
 @gpu
 def test_cuda_graph_loop_with_per_row_seeds(tiny):
     """Per-row seeds in whole-loop graphs: replays reseed the same row generators, rows stay independent."""

@@ -71,6 +71,7 @@ def test_scenes_and_judge_agree():
     assert not empty.found.any() and empty.positions == ["none", "none"]
 
 
+@pytest.mark.slow  # training
 @needs_data
 def test_llada_training_trajectories_and_shortcut(tmp_path):
     """The text-to-image recipe at toy size: base on captioned scenes (resumable), trajectories of
@@ -158,6 +159,7 @@ def test_run_cli_with_prompts(tmp_path):
     assert res.exit_code != 0 and "class-conditional model: give --classes, not --prompt" in res.output
 
 
+@pytest.mark.slow  # builds the shipped model's bundle
 def test_scenes_bundle_carries_its_tokenizer(tmp_path):
     """migm-export build --model tiny-scenes, then migm-run --engine scenes.plan --prompt ...; the
     tokenizer files are hashed like every other file of the bundle."""

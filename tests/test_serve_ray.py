@@ -16,6 +16,8 @@ from click.testing import CliRunner
 from migm.cli.generate import main as generate_main
 from migm.serving.ports import free_ports
 
+pytestmark = pytest.mark.slow  # starts a Ray cluster
+
 pytest.importorskip("ray", reason="needs the ray extra: pip install -e '.[ray]' (make test-serve)")
 
 # 16 images in 8 shards of 2: small enough for two CPU cores, enough shards to kill something mid-job

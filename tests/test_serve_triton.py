@@ -21,6 +21,8 @@ httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient (the serve extra)")
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: E402
 
+pytestmark = pytest.mark.slow  # starts a Triton server
+
 MODEL = "tiny-animals"
 FAST = dict(steps=8, budget=4)  # the shortcut on 4 of 8 steps: quick on two cores
 

@@ -57,6 +57,7 @@ def test_new_tokens_are_padded_with_a_key_mask():
     assert pos[1].tolist() == [1, 2, 3] and tok[1].tolist() == [10, 11, 12]
 
 
+@pytest.mark.slow  # training
 def test_training_lowers_the_loss_and_saves_a_loadable_checkpoint(data, tmp_path):
     root, base, ts = data
     items = [(i, s) for i in range(8) for s in (0, 3)]
@@ -89,6 +90,7 @@ def test_plateau_rule():
     assert not plateaued(curve[:2], 2)  # too few evaluations to tell
 
 
+@pytest.mark.slow  # training
 def test_patience_stops_training_that_no_longer_improves(data, tmp_path):
     root, base, ts = data
     # lr 0: the validation KL cannot fall, so patience 1 stops at the second evaluation
@@ -112,6 +114,7 @@ def _torchrun(args, cwd):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # subprocesses, training
 def test_torchrun_two_processes_collect_and_train(data, tmp_path):
     """Trajectory collection and DDP shortcut training with 2 CPU processes (gloo)."""
     root, _, _ = data

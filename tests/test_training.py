@@ -1,9 +1,12 @@
+import pytest
 import torch
 from conftest import needs_data
 
 from migm.models.checkpoint import load_checkpoint
 from migm.models.maskgit import MaskGITConfig
 from migm.models.vqvae import VQConfig
+
+pytestmark = pytest.mark.slow  # trains models
 
 
 @needs_data

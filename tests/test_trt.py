@@ -29,6 +29,8 @@ from migm.models.checkpoint import BASE_KINDS, load_checkpoint, load_shortcut
 from migm.runtime import Pipeline
 from migm.sampling.config import SamplerConfig
 
+pytestmark = pytest.mark.slow  # TensorRT engine builds
+
 RTX = trt.RTX
 needs_rtx = pytest.mark.skipif(trt.version(RTX) is None,
                                reason="TensorRT for RTX is not installed (`make install` adds it: "
@@ -316,6 +318,7 @@ gpu_trt = pytest.mark.skipif(not torch.cuda.is_available() or not (trt.version(R
                              reason="needs a CUDA GPU and TensorRT (either flavour): none on CI machines")
 
 
+@pytest.mark.gpu
 @gpu_trt
 def test_trt_pipeline_matches_torch_on_gpu(tiny, tmp_path):
     """fp32 engines on the GPU give the torch backend's tokens (>= 99%) for the same seed."""

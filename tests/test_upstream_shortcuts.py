@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import dimoo_shapes, maskgit_shapes, rand_state
 
 from migm.errors import CheckpointError
 from migm.models.llada import LLaDA, LLaDAConfig
@@ -29,36 +30,10 @@ def _sinusoid(t, dim=256):
     return torch.cat([torch.cos(args), torch.sin(args)], -1)
 
 
-def _rand_state(shapes: dict, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(s, generator=g) * (0.2 if len(s) > 1 else 0.1) + (1.0 if k.endswith("norm.weight")
-            or ".norm.weight" in k or k.endswith("ln_f.weight") else 0.0) for k, s in shapes.items()}
-
-
 # ---- MaskGIT ----
 
 MG = MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=1, heads=2, mlp=64)
 DI, HEADS = 16, 4  # bottleneck width (ratio 2), the shortcut's heads
-
-
-def _maskgit_shapes(d=32, di=DI, n_block=1):
-    mid = round(math.sqrt(di * 256))
-    s = {"proj_in.weight": (di, d), "proj_in.bias": (di,), "proj_out.weight": (d, di), "proj_out.bias": (d,),
-         "new_token_proj_in.weight": (di, d), "new_token_proj_in.bias": (di,),
-         "last_layer.0.weight": (di,), "last_layer.0.bias": (di,), "last_layer.1.weight": (di, di),
-         "last_layer.1.bias": (di,), "last_layer.3.weight": (di,), "last_layer.3.bias": (di,),
-         "time_embedder.mlp.0.weight": (mid, 256), "time_embedder.mlp.0.bias": (mid,),
-         "time_embedder.mlp.2.weight": (di, mid), "time_embedder.mlp.2.bias": (di,),
-         "adaLN_modulation.weight": (2 * di, di), "adaLN_modulation.bias": (2 * di,)}
-    for i in range(n_block):
-        for a in ("cross_attn", "self_attn"):
-            p = f"blocks.{i}.{a}"
-            s.update({f"{p}.norm.weight": (di,), f"{p}.norm.bias": (di,), f"{p}.fn.mha.in_proj_weight": (3 * di, di),
-                      f"{p}.fn.mha.in_proj_bias": (3 * di,), f"{p}.fn.mha.out_proj.weight": (di, di),
-                      f"{p}.fn.mha.out_proj.bias": (di,), f"{p}_ff.norm.weight": (di,), f"{p}_ff.norm.bias": (di,),
-                      f"{p}_ff.fn.net.0.weight": (4 * di, di), f"{p}_ff.fn.net.0.bias": (4 * di,),
-                      f"{p}_ff.fn.net.3.weight": (di, 4 * di), f"{p}_ff.fn.net.3.bias": (di,)})
-    return s
 
 
 def _maskgit_reference(w, prev, new_ids, new_map, ratio, wte, wpe, heads=HEADS):
@@ -104,7 +79,7 @@ def _maskgit_reference(w, prev, new_ids, new_map, ratio, wte, wpe, heads=HEADS):
 def test_released_maskgit_shortcut_loads_and_matches_the_upstream_forward(tmp_path):
     torch.manual_seed(0)
     base = MaskGIT(MG).eval()
-    w = _rand_state(_maskgit_shapes(n_block=2), seed=1)
+    w = rand_state(maskgit_shapes(n_block=2), seed=1)
     torch.save(w, tmp_path / "maskgit-shortcut.pth")
     sc = load_maskgit_shortcut(tmp_path / "maskgit-shortcut.pth", base, heads=HEADS)
     assert sum(p.numel() for p in sc.parameters()) == sum(v.numel() for v in w.values())
@@ -122,7 +97,7 @@ def test_released_maskgit_shortcut_loads_and_matches_the_upstream_forward(tmp_pa
 
 def test_released_maskgit_shortcut_errors(tmp_path):
     base = MaskGIT(MG).eval()
-    w = _rand_state(_maskgit_shapes(), seed=2)
+    w = rand_state(maskgit_shapes(), seed=2)
     w["blocks.0.extra"] = torch.zeros(1)
     torch.save(w, tmp_path / "x.pth")
     with pytest.raises(CheckpointError, match=r"unexpected \['blocks.0.extra'\]"):
@@ -135,23 +110,6 @@ def test_released_maskgit_shortcut_errors(tmp_path):
 # ---- DiMOO ----
 
 LL = LLaDAConfig(text_vocab=40, codebook_size=8, grid=3, width=32, depth=1, heads=4, mlp=48, max_text=7)
-
-
-def _dimoo_shapes(d=32, di=16, mlp=48, n_block=1):
-    mid = round(math.sqrt(di * 256))
-    s = {"proj_in.weight": (di, d), "proj_in.bias": (di,), "proj_out.weight": (d, di), "proj_out.bias": (d,),
-         "new_token_proj_in.weight": (di, d), "new_token_proj_in.bias": (di,), "ln_f.weight": (di,),
-         "time_embedder.mlp.0.weight": (mid, 256), "time_embedder.mlp.0.bias": (mid,),
-         "time_embedder.mlp.2.weight": (di, mid), "time_embedder.mlp.2.bias": (di,),
-         "adaLN_modulation.weight": (2 * di, di), "adaLN_modulation.bias": (2 * di,)}
-    for i in range(n_block):
-        for a in ("cross_attn", "self_attn"):
-            p = f"blocks.{i}.{a}"
-            s.update({f"{p}.attn_norm.weight": (di,), f"{p}.ff_norm.weight": (di,),
-                      **{f"{p}.{x}.weight": (di, di) for x in ("q_proj", "k_proj", "v_proj", "attn_out")},
-                      f"{p}.ff_proj.weight": (mlp, di), f"{p}.up_proj.weight": (mlp, di),
-                      f"{p}.ff_out.weight": (di, mlp)})
-    return s
 
 
 def _rms(z, w, eps=1e-5):
@@ -208,7 +166,7 @@ def _dimoo_reference(w, prev, seq_ids, new_map, ratio, wte, heads, theta):
 def test_released_dimoo_shortcut_loads_and_matches_the_upstream_forward(tmp_path, conditional):
     torch.manual_seed(0)
     base = LLaDA(LL).eval()
-    w = _rand_state(_dimoo_shapes(), seed=3)
+    w = rand_state(dimoo_shapes(), seed=3)
     torch.save(w, tmp_path / "dimoo-shortcut.pth")
     sc = load_dimoo_shortcut(tmp_path / "dimoo-shortcut.pth", base)
     assert sum(p.numel() for p in sc.parameters()) == sum(v.numel() for v in w.values())

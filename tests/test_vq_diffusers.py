@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import VQModel
+from helpers import taming_state, write_lightning
 from safetensors.torch import load_file, save_file
 
 from migm.engines.verify import parity
@@ -131,58 +132,6 @@ def tokens(batch=3, grid=4, codes=16, seed=1):
 
 
 # ---- synthetic files in the published layouts ----
-
-def taming_state(cfg: HaltonVQGANConfig) -> dict:
-    """A random taming VQGAN state dict (decoder half, plus the encoder and loss keys a last.ckpt has)."""
-    g = torch.Generator().manual_seed(0)
-    r = lambda *s, scale=0.2: torch.randn(*s, generator=g) * scale
-    ch, levels = cfg.block_out_channels, len(cfg.block_out_channels)
-    st = {}
-
-    def norm(p, c):
-        st[f"{p}.weight"], st[f"{p}.bias"] = 1 + r(c), r(c)
-
-    def conv(p, cin, cout, k, scale=1.0):
-        st[f"{p}.weight"], st[f"{p}.bias"] = r(cout, cin, k, k, scale=scale * (cin * k * k) ** -0.5), r(cout)
-
-    def resnet(p, cin, cout):
-        norm(f"{p}.norm1", cin), conv(f"{p}.conv1", cin, cout, 3), norm(f"{p}.norm2", cout), conv(f"{p}.conv2", cout,
-                                                                                                 cout, 3)
-        if cin != cout:
-            conv(f"{p}.nin_shortcut", cin, cout, 1)
-
-    def attention(p, c):
-        norm(f"{p}.norm", c)
-        for part in ("q", "k", "v", "proj_out"):
-            conv(f"{p}.{part}", c, c, 1)
-
-    st["quantize.embedding.weight"] = r(cfg.codebook_size, cfg.code_dim, scale=1.0)
-    conv("post_quant_conv", cfg.code_dim, cfg.latent_channels, 1)
-    conv("decoder.conv_in", cfg.latent_channels, ch[-1], 3)
-    resnet("decoder.mid.block_1", ch[-1], ch[-1]), attention("decoder.mid.attn_1", ch[-1])
-    resnet("decoder.mid.block_2", ch[-1], ch[-1])
-    cin = ch[-1]
-    for lvl in reversed(range(levels)):
-        for j in range(cfg.layers_per_block + 1):
-            resnet(f"decoder.up.{lvl}.block.{j}", cin, ch[lvl])
-            cin = ch[lvl]
-            if lvl == levels - 1:
-                attention(f"decoder.up.{lvl}.attn.{j}", cin)
-        if lvl > 0:
-            conv(f"decoder.up.{lvl}.upsample.conv", cin, cin, 3)
-    norm("decoder.norm_out", ch[0])
-    conv("decoder.conv_out", ch[0], 3, 3, scale=0.3)  # outputs mostly inside [-1, 1]: the clamp hides little
-    conv("encoder.conv_in", 3, ch[0], 3), conv("quant_conv", cfg.latent_channels, cfg.code_dim, 1)
-    conv("loss.discriminator.main.0", 3, 8, 4)
-    st["loss.logvar"] = torch.zeros(())
-    return st
-
-
-def write_lightning(path, state):
-    torch.save({"epoch": 3, "global_step": 10, "pytorch-lightning_version": "1.0.8", "state_dict": state,
-                "optimizer_states": [], "lr_schedulers": []}, path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def amused_dir(tmp_path_factory):
