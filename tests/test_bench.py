@@ -27,6 +27,7 @@ def shortcut_path(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # a benchmark
 @needs_data
 def test_quality_sweep_writes_rows_and_plot(tmp_path, shortcut_path):
     out = tmp_path / "q.json"
@@ -75,6 +76,7 @@ def test_shortcut_for_another_base_is_refused(tmp_path, shortcut_path):
         Pipeline.from_checkpoints(shortcut=tmp_path / "other")
 
 
+@pytest.mark.slow  # a benchmark
 def test_run_with_shortcut_strategy(tmp_path, shortcut_path):
     res = CliRunner().invoke(run_main, ["--num", "2", "--steps", "6", "--budget", "2", "--strategy", "shortcut",
                                         "--shortcut", str(shortcut_path), "--out", str(tmp_path / "o")])

@@ -102,6 +102,7 @@ def _build(tiny, out, precision, **kw):
                         root / "vq", root / "sc")
 
 
+@pytest.mark.slow  # builds a best (fp16 + int8) bundle
 def test_bundle_build_inspect_and_hash_check(tiny, tmp_path):
     out = _build(tiny, tmp_path / "tiny.plan", "best")
     doc = verify_bundle(out)
@@ -127,6 +128,7 @@ def test_bundle_build_inspect_and_hash_check(tiny, tmp_path):
     assert res.exit_code != 0 and "corrupt or modified" in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.slow  # builds INT8 bundles
 def test_rebuild_reuses_calibration_and_replaces_atomically(tiny, tmp_path):
     out = _build(tiny, tmp_path / "a.plan", "int8")
     first = np.load(out / "calibration.npz")["counts"]

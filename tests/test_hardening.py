@@ -129,6 +129,7 @@ def test_2_build_refuses_an_out_it_did_not_make(tiny, tmp_path, kind):
     assert _snapshot(tmp_path) == before  # nothing created, moved or deleted beside it
 
 
+@pytest.mark.slow  # builds bundles
 def test_2_build_replaces_its_own_bundle_and_an_empty_dir(bundle, tiny, tmp_path):
     root = tiny[0]
     empty = tmp_path / "empty.plan"
@@ -221,6 +222,7 @@ def test_4_special_files_do_not_hang_the_loader(bundle, tmp_path, kind):
 
 # ---- 5. only hashed files change behaviour ----
 
+@pytest.mark.slow  # builds a bundle
 def test_5_unhashed_tokenizer_files_are_not_read(tmp_path):
     res = CliRunner().invoke(export_main, ["build", "--backend", "ort", "--model", "tiny-scenes", "--precision", "fp32",
                                            "--no-shortcut",

@@ -79,6 +79,7 @@ def test_dimoo_schedule():
     assert 4096 - counts[0] == left[0] and left[-1] == 0  # floor(L cos(pi/2 (i+1)/N)) left masked
 
 
+@pytest.mark.slow  # a minute of sampling on a CPU
 def test_pipeline_with_prompts_and_dimoo_sampler():
     base, vq, sc = random_models("tiny-scenes")
     pipe = Pipeline.from_models(base, vq, sc, precision="fp32")
@@ -126,6 +127,7 @@ def scenes_checkpoints(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # builds fp32, fp16 and int8 bundles
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_llada_bundle_ort_matches_torch(scenes_checkpoints, tmp_path, precision):
     from migm.engines.build import BuildSettings, build_bundle
@@ -155,6 +157,7 @@ def test_llada_bundle_ort_matches_torch(scenes_checkpoints, tmp_path, precision)
     assert res.exit_code == 0 and "llada 3x3 tokens, 8 codes, prompts of 5 tokens" in res.output
 
 
+@pytest.mark.slow  # builds a bundle
 def test_bundle_with_external_data(scenes_checkpoints, tmp_path, monkeypatch):
     """Models over 2 GB keep their weights in NAME.onnx.data; forced here with a low threshold."""
     import migm.export.onnx as onnx_export

@@ -31,6 +31,7 @@ def test_tiny_maskgit_forward_and_head():
     assert torch.allclose(model.head(feats), logits)
 
 
+@pytest.mark.slow  # a full-size model
 def test_maskgit_imagenet512_builds_and_runs_one_forward():
     cfg = PRESETS["maskgit-imagenet512"].base
     assert (cfg.depth, cfg.width, cfg.heads, cfg.mlp, cfg.codebook_size, cfg.grid) == (24, 768, 16, 3072, 1024, 32)

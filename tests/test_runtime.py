@@ -187,6 +187,7 @@ def test_random_preset_models():
     assert vq.cfg.grid == base.cfg.grid
 
 
+@pytest.mark.slow  # a benchmark
 def test_bench_speed_rows(tmp_path, monkeypatch):
     monkeypatch.setenv("MIGM_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "speed.json"

@@ -118,6 +118,7 @@ def scenes_pipe():
     return Pipeline.from_checkpoints(model="tiny-scenes")
 
 
+@pytest.mark.slow  # samples the shipped model
 def test_shipped_scenes_model_follows_prompts(scenes_pipe):
     """The shipped model puts the object where the prompt says, at the size it says (seeded)."""
     from migm.evaluation.judge import judge
@@ -138,6 +139,7 @@ def test_shipped_scenes_model_follows_prompts(scenes_pipe):
         pipe.generate_tokens(["cat"], steps=4)
 
 
+@pytest.mark.slow  # samples the shipped model
 def test_run_cli_with_prompts(tmp_path):
     from migm.cli.run import main as run_main
 

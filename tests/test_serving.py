@@ -110,6 +110,7 @@ def test_served_model_answers_each_row(pipe):
     assert np.array_equal(alone["tokens"][0], out["tokens"][0]) and np.array_equal(alone["image"], out["image"][:1])
 
 
+@pytest.mark.slow  # samples the shipped model
 def test_served_text_model_names_unknown_words():
     scenes = Pipeline.from_checkpoints(model="tiny-scenes")
     model = ServedModel(scenes, "tiny-scenes", max_batch=2)

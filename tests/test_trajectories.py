@@ -37,6 +37,7 @@ def test_layout_and_reveal_steps(tmp_path):
         assert torch.bincount(reveal, minlength=6).tolist() == m["reveal_counts"]
 
 
+@pytest.mark.slow  # collects trajectories
 def test_features_are_the_base_models_on_each_step(tmp_path):
     base, ts = _collect(tmp_path / "t")
     tokens, reveal, label = ts.record(3)
@@ -47,6 +48,7 @@ def test_features_are_the_base_models_on_each_step(tmp_path):
         torch.testing.assert_close(ts.window(3, step, step + 1)[:, 0], f.float(), atol=2e-2, rtol=1e-2)
 
 
+@pytest.mark.slow  # collects trajectories
 def test_shards_do_not_depend_on_resuming(tmp_path):
     _, ts = _collect(tmp_path / "a")
     ref = ts.window(4, 0, 6).clone()

@@ -318,6 +318,7 @@ def test_checkpoint_round_trip(decoders, kind, tmp_path):
         load_checkpoint(tmp_path / "vq", kinds=("vqvae",))
 
 
+@pytest.mark.slow  # ONNX export of the decoders
 @pytest.mark.parametrize("kind", ["halton-vqgan", "amused-vq"])
 def test_decoder_exports_to_onnx(decoders, kind, tmp_path):
     base = MaskGIT(BASE).eval()
