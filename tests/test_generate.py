@@ -39,6 +39,7 @@ def test_shards_are_fixed_by_the_job_alone():
         job(["cat"], [0], "no-such.plan")
 
 
+@pytest.mark.slow  # generates shards of images
 def test_writes_images_and_a_manifest_and_resumes(tmp_path):
     out = tmp_path / "run"
     code, log = _generate(*ARGS, "--out", str(out))
@@ -83,6 +84,7 @@ def test_usage_errors(tmp_path, args, message):
     assert code != 0 and message in log, log
 
 
+@pytest.mark.slow  # generates shards of images
 def test_single_process_runs_equal_for_any_shard_order(tmp_path):
     """Rows depend only on their own seed: shards made in any order, or once more, give the same bytes."""
     j = job(["bird", "cow"], [3, 4, 5], "tiny-animals", steps=4, budget=2, shard_size=2, batch_size=2)

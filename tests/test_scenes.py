@@ -54,6 +54,7 @@ def test_shipped_tokenizer_reads_every_caption():
     assert len({tuple(r.tolist()) for r in ids}) == 80 and tok.pad_token_id == cfg.pad_id
 
 
+@pytest.mark.slow  # renders and judges many scenes
 @needs_data
 def test_scenes_and_judge_agree():
     from migm.data.scenes import CANVAS, caption, make_scenes
