@@ -46,7 +46,8 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+pytestmark = [pytest.mark.slow,  # starts a server and a browser
+              pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
 
 
 class Deadline:

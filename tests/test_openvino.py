@@ -22,8 +22,9 @@ from migm.errors import BackendUnavailable, BundleError, ConfigError
 from migm.fileio import sha256_file
 from migm.runtime.pipeline import Pipeline
 
-pytestmark = pytest.mark.skipif(not ov_engine.available(),
-                                reason='OpenVINO is not installed (pip install "migm[openvino]"; make installs it)')
+pytestmark = [pytest.mark.slow,  # builds OpenVINO bundles
+              pytest.mark.skipif(not ov_engine.available(),
+                                reason='OpenVINO is not installed (pip install "migm[openvino]"; make installs it)')]
 
 CLASSES = [0, 1, 2, 0, 1, 2]
 

@@ -26,6 +26,8 @@ HEAVY = ("torch.onnx", "onnxscript", "onnx", "onnxruntime", "onnxruntime.quantiz
          "polygraphy", "onnx_graphsurgeon", "diffusers", "transformers", "scipy", "tensorrt", "tensorrt_rtx",
          "openvino", "nncf", "gradio", "selenium", "matplotlib")
 
+pytestmark = pytest.mark.slow  # runs fresh interpreters
+
 
 def _entry(backend, kind, package, allowed, gpu=False):
     return pytest.param(backend, kind, package, allowed, gpu, id=backend)
