@@ -194,7 +194,8 @@ def calibrate(base_path, count, steps, seed, out):
 @click.option("--backend", type=click.Choice(["auto", "ort", "trt", "openvino"]), default="auto", show_default=True,
               help="ort: ONNX files for ONNX Runtime (any machine); trt: TensorRT engines (see --trt-flavour); "
                    "openvino: OpenVINO IR for CPUs (pip install \"migm[openvino]\"); auto: the fastest here "
-                   "(trt on an NVIDIA GPU with TensorRT, openvino on a CPU with OpenVINO, else ort).")
+                   "(trt on an NVIDIA GPU with TensorRT, openvino on a CPU with OpenVINO, else ort; an fp16 build on a "
+                   "CPU is ort: OpenVINO runs bf16 there).")
 @click.option("--out", required=True, help="Bundle directory, e.g. tiny.plan")
 @_model_options
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
@@ -216,7 +217,7 @@ def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_
     base_path, vq_path, shortcut_path = _models(model, base_path, vq_path, shortcut_path, no_shortcut, pretrained)
     if not out.endswith(".plan"):
         raise click.BadParameter("a bundle is a directory named NAME.plan", param_hint="--out")
-    backend = default_backend() if backend == "auto" else backend
+    backend = default_backend(precision) if backend == "auto" else backend
     precision = precision or default_precision(backend)
     s = BuildSettings(precision=precision, backend=backend, calibration=Path(calibration) if calibration else None,
                       calibration_size=calibration_size, max_batch=max_batch, opt_batch=opt_batch,

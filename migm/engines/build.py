@@ -76,7 +76,7 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
     """Build the bundle for the given checkpoints (the shortcut is optional)."""
     say = progress or (lambda msg: None)
     if s.backend == "auto":
-        s = replace(s, backend=default_backend())
+        s = replace(s, backend=default_backend(s.precision))
     if s.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {s.backend!r}; choose from auto, {', '.join(BACKENDS)}")
     if not 1 <= s.opt_batch <= s.max_batch <= 65536:
