@@ -52,7 +52,8 @@ PRESETS = {p.name: p for p in [
     Preset("tiny-scenes", "llada",
            LLaDAConfig(text_vocab=256, codebook_size=64, grid=16, width=256, depth=4, heads=4, mlp=688, max_text=16),
            VQConfig(image_size=64, channels=1, n_down=2, codebook_size=64), shortcut_heads=4, shortcut_mlp=2.75,
-           sampler=_DIMOO_RANDOM, data="scenes"),
+           # 32 steps: at 64 the dimoo schedule reveals no token at step 1 of these 256 (the shipped model's N too)
+           sampler=replace(_DIMOO_RANDOM, steps=32), data="scenes"),
     # Lumina-DiMOO (LLaDA-8B): 1024^2 images -> 64x64 aMUSEd-VQ tokens, 8192 codes after 126,356 text ids;
     # the decoder is an f16 stand-in for aMUSEd's VQ-GAN
     Preset("dimoo-8b", "llada", DIMOO_8B,
