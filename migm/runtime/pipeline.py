@@ -18,7 +18,6 @@ generation give each thread its own pipeline.
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +38,6 @@ from ..sampling.loop import HybridStats, ProbeFn, check_strategy, generate_token
 from .backends import BACKENDS, Backend, OpenVinoBackend, OrtBackend, TorchBackend, TrtBackend
 from .graphs import GraphedLoop
 from .images import to_pil
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
