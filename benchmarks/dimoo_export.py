@@ -71,7 +71,7 @@ def main():
         t = time.perf_counter()
         out = build_bundle(args.out, BuildSettings(precision=args.precision, backend="ort"), d / "base", d / "vq",
                            d / "sc", progress=lambda m: print("  build:", m, flush=True))
-        doc = verify_bundle(out)
+        doc = verify_bundle(out).to_dict()  # the JSON view, as recorded
         report["bundle"] = {"path": str(out), "seconds": time.perf_counter() - t,
                             "components": {k: {kk: v[kk] for kk in ("file", "precision", "bytes", "rel_error_vs_torch")
                                                if kk in v} | ({"data_file": v["data_file"]} if "data_file" in v else {})

@@ -46,7 +46,7 @@ class OrtModels:
     cached = None  # no mlcache
 
     def __init__(self, bundle: Path, head):
-        doc = verify_bundle(bundle)
+        doc = verify_bundle(bundle).to_dict()  # the JSON view, as recorded
         self.doc, self.head = doc, head
         self.sessions = {name: ort_session(bundle / e["file"]) for name, e in doc["components"].items()}
         self.times = {name: 0.0 for name in self.sessions}

@@ -157,7 +157,7 @@ def build_section(args, work: Path) -> tuple[list[dict], dict]:
 
 def check_manifest(bundle: Path) -> dict:
     """The bundle's hashes hold, every engine is non-empty, and the manifest's I/O is its ONNX graph's."""
-    doc = verify_bundle(bundle)
+    doc = verify_bundle(bundle).to_dict()  # the JSON view, as recorded
     for name, e in doc["components"].items():
         if (bundle / e["file"]).stat().st_size != e["bytes"] or e["bytes"] == 0:
             raise SystemExit(f"{bundle}: {name} engine size differs from the manifest's")
@@ -169,7 +169,7 @@ def check_manifest(bundle: Path) -> dict:
 def int32_bias_row(bundle: Path, work: Path, flavour: str) -> dict:
     """The INT8 shortcut as migm quantized it before (ORT's default QuantizeBias: INT32 bias Q/DQ),
     from the same FP32 export and calibration as the bundle's, built the same way."""
-    doc = verify_bundle(bundle)
+    doc = verify_bundle(bundle).to_dict()  # the JSON view, as recorded
     entry = doc["components"]["shortcut"]
     base_p, vq_p, sc_p = model_checkpoints("tiny-animals", work, None)
     base, vq = load_checkpoint(base_p), load_checkpoint(vq_p)

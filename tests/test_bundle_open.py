@@ -158,7 +158,7 @@ def test_a_foreign_hosts_lock_and_leftovers_are_left_alone(plan):
     lock_path(plan).unlink()
     recover_dir(plan)
     assert sorted(p.name for p in site.iterdir()) == sorted(["b.plan", theirs.name])
-    assert verify_bundle(plan)["precision"] == "fp32"
+    assert verify_bundle(plan).precision == "fp32"
 
 
 def test_a_dead_local_lock_is_taken_over_and_recovered(plan):

@@ -106,12 +106,12 @@ def _build(tiny, out, precision, **kw):
 def test_bundle_build_inspect_and_hash_check(tiny, tmp_path):
     out = _build(tiny, tmp_path / "tiny.plan", "best")
     doc = verify_bundle(out)
-    assert doc["precision"] == "best" and doc["spec"]["grid"] == 4 and doc["sampling"]["steps"] == 6
-    assert {k: v["precision"] for k, v in doc["components"].items()} == {"base": "fp16", "shortcut": "int8",
-                                                                          "decoder": "fp16"}
+    assert doc.precision == "best" and doc.model_spec.grid == 4 and doc.sampling.steps == 6
+    assert {k: v.precision for k, v in doc.components.items()} == {"base": "fp16", "shortcut": "int8",
+                                                                    "decoder": "fp16"}
     assert sorted(p.name for p in out.iterdir()) == ["base.onnx", "calibration.npz", "decoder.onnx",
                                                      "manifest.json", "shortcut.onnx", "torch"]
-    assert sorted(doc["checkpoints"]) == ["base", "shortcut", "vq"]
+    assert sorted(doc.checkpoints) == ["base", "shortcut", "vq"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
     res = CliRunner().invoke(export_main, ["inspect", str(out)])
     assert res.exit_code == 0 and "shortcut" in res.output and "int8" in res.output
@@ -138,7 +138,7 @@ def test_rebuild_reuses_calibration_and_replaces_atomically(tiny, tmp_path):
                  progress=messages.append)
     assert "calibration: reusing the previous bundle's" in messages
     assert np.array_equal(np.load(out / "calibration.npz")["counts"], first)
-    assert read_manifest(out)["components"]["base"]["precision"] == "fp32"
+    assert read_manifest(out).components["base"].precision == "fp32"
 
 
 def test_bundle_errors(tmp_path):

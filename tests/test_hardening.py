@@ -136,7 +136,7 @@ def test_2_build_replaces_its_own_bundle_and_an_empty_dir(bundle, tiny, tmp_path
     empty.mkdir()
     build_bundle(empty, BuildSettings(precision="fp32"), root / "base", root / "vq")
     build_bundle(empty, BuildSettings(precision="fp32"), root / "base", root / "vq")  # its own: replaced
-    assert verify_bundle(empty)["precision"] == "fp32"
+    assert verify_bundle(empty).precision == "fp32"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.plan"]  # no staging or old copies left
 
 
@@ -470,7 +470,7 @@ def test_12_interrupted_swap_is_restored(bundle, tmp_path):
     from migm.fileio import recover_dir
 
     recover_dir(plan)  # what every build and the default bundle do first
-    assert verify_bundle(plan)["precision"] == "fp32"
+    assert verify_bundle(plan).precision == "fp32"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.plan", "other.plan"]
 
 

@@ -169,7 +169,7 @@ def test_bundle_with_external_data(scenes_checkpoints, tmp_path, monkeypatch):
     out = build_bundle(tmp_path / "big.plan", BuildSettings(precision="fp16", backend="ort"), root / "base",
                        root / "vq", root / "sc")
     doc = verify_bundle(out)
-    assert doc["components"]["base"]["data_file"] == "base.onnx.data" and (out / "base.onnx.data").exists()
+    assert doc.components["base"].data_file == "base.onnx.data" and (out / "base.onnx.data").exists()
     pipe = Pipeline.from_bundle(out, backend="ort")
     assert pipe.generate_tokens(prompts=_prompt(2, 2), steps=4).shape == (2, 9)
     with open(out / "base.onnx.data", "ab") as fh:

@@ -58,12 +58,12 @@ def _agreement(pipe, ref, budget=3):
 
 def test_default_build_is_openvino_bf16_and_auto_runs_it(ov_bf16):
     doc = verify_bundle(ov_bf16)
-    assert doc["backend"] == "openvino" and doc["precision"] == "bf16"
-    assert {e["file"] for e in doc["components"].values()} == {"base.xml", "shortcut.xml", "decoder.xml"}
-    assert all(e["data_file"] == e["file"].replace(".xml", ".bin") and len(e["data_sha256"]) == 64
-               for e in doc["components"].values())
-    assert doc["openvino"]["inference_precision"] == ov_engine.inference_precision()
-    assert doc["tools"]["openvino"] and doc["tools"]["nncf"]
+    assert doc.backend == "openvino" and doc.precision == "bf16"
+    assert {e.file for e in doc.components.values()} == {"base.xml", "shortcut.xml", "decoder.xml"}
+    assert all(e.data_file == e.file.replace(".xml", ".bin") and len(e.data_sha256) == 64
+               for e in doc.components.values())
+    assert doc.openvino.inference_precision == ov_engine.inference_precision()
+    assert doc.tools["openvino"] and doc.tools["nncf"]
     pipe = Pipeline.from_bundle(ov_bf16)  # auto
     assert pipe.backend.name == "openvino"
     assert pipe.backend.inference_precision == ("bf16" if ov_engine.cpu_has_bf16() else "f32")
@@ -78,7 +78,7 @@ def test_fp32_ir_matches_torch_closely(ov_bf16, tiny):
     """An fp32 component is compiled with the f32 hint: torch's numbers to float rounding."""
     doc = verify_bundle(ov_bf16)
     compiled = ov_engine.compile_ir(ov_bf16 / "base.xml", "fp32")
-    ov_engine.check_io(compiled, doc["components"]["base"], ov_bf16 / "base.xml")
+    ov_engine.check_io(compiled, doc.components["base"], ov_bf16 / "base.xml")
     base = tiny[1]
     tokens = torch.randint(0, 17, (4, 16), generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1, 2, 0])
@@ -90,9 +90,9 @@ def test_fp32_ir_matches_torch_closely(ov_bf16, tiny):
 
 def test_int8_quantizes_base_and_shortcut(ov_int8):
     doc = verify_bundle(ov_int8)
-    assert {k: e["precision"] for k, e in doc["components"].items()} == \
+    assert {k: e.precision for k, e in doc.components.items()} == \
         {"base": "int8", "shortcut": "int8", "decoder": "bf16"}
-    assert doc["calibration"]["file"] == "calibration.npz"
+    assert doc.calibration.file == "calibration.npz"
     with np.load(ov_int8 / "calibration.npz") as z:  # the base's own inputs along trajectories
         assert z["base_tokens"].shape == (32, 16) and (z["base_tokens"] == 16).any() and z["base_cond"].shape == (32,)
     xml = (ov_int8 / "base.xml").read_text()
@@ -191,5 +191,5 @@ def test_unsupported_component_precision(ov_bf16, tmp_path):
 def test_manifest_openvino_entry_is_checked(ov_bf16, tmp_path):
     bad = shutil.copytree(ov_bf16, tmp_path / "info.plan")
     _rewrite(bad, lambda doc: doc["openvino"].update(inference_precision="fp8"))
-    with pytest.raises(BundleError, match="openvino names its version"):
+    with pytest.raises(BundleError, match=r"openvino.inference_precision is 'fp8', which is unknown \(one of bf16"):
         verify_bundle(bad)

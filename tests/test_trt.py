@@ -3,6 +3,7 @@ the network checked against the manifest, trt bundles (kept ONNX, hashes, rebuil
 graph TensorRT's parser takes, and one-line errors. TensorRT for RTX builds without a GPU, so
 all of this runs on CI machines (`make install` adds it); running engines needs a GPU."""
 
+import dataclasses
 import json
 import re
 
@@ -19,6 +20,7 @@ from migm.engines import build as build_mod
 from migm.engines import refit, trt
 from migm.engines.build import BuildSettings, build_bundle, convert_precision, rebuild_bundle
 from migm.engines.bundle import BundleError, manifest_digest, verify_bundle
+from migm.engines.manifest import TensorSpec
 from migm.errors import BackendUnavailable, ConfigError
 from migm.export.calibration import sample_calibration, shortcut_feeds
 from migm.export.int8 import check_qdq, head_matmuls
@@ -98,19 +100,19 @@ def test_shipped_engine_builds(shipped_graphs, component, precision, tmp_path):
 def test_network_is_checked_against_the_manifest(shipped_graphs, tmp_path):
     _, comps, graphs = shipped_graphs
     graph = graphs["decoder", "fp32"]
-    inputs, outputs = io_spec(graph)
+    inputs, outputs = ([TensorSpec(**t) for t in ts] for ts in io_spec(graph))
     opts = trt.BuildOptions(flavour=RTX, profiles=_profiles(comps["decoder"]))
-    wrong = [{**inputs[0], "dtype": "int32"}]
+    wrong = [dataclasses.replace(inputs[0], dtype="int32")]
     with pytest.raises(BundleError, match=r"decoder \(fp32\) network's tokens is int64.*manifest's int32"):
         trt.build_engine(graph, tmp_path / "d.engine", opts, component="decoder", precision="fp32", inputs=wrong,
                          outputs=outputs)
-    static = [{**inputs[0], "shape": [2, *inputs[0]["shape"][1:]]}]  # the batch axis is dynamic in the graph
+    static = [dataclasses.replace(inputs[0], shape=[2, *inputs[0].shape[1:]])]  # the batch axis is dynamic there
     with pytest.raises(BundleError, match="manifest's int64"):
         trt.build_engine(graph, tmp_path / "d.engine", opts, component="decoder", precision="fp32", inputs=static,
                          outputs=outputs)
     with pytest.raises(BundleError, match="has outputs"):
         trt.build_engine(graph, tmp_path / "d.engine", opts, component="decoder", precision="fp32", inputs=inputs,
-                         outputs=[{**outputs[0], "name": "pixels"}])
+                         outputs=[dataclasses.replace(outputs[0], name="pixels")])
     assert not list(tmp_path.iterdir())
 
 
@@ -183,19 +185,19 @@ def trt_bundle(tiny, tmp_path_factory):
 @needs_rtx
 def test_trt_bundle_keeps_onnx_and_hashes_engines(trt_bundle):
     doc = verify_bundle(trt_bundle)
-    assert doc["backend"] == "trt"
-    assert doc["trt"]["flavour"] == RTX and doc["trt"]["version"] == trt.version(RTX)
-    assert doc["trt"]["compute_capabilities"] == [c for c in trt.rtx_capabilities(trt.import_flavour(RTX))
-                                                  if c != "7.5"]
+    assert doc.backend == "trt"
+    assert doc.trt.flavour == RTX and doc.trt.version == trt.version(RTX)
+    assert doc.trt.compute_capabilities == [c for c in trt.rtx_capabilities(trt.import_flavour(RTX)) if c != "7.5"]
     names = sorted(str(p.relative_to(trt_bundle)) for p in trt_bundle.rglob("*") if p.is_file())
     assert [n for n in names if not n.startswith("torch/")] == [
         "base.engine", "calibration.npz", "decoder.engine", "manifest.json", "onnx/base.onnx", "onnx/decoder.onnx",
         "onnx/shortcut.onnx", "shortcut.engine"]
-    for name, e in doc["components"].items():
-        assert e["file"] == f"{name}.engine" and e["bytes"] > 0 and e["onnx"]["file"] == f"onnx/{name}.onnx"
-        assert e["build_seconds"] > 0 and e["profile"]
-        assert e["inputs"] == io_spec(trt_bundle / e["onnx"]["file"])[0]  # the manifest's I/O is the graph's
-    assert doc["components"]["shortcut"]["precision"] == "int8"
+    for name, e in doc.components.items():
+        assert e.file == f"{name}.engine" and e.bytes > 0 and e.onnx.file == f"onnx/{name}.onnx"
+        assert e.build_seconds > 0 and e.profile
+        # the manifest's I/O is the graph's
+        assert [vars(t) for t in e.inputs] == io_spec(trt_bundle / e.onnx.file)[0]
+    assert doc.components["shortcut"].precision == "int8"
     res = CliRunner().invoke(export_main, ["inspect", str(trt_bundle)])
     assert res.exit_code == 0 and "TensorRT for RTX" in res.output and "compute capabilities 8.0" in res.output
 
@@ -210,11 +212,11 @@ def test_rebuild_makes_new_engines_and_fails_cleanly(trt_bundle, tmp_path):
     res = CliRunner().invoke(export_main, ["rebuild", str(plan), "--compute-capability", "8.6,8.9"])
     assert res.exit_code == 0, res.output
     doc = verify_bundle(plan)
-    assert doc["trt"]["compute_capabilities"] == ["8.6", "8.9"]
-    for name, e in doc["components"].items():  # same graphs, new engines (another target set)
-        assert e["onnx"]["sha256"] == before["components"][name]["onnx"]["sha256"]
-        assert e["sha256"] != before["components"][name]["sha256"]
-    assert doc["calibration"] == before["calibration"] and doc["checkpoints"] == before["checkpoints"]
+    assert doc.trt.compute_capabilities == ["8.6", "8.9"]
+    for name, e in doc.components.items():  # same graphs, new engines (another target set)
+        assert e.onnx.sha256 == before.components[name].onnx.sha256
+        assert e.sha256 != before.components[name].sha256
+    assert doc.calibration == before.calibration and doc.checkpoints == before.checkpoints
     manifest = (plan / "manifest.json").read_text()
     for args, message in ((["--compute-capability", "9.0"], "cannot target compute capability 9.0"),
                           (["--compute-capability", "9"], "expected compute capabilities like 8.6,8.9"),
@@ -268,13 +270,13 @@ def test_flavour_choice_and_settings():
 @needs_rtx
 def test_engine_problem_names_what_does_not_fit(trt_bundle):
     doc = verify_bundle(trt_bundle)
-    engines = [trt_bundle / e["file"] for e in doc["components"].values()]
+    engines = [trt_bundle / e.file for e in doc.components.values()]
     if not torch.cuda.is_available():
-        assert trt.engine_problem(doc["trt"], engines) is None  # nothing to say until there is a GPU
-    old = {**doc["trt"], "version": "1.6.0.0"}
+        assert trt.engine_problem(doc.trt, engines) is None  # nothing to say until there is a GPU
+    old = dataclasses.replace(doc.trt, version="1.6.0.0")
     assert "built with TensorRT for RTX 1.6.0.0" in trt.engine_problem(old, engines)
     if trt.version("tensorrt") is None:
-        other = {**doc["trt"], "flavour": "tensorrt", "version": "10.13.0"}
+        other = dataclasses.replace(doc.trt, flavour="tensorrt", version="10.13.0")
         assert "TensorRT 10.13.0, which is not installed here" in trt.engine_problem(other, engines)
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailable, match="TensorRT for RTX engines on a CUDA GPU"):
@@ -303,9 +305,9 @@ def test_first_load_rebuilds_stale_engines(trt_bundle, tmp_path, monkeypatch):
         Pipeline.from_bundle(plan, backend="trt")  # loading never builds: it names the command
     said = []
     new = refit.fit_engines(plan, "cuda", said.append)  # what migm-run calls first
-    assert new["trt"]["version"] == trt.import_flavour(RTX).__version__
+    assert new.trt.version == trt.import_flavour(RTX).__version__
     assert any("rebuilding its engines" in m and "1.6.0.0" in m for m in said)
-    assert verify_bundle(plan)["trt"]["version"] == new["trt"]["version"]
+    assert verify_bundle(plan).trt.version == new.trt.version
     # a Hopper GPU (9.0): not among TensorRT for RTX's targets, and its own check says so
     monkeypatch.setattr(trt, "gpu_capability", lambda index=0: "9.0")
     monkeypatch.setattr(trt, "engine_validity", lambda flavour, data: ("INVALID", ["UNSUPPORTED_CC"]))

@@ -20,7 +20,7 @@ from ..engines.verify import parity, save_polygraphy_reference
 from ..export.calibration import sample_calibration, save_calibration
 from ..export.onnx import components, export_component
 from ..export.precision import PRECISIONS
-from ..families import family, family_of
+from ..families import family_of
 from ..fileio import atomic_path
 from ..models.checkpoint import (
     BASE_KINDS,
@@ -358,37 +358,36 @@ def inspect(bundle):
 
 def _print_manifest(path: Path):
     doc = verify_bundle(path)
-    c = doc["config"]["base"]
-    click.echo(f"{path}: {doc['family']} {c['grid']}x{c['grid']} tokens, {c['codebook_size']} codes, "
-               f"{family(doc['family']).describe(c)}; precision {doc['precision']}, backend {doc['backend']}")
-    if doc.get("openvino"):
-        o = doc["openvino"]
-        click.echo(f"  OpenVINO {o['version']}; built on {o['cpu']} (inference precision {o['inference_precision']}; "
+    c = doc.model_spec
+    click.echo(f"{path}: {doc.family} {c.grid}x{c.grid} tokens, {c.codebook_size} codes, "
+               f"{doc.fam.describe(doc.config.base)}; precision {doc.precision}, backend {doc.backend}")
+    if doc.openvino:
+        o = doc.openvino
+        click.echo(f"  OpenVINO {o.version}; built on {o.cpu} (inference precision {o.inference_precision}; "
                    "chosen again at load)")
-    if doc.get("trt"):
-        t = doc["trt"]
-        compat = f", {t['hardware_compat']}" if t.get("hardware_compat") else ""
-        click.echo(f"  engines: {LABELS[t['flavour']]} {t['version']}, compute capabilities "
-                   f"{', '.join(t['compute_capabilities'])}{compat}, optimization level {t['opt_level']}; "
+    if doc.trt:
+        t = doc.trt
+        compat = f", {t.hardware_compat}" if t.hardware_compat else ""
+        click.echo(f"  engines: {LABELS[t.flavour]} {t.version}, compute capabilities "
+                   f"{', '.join(t.compute_capabilities)}{compat}, optimization level {t.opt_level}; "
                    "their ONNX kept under onnx/")
-    for name, e in doc["components"].items():
-        io = lambda specs: ", ".join(f"{s['name']} {s['dtype']}{s['shape']}" for s in specs)
-        extra = f", built in {e['build_seconds']:.1f} s" if "build_seconds" in e else ""
-        if e.get("data_file"):
-            extra += f", weights in {e['data_file']}"
-        if e.get("measured_ms"):
+    for name, e in doc.components.items():
+        io = lambda specs: ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in specs)
+        extra = f", built in {e.build_seconds:.1f} s" if e.build_seconds is not None else ""
+        if e.data_file:
+            extra += f", weights in {e.data_file}"
+        if e.measured_ms:
             extra += "; measured " + ", ".join(f"{p} " + "/".join(f"{v:.2f}" for v in t.values()) + " ms"
-                                               for p, t in e["measured_ms"].items())
-        click.echo(f"  {name:9s} {e['file']:15s} {e['precision']:5s} {e['bytes'] / 1e6:9.2f} MB  "
-                   f"err vs torch {e['rel_error_vs_torch']:.1e}{extra}")
-        click.echo(f"            in:  {io(e['inputs'])}")
-        click.echo(f"            out: {io(e['outputs'])}")
-    if doc.get("checkpoints"):
-        click.echo(f"  torch checkpoints: {', '.join(doc['checkpoints'])} (for the torch backend)")
-    if doc.get("calibration"):
-        click.echo(f"  calibration: {doc['calibration']['file']}")
-    click.echo("  tools: " + ", ".join(f"{k} {v}" for k, v in doc["tools"].items()))
-
+                                               for p, t in e.measured_ms.items())
+        click.echo(f"  {name:9s} {e.file:15s} {e.precision:5s} {e.bytes / 1e6:9.2f} MB  "
+                   f"err vs torch {e.rel_error_vs_torch:.1e}{extra}")
+        click.echo(f"            in:  {io(e.inputs)}")
+        click.echo(f"            out: {io(e.outputs)}")
+    if doc.checkpoints:
+        click.echo(f"  torch checkpoints: {', '.join(doc.checkpoints)} (for the torch backend)")
+    if doc.calibration:
+        click.echo(f"  calibration: {doc.calibration.file}")
+    click.echo("  tools: " + ", ".join(f"{k} {v}" for k, v in doc.tools.items()))
 
 if __name__ == "__main__":
     main()

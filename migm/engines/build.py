@@ -50,10 +50,9 @@ from ..models.text import tokenizer_files, tokenizer_path
 from ..sampling.config import SamplerConfig
 from . import openvino, openvino_build, trt
 from .bundle import BundleError, bundle_file, fill_bundle, is_bundle, read_manifest, verify_bundle
+from .manifest import BACKENDS, Artifact, Checkpoint, Configs, GraphFile, Manifest, TensorSpec, Tokenizer, TrtInfo
 from .targets import default_backend
 from .verify import rel_error
-
-BACKENDS = ("ort", "trt", "openvino")
 
 
 @dataclass
@@ -122,35 +121,33 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
             if s.backend == "openvino":  # IR from the fp32 graph; its precision is OpenVINO's business
                 fp32 = component_graph(comp, "fp32", work, say)
                 xml, entry = openvino_build.build_component(comp, fp32, prec, work, calibration, say)
-                files[entry["file"]], files[entry["data_file"]] = xml, xml.with_suffix(".bin")
+                files[entry.file], files[entry.data_file] = xml, xml.with_suffix(".bin")
                 if calib:
                     save_calibration(work / "calibration.npz", calib)
                     files["calibration.npz"] = work / "calibration.npz"
-                entries[comp.name] = {**entry, "backend": s.backend}
+                entries[comp.name] = entry
                 continue
             final = component_graph(comp, prec, work, say, calibration)
             if prec == "int8":
                 files["calibration.npz"] = work / "calibration.npz"
             inputs, outputs = io_spec(final)
-            entry = {"precision": prec, "backend": s.backend, "inputs": inputs, "outputs": outputs,
-                     "rel_error_vs_torch": rel_error(comp, final)}
-            onnx_entry = {"file": f"{comp.name}.onnx"}
-            if data_file(final) is not None:
-                onnx_entry["data_file"] = data_file(final).name
+            weights = data_file(final).name if data_file(final) is not None else None
+            entry = Artifact(file=f"{comp.name}.onnx", data_file=weights, precision=prec, backend=s.backend,
+                              inputs=[TensorSpec(**t) for t in inputs], outputs=[TensorSpec(**t) for t in outputs],
+                              rel_error_vs_torch=rel_error(comp, final))
             if s.backend == "trt":
-                say(f"engine {comp.name} ({trt.LABELS[trt_info['flavour']]})")
-                entry["profile"] = {k: [list(x) for x in v] for k, v in _profiles(comp, s, spec.num_tokens).items()}
-                engine = work / f"{comp.name}.engine"
+                say(f"engine {comp.name} ({trt.LABELS[trt_info.flavour]})")
+                entry.profile = {k: [list(x) for x in v] for k, v in _profiles(comp, s, spec.num_tokens).items()}
+                # the engine is the artifact; the graph it was built from goes under onnx/, for `rebuild_bundle`
+                entry.onnx = GraphFile(file=f"onnx/{entry.file}", data_file=weights and f"onnx/{weights}")
+                entry.file, entry.data_file = f"{comp.name}.engine", None
+                engine = work / entry.file
                 _engine(final, engine, entry, comp.name, trt_info, s.timing_cache, say)
-                files[f"{comp.name}.engine"], entry["file"] = engine, f"{comp.name}.engine"
-                # the graph the engine was built from, for `rebuild_bundle`
-                onnx_entry = {k: f"onnx/{v}" for k, v in onnx_entry.items()}
-                entry["onnx"] = onnx_entry
-            else:
-                entry.update(onnx_entry)
-            files[onnx_entry["file"]] = final
-            if "data_file" in onnx_entry:
-                files[onnx_entry["data_file"]] = data_file(final)
+                files[entry.file] = engine
+            graph = entry.onnx or entry
+            files[graph.file] = final
+            if graph.data_file:
+                files[graph.data_file] = data_file(final)
             entries[comp.name] = entry
         # the source checkpoints travel too: the torch backend runs them, and the ort/trt
         # backends take the base head from them for reuse/extrapolate steps
@@ -158,17 +155,14 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
         for name, src in (("base", base_path), ("vq", vq_path), ("shortcut", shortcut_path)):
             if src is not None:
                 files[f"torch/{name}.safetensors"], files[f"torch/{name}.json"] = checkpoint_files(src)
-                checkpoints[name] = {"file": f"torch/{name}"}
-        tokenizer = _tokenizer_files(fam, base_path, files)
-        manifest = {
-            "family": fam.name, "precision": s.precision, "backend": s.backend,
-            "config": {"base": base.cfg.to_dict(), "vq": vq.cfg.to_dict(),
-                       "shortcut": shortcut.cfg.to_dict() if shortcut is not None else None},
-            "spec": spec.to_dict(), "class_names": list(base.meta.get("class_names", [])),
-            "sampling": sampler.to_dict(), "sources": digests, "components": entries, "checkpoints": checkpoints,
-            "tools": _versions(s.backend), **({"tokenizer": tokenizer} if tokenizer else {}),
-            **({"trt": trt_info} if trt_info else {}), **({"openvino": ov_info} if ov_info else {}),
-        }
+                checkpoints[name] = Checkpoint(file=f"torch/{name}")
+        manifest = Manifest(
+            family=fam.name, precision=s.precision, backend=s.backend,
+            config=Configs(base=base.cfg.to_dict(), vq=vq.cfg.to_dict(),
+                           shortcut=shortcut.cfg.to_dict() if shortcut is not None else None),
+            spec=spec.to_dict(), class_names=list(base.meta.get("class_names", [])), sampling=sampler,
+            sources=digests, components=entries, checkpoints=checkpoints, tools=_versions(s.backend),
+            tokenizer=_tokenizer_files(fam, base_path, files), trt=trt_info, openvino=ov_info)
         say("bundle")
         fill_bundle(stage, manifest, files)
         read_manifest(stage)  # every check the loader makes (class names, shapes), before the swap
@@ -186,32 +180,32 @@ def rebuild_bundle(path: str | Path, flavour: str = "auto", compute_capabilities
     say = progress or (lambda msg: None)
     path = Path(path)
     doc = verify_bundle(path)
-    if doc.get("backend") != "trt":
-        raise BundleError(f"{path} holds ONNX files for ONNX Runtime: there are no engines to rebuild")
-    if "trt" not in doc or any("onnx" not in e for e in doc["components"].values()):
+    if doc.backend != "trt":
+        held = "OpenVINO IR" if doc.backend == "openvino" else "ONNX files for ONNX Runtime"
+        raise BundleError(f"{path} holds {held}: there are no engines to rebuild")
+    if doc.trt is None or any(e.onnx is None for e in doc.components.values()):
         raise BundleError(f"{path} does not keep the ONNX its engines were built from (built by an older migm): "
                           "build it again with `migm-export build --backend trt`")
-    old = doc["trt"]
+    old = doc.trt
     new_flavour = trt.choose_flavour(flavour)
-    same = new_flavour == old["flavour"]
+    same = new_flavour == old.flavour
     if compute_capabilities is None:
-        compute_capabilities = tuple(old["compute_capabilities"]) if same and new_flavour == trt.RTX else ()
+        compute_capabilities = tuple(old.compute_capabilities) if same and new_flavour == trt.RTX else ()
     if hardware_compat is None and same:
-        hardware_compat = old.get("hardware_compat")
-    info = _trt_info(new_flavour, old["opt_level"] if opt_level is None else opt_level, compute_capabilities,
+        hardware_compat = old.hardware_compat
+    info = _trt_info(new_flavour, old.opt_level if opt_level is None else opt_level, compute_capabilities,
                      hardware_compat, timing_cache)
     files = {rel: bundle_file(path, rel, "bundle file") for rel in _kept_files(doc)}  # only what it names
     with atomic_dir(path, ours=is_bundle, what="bundle") as stage:
         work = stage / ".work"
         work.mkdir()
-        for name, entry in doc["components"].items():
+        for name, entry in doc.components.items():
             say(f"engine {name} ({trt.LABELS[new_flavour]})")
-            engine = work / entry["file"]
-            graph = _hashed_graph(files, entry["onnx"], work / "src" / name)
+            engine = work / entry.file
+            graph = _hashed_graph(files, entry.onnx, work / "src" / name)
             _engine(graph, engine, entry, name, info, timing_cache, say)
-            files[entry["file"]] = engine
-        manifest = {k: v for k, v in doc.items() if k not in ("format", "version", "digest", "calibration")}
-        manifest["trt"], manifest["tools"] = info, {**doc["tools"], **_versions()}
+            files[entry.file] = engine
+        manifest = replace(doc, trt=info, tools={**doc.tools, **_versions()})
         say("bundle")
         fill_bundle(stage, manifest, files)
         read_manifest(stage)  # every check the loader makes, before the swap
@@ -219,54 +213,46 @@ def rebuild_bundle(path: str | Path, flavour: str = "auto", compute_capabilities
     return path
 
 
-def _hashed_graph(files: dict, onnx: dict, folder: Path) -> Path:
+def _hashed_graph(files: dict, onnx: GraphFile, folder: Path) -> Path:
     """The graph (and its external weights) alone in a folder of its own, so the ONNX parser can read
     only the files the manifest hashes, never another one beside them in the bundle."""
     folder.mkdir(parents=True)
-    for key in ("file", "data_file"):
-        if key in onnx:
-            src, dst = files[onnx[key]], folder / Path(onnx[key]).name
+    for rel in (onnx.file, onnx.data_file):
+        if rel:
+            src, dst = files[rel], folder / Path(rel).name
             try:
                 os.link(src, dst)  # same filesystem (the stage is beside the bundle): no copy of a large graph
             except OSError:
                 copy_regular(src, dst, "bundle file", BundleError)
-    return folder / Path(onnx["file"]).name
+    return folder / Path(onnx.file).name
 
 
-def _kept_files(doc: dict) -> list[str]:
+def _kept_files(doc: Manifest) -> list[str]:
     """The files a rebuild carries over: every file the manifest names but the engines."""
-    out = []
-    for entry in doc["components"].values():
-        out += [entry["onnx"][k] for k in ("file", "data_file") if k in entry["onnx"]]
-    for entry in doc["checkpoints"].values():
-        out += [f"{entry['file']}.safetensors", f"{entry['file']}.json"]
-    if doc.get("tokenizer"):
-        out += [f"{doc['tokenizer']['dir']}/{f}" for f in doc["tokenizer"]["files"]]
-    if doc.get("calibration"):
-        out.append(doc["calibration"]["file"])
-    return out
+    engines = {e.file for e in doc.components.values()}
+    return [rel for rel, _, _, _ in doc.files() if rel not in engines]
 
 
-def _trt_info(flavour: str, opt_level: int, compute_capabilities, hardware_compat, timing_cache) -> dict:
+def _trt_info(flavour: str, opt_level: int, compute_capabilities, hardware_compat, timing_cache) -> TrtInfo:
     """The manifest's `trt` entry: flavour, its version, the compute capabilities the engines target
     (validated here, before anything is built), and the builder settings."""
     opts = trt.BuildOptions(flavour=flavour, opt_level=opt_level, compute_capabilities=tuple(compute_capabilities),
                             hardware_compat=hardware_compat, timing_cache=timing_cache)
-    return {"flavour": flavour, "version": trt.version(flavour), "compute_capabilities": trt.targets(opts),
-            "hardware_compat": hardware_compat, "opt_level": opt_level}
+    return TrtInfo(flavour=flavour, version=trt.version(flavour), compute_capabilities=trt.targets(opts),
+                   hardware_compat=hardware_compat, opt_level=opt_level)
 
 
-def _engine(onnx_path: Path, engine: Path, entry: dict, name: str, info: dict, timing_cache: Path | None,
+def _engine(onnx_path: Path, engine: Path, entry: Artifact, name: str, info: TrtInfo, timing_cache: Path | None,
             say=lambda msg: None) -> None:
     """Build one component's engine as `info` says, with the entry's profile; its build time into the entry."""
-    opts = trt.BuildOptions(flavour=info["flavour"], opt_level=info["opt_level"],
-                            profiles={k: tuple(tuple(x) for x in v) for k, v in entry["profile"].items()},
-                            compute_capabilities=tuple(info["compute_capabilities"]) if info["flavour"] == trt.RTX
-                            else (), hardware_compat=info["hardware_compat"], timing_cache=timing_cache)
-    built = trt.build_engine(onnx_path, engine, opts, component=name, precision=entry["precision"],
-                             inputs=entry["inputs"], outputs=entry["outputs"],
+    opts = trt.BuildOptions(flavour=info.flavour, opt_level=info.opt_level,
+                            profiles={k: tuple(tuple(x) for x in v) for k, v in entry.profile.items()},
+                            compute_capabilities=tuple(info.compute_capabilities) if info.flavour == trt.RTX
+                            else (), hardware_compat=info.hardware_compat, timing_cache=timing_cache)
+    built = trt.build_engine(onnx_path, engine, opts, component=name, precision=entry.precision,
+                             inputs=entry.inputs, outputs=entry.outputs,
                              progress=lambda msg: say(f"engine {name}: {msg}"))
-    entry["build_seconds"] = built["seconds"]
+    entry.build_seconds = built["seconds"]
 
 
 def component_graph(comp: Component, precision: str, work: Path, say=lambda msg: None,
@@ -298,7 +284,7 @@ def convert_precision(fp32: Path, precision: str, work: Path, say=lambda msg: No
     return final
 
 
-def _tokenizer_files(fam: Family, base_path, files: dict) -> dict | None:
+def _tokenizer_files(fam: Family, base_path, files: dict) -> Tokenizer | None:
     """A text model's prompt tokenizer travels with it (save_pretrained layout)."""
     tok_dir = tokenizer_path(base_path)
     if not fam.text or not tok_dir.is_dir():
@@ -306,7 +292,7 @@ def _tokenizer_files(fam: Family, base_path, files: dict) -> dict | None:
     names = tokenizer_files(tok_dir)  # the format's file names only, each a regular file, never the folder's listing
     for name in names:
         files[f"tokenizer/{name}"] = tok_dir / name
-    return {"dir": "tokenizer", "files": names}
+    return Tokenizer(dir="tokenizer", files=names)
 
 
 def _calibration(s: BuildSettings, out, digests: dict, base, sampler: SamplerConfig, say) -> dict:
@@ -316,8 +302,8 @@ def _calibration(s: BuildSettings, out, digests: dict, base, sampler: SamplerCon
     if is_bundle(Path(out)):
         try:
             doc = verify_bundle(out)
-            if doc["sources"] == digests and doc.get("calibration"):
-                data = load_calibration(bundle_file(Path(out), doc["calibration"]["file"], "calibration data"))
+            if doc.sources == digests and doc.calibration:
+                data = load_calibration(bundle_file(Path(out), doc.calibration.file, "calibration data"))
                 if s.backend != "openvino" or "base_tokens" in data:  # OpenVINO INT8 calibrates the base too
                     say("calibration: reusing the previous bundle's")
                     return data

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailable, BundleError, ConfigError, first_line
+from .manifest import Artifact, OpenVinoInfo
 
 PRECISIONS = ("fp32", "bf16", "int8")  # what one component of an openvino bundle may be
 INSTALL = 'pip install "migm[openvino]"'
@@ -80,10 +81,10 @@ def cpu_name() -> str:
     return str(core().get_property("CPU", "FULL_DEVICE_NAME"))[:200]
 
 
-def info() -> dict:
+def info() -> OpenVinoInfo:
     """The manifest's `openvino` entry: the version, the hint chosen on this machine, its CPU."""
-    return {"version": import_openvino().__version__.split("-")[0], "inference_precision": inference_precision(),
-            "cpu": cpu_name()}
+    return OpenVinoInfo(version=import_openvino().__version__.split("-")[0],
+                        inference_precision=inference_precision(), cpu=cpu_name())
 
 
 def threads_here() -> int:
@@ -116,10 +117,10 @@ def compile_ir(xml: str | Path, precision: str, threads: int = 0):
                           "rebuild the bundle with `migm-export build --backend openvino`)") from None
 
 
-def check_io(compiled, entry: dict, xml: Path) -> None:
+def check_io(compiled, entry: Artifact, xml: Path) -> None:
     """The compiled model takes and gives the tensors the manifest names, in its order."""
-    want_in = [t["name"] for t in entry["inputs"]]
-    want_out = [t["name"] for t in entry["outputs"]]
+    want_in = [t.name for t in entry.inputs]
+    want_out = [t.name for t in entry.outputs]
     got_in = [p.get_any_name() for p in compiled.inputs]
     got_out = [p.get_any_name() for p in compiled.outputs]
     if got_in != want_in or got_out != want_out:

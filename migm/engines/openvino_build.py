@@ -16,6 +16,7 @@ import torch
 from ..errors import ConfigError
 from ..export.calibration import shortcut_feeds
 from ..export.onnx import io_spec
+from .manifest import Artifact, TensorSpec
 from .openvino import check_io, compile_config, compile_ir, core, import_nncf, import_openvino, run_ir
 
 
@@ -143,9 +144,8 @@ def build_component(comp, onnx_path: Path, precision: str, work: Path, calibrati
     with torch.no_grad():
         ref = comp.module(*comp.inputs.values())
     ref = (ref[0] if isinstance(ref, tuple) else ref).float().numpy()
-    entry = {"file": xml.name, "data_file": xml.with_suffix(".bin").name, "precision": chosen, "inputs": inputs,
-             "outputs": outputs, "rel_error_vs_torch": rel_error(compiled, example, ref)}
+    entry = Artifact(file=xml.name, data_file=xml.with_suffix(".bin").name, precision=chosen, backend="openvino",
+                      inputs=[TensorSpec(**t) for t in inputs], outputs=[TensorSpec(**t) for t in outputs],
+                      rel_error_vs_torch=rel_error(compiled, example, ref), measured_ms=timings or None)
     check_io(compiled, entry, xml)
-    if timings:
-        entry["measured_ms"] = timings
     return xml, entry

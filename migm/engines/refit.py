@@ -16,23 +16,24 @@ import torch
 from ..errors import BackendUnavailable, BundleError
 from . import trt
 from .bundle import read_manifest, verify_bundle
+from .manifest import Manifest
 
 
-def engines_problem(path: Path, doc: dict, device: torch.device) -> str | None:
+def engines_problem(path: Path, doc: Manifest, device: torch.device) -> str | None:
     """Why a trt bundle's engines cannot run on `device` (None: they can); BundleError for a bundle
     that records no flavour, BackendUnavailable where nothing here can run engines."""
-    if "trt" not in doc:
+    if doc.trt is None:
         raise BundleError(f"bundle {path} was built by an older migm (no TensorRT flavour recorded): build it again "
                           "with `migm-export build --backend trt`")
-    flavour = doc["trt"]["flavour"]
+    flavour = doc.trt.flavour
     if device.type != "cuda" or not torch.cuda.is_available():
         raise BackendUnavailable(f"the trt backend runs {trt.LABELS[flavour]} engines on a CUDA GPU, and there is none "
                                  "here: use --backend ort (an ort bundle) or torch")
-    return trt.engine_problem(doc["trt"], [path / e["file"] for e in doc["components"].values()], device.index or 0)
+    return trt.engine_problem(doc.trt, [path / e.file for e in doc.components.values()], device.index or 0)
 
 
 def fit_engines(path: str | Path, device: torch.device | str = "cuda",
-                say: Callable[[str], None] = print) -> dict:
+                say: Callable[[str], None] = print) -> Manifest:
     """The manifest of a trt bundle whose engines run here: rebuilt first (once, said through `say`)
     where they were made for another TensorRT release, flavour or GPU; BackendUnavailable where
     nothing can run them."""
@@ -54,7 +55,7 @@ def fit_engines(path: str | Path, device: torch.device | str = "cuda",
     doc = verify_bundle(path)
     problem = engines_problem(path, doc, device)
     if problem is not None:
-        raise BackendUnavailable(f"{path}: rebuilt with {trt.LABELS[doc['trt']['flavour']]}, and still {problem}: "
+        raise BackendUnavailable(f"{path}: rebuilt with {trt.LABELS[doc.trt.flavour]}, and still {problem}: "
                                  "install NVIDIA TensorRT (pip install 'migm[trt]') and run `migm-export rebuild "
                                  f"{path} --trt-flavour tensorrt`, or use --backend torch")
     return doc
@@ -63,6 +64,5 @@ def fit_engines(path: str | Path, device: torch.device | str = "cuda",
 def fit_for_backend(path: str | Path, backend: str, say: Callable[[str], None] = print) -> None:
     """What a CLI calls before `Pipeline.from_bundle(path, backend)`: where that loads TensorRT engines
     on a GPU (a trt bundle, backend trt or auto), rebuild them first if they do not fit."""
-    doc = read_manifest(path)
-    if doc.get("backend") == "trt" and backend in ("auto", "trt") and torch.cuda.is_available():
+    if read_manifest(path).backend == "trt" and backend in ("auto", "trt") and torch.cuda.is_available():
         fit_engines(path, "cuda", say)

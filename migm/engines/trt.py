@@ -36,6 +36,7 @@ import torch
 
 from ..errors import BackendUnavailable, BundleError, ConfigError
 from ..fileio import atomic_path
+from .manifest import TensorSpec, TrtInfo
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def targets(opts: BuildOptions) -> list[str]:
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: BuildOptions, *, component: str,
-                 precision: str, inputs: list[dict], outputs: list[dict],
+                 precision: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
                  progress: Callable[[str], None] | None = None) -> dict:
     """Parse the ONNX graph (Polygraphy's NetworkFromOnnxPath), check its inputs and outputs against
     `inputs`/`outputs` (the manifest's), build (CreateConfig[RTX] + EngineBytesFromNetwork) and write
@@ -197,7 +198,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts: BuildOpti
     return {"seconds": round(time.perf_counter() - start, 3), "compute_capabilities": cc}
 
 
-def check_network(trt, network, inputs: list[dict], outputs: list[dict], what: str) -> None:
+def check_network(trt, network, inputs: list[TensorSpec], outputs: list[TensorSpec], what: str) -> None:
     """The parsed network has exactly the manifest's inputs and outputs: names in order, dtypes, and
     shapes (a named, dynamic axis is -1 in TensorRT; a fixed one its size)."""
     def specs(count, get):
@@ -209,20 +210,20 @@ def check_network(trt, network, inputs: list[dict], outputs: list[dict], what: s
 
     for kind, want, got in (("inputs", inputs, specs(network.num_inputs, network.get_input)),
                             ("outputs", outputs, specs(network.num_outputs, network.get_output))):
-        if [w["name"] for w in want] != [g["name"] for g in got]:
+        if [w.name for w in want] != [g["name"] for g in got]:
             raise BundleError(f"the parsed {what} network has {kind} {[g['name'] for g in got]}, the manifest "
-                              f"{[w['name'] for w in want]}")
+                              f"{[w.name for w in want]}")
         for w, g in zip(want, got):
-            shape = [-1 if isinstance(d, str) else d for d in w["shape"]]
-            if w["dtype"] != g["dtype"] or shape != g["shape"]:
+            shape = [-1 if isinstance(d, str) else d for d in w.shape]
+            if w.dtype != g["dtype"] or shape != g["shape"]:
                 raise BundleError(f"the parsed {what} network's {g['name']} is {g['dtype']}{g['shape']}, the "
-                                  f"manifest's {w['dtype']}{w['shape']}")
+                                  f"manifest's {w.dtype}{w.shape}")
 
 
-def engine_problem(info: dict, engines: list[Path], device_index: int = 0) -> str | None:
+def engine_problem(info: TrtInfo, engines: list[Path], device_index: int = 0) -> str | None:
     """Why engines built as `info` (a manifest's `trt` entry) cannot run on this machine, or None.
     With a GPU, TensorRT for RTX's own validity check has the last word."""
-    flavour, built = info["flavour"], info["version"]
+    flavour, built = info.flavour, info.version
     have = version(flavour)
     if have is None:
         return f"its engines were built with {LABELS[flavour]} {built}, which is not installed here"
@@ -235,9 +236,9 @@ def engine_problem(info: dict, engines: list[Path], device_index: int = 0) -> st
         return None  # nothing runs here anyway: the caller says so
     cc = gpu_capability(device_index)
     if flavour != RTX:
-        if cc not in info["compute_capabilities"] and not info.get("hardware_compat"):
+        if cc not in info.compute_capabilities and not info.hardware_compat:
             return f"its engines were built for a GPU of compute capability " \
-                   f"{', '.join(info['compute_capabilities'])}, and this one is {cc}"
+                   f"{', '.join(info.compute_capabilities)}, and this one is {cc}"
         return None
     for path in engines:
         validity, diagnostics = engine_validity(flavour, Path(path).read_bytes())

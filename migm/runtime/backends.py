@@ -29,6 +29,7 @@ from safetensors import safe_open
 from ..engines import openvino, trt
 from ..engines.bundle import BundleError
 from ..engines.graph_io import check_graph_io
+from ..engines.manifest import Manifest
 from ..engines.ort import ort_session
 from ..errors import BackendUnavailable, ConfigError
 from ..families import Family, ModelSpec, family_of
@@ -137,7 +138,7 @@ class _GraphBackend:
     """What the ort and trt backends share: the bundle's spec, the base head read from its torch
     checkpoint (reuse/extrapolate steps), and the feeds by the graphs' input order."""
 
-    def _setup(self, bundle: Path, doc: dict, spec: ModelSpec, family: Family, names: list[str]):
+    def _setup(self, bundle: Path, doc: Manifest, spec: ModelSpec, family: Family, names: list[str]):
         self.family, self.spec = family, spec
         self.buffers = _Buffers(self.device)
         self.cached = None
@@ -146,7 +147,7 @@ class _GraphBackend:
 
     def _feeds(self, name: str, *values: torch.Tensor) -> dict[str, torch.Tensor]:
         """Inputs by the graph's order; a trailing condition the graph does not take is dropped."""
-        return {s["name"]: v for s, v in zip(self.spec_io[name]["inputs"], values)}
+        return {s.name: v for s, v in zip(self.spec_io[name].inputs, values)}
 
     def base(self, tokens, cond):
         return tuple(self._run("base", self._feeds("base", tokens, cond)))
@@ -161,13 +162,13 @@ class _GraphBackend:
         return self._run("decoder", {"tokens": tokens.view(-1, g, g)})[0].float().clone()
 
 
-def _head_from_bundle(bundle: Path, doc: dict, family: Family, spec: ModelSpec, device):
+def _head_from_bundle(bundle: Path, doc: Manifest, family: Family, spec: ModelSpec, device):
     """The base model's head from the bundle's torch checkpoint, reading only its rows (the whole
     checkpoint can be many GB)."""
-    entry = doc.get("checkpoints", {}).get("base")
+    entry = doc.checkpoints.get("base")
     if entry is None:
-        raise BundleError(f"bundle {bundle} holds no base checkpoint (built by an older migm): rebuild it")
-    with safe_open(str(bundle / f"{entry['file']}.safetensors"), framework="pt") as fh:
+        raise BundleError(f"bundle {bundle} holds no base checkpoint: rebuild it with `migm-export build`")
+    with safe_open(str(bundle / f"{entry.file}.safetensors"), framework="pt") as fh:
         return family.read_head(fh, spec, device)
 
 
@@ -178,19 +179,19 @@ class OrtBackend(_GraphBackend):
 
     name = "ort"
 
-    def __init__(self, bundle: str | Path, doc: dict, spec: ModelSpec, family: Family, device="cpu",
+    def __init__(self, bundle: str | Path, doc: Manifest, spec: ModelSpec, family: Family, device="cpu",
                  threads: int = 0):
         bundle = Path(bundle)
         self.device = torch.device(device)
         self.sessions, self.spec_io = {}, {}
-        for name, entry in doc["components"].items():
-            if not entry["file"].endswith(".onnx"):
-                raise BundleError(f"bundle {bundle}: {entry['file']} is not ONNX; the ort backend needs an "
+        for name, entry in doc.components.items():
+            if not entry.file.endswith(".onnx"):
+                raise BundleError(f"bundle {bundle}: {entry.file} is not ONNX; the ort backend needs an "
                                   "`--backend ort` bundle")
-            self.sessions[name] = ort_session(bundle / entry["file"], self.device.type, self.device.index or 0,
+            self.sessions[name] = ort_session(bundle / entry.file, self.device.type, self.device.index or 0,
                                               threads)
             s = self.sessions[name]  # the graph's own I/O, as read from its header, against the manifest
-            check_graph_io(name, entry, s.get_inputs(), s.get_outputs(), bundle / entry["file"])
+            check_graph_io(name, entry, s.get_inputs(), s.get_outputs(), bundle / entry.file)
             self.spec_io[name] = entry
         self._setup(bundle, doc, spec, family, list(self.sessions))
         self.caps = Capabilities(shortcut=self.has_shortcut)
@@ -200,21 +201,21 @@ class OrtBackend(_GraphBackend):
         binding = session.io_binding()
         dev = "cuda" if self.device.type == "cuda" else "cpu"
         shapes = {}
-        for spec in entry["inputs"]:
-            t = feeds[spec["name"]]
-            want = _TORCH[spec["dtype"]]
+        for spec in entry.inputs:
+            t = feeds[spec.name]
+            want = _TORCH[spec.dtype]
             t = t.to(want).contiguous() if t.dtype != want or not t.is_contiguous() else t
-            feeds[spec["name"]] = t  # keep the tensor alive until the run is over
-            binding.bind_input(spec["name"], dev, self.device.index or 0, _NP[want], tuple(t.shape), t.data_ptr())
-            for axis, dim in zip(t.shape, spec["shape"]):
+            feeds[spec.name] = t  # keep the tensor alive until the run is over
+            binding.bind_input(spec.name, dev, self.device.index or 0, _NP[want], tuple(t.shape), t.data_ptr())
+            for axis, dim in zip(t.shape, spec.shape):
                 if isinstance(dim, str):
                     shapes[dim] = axis
         key = (name,) + tuple(tuple(t.shape) for t in feeds.values())
         outs = self.buffers.get(key, lambda: [
-            torch.empty([shapes[d] if isinstance(d, str) else d for d in spec["shape"]], dtype=_TORCH[spec["dtype"]],
-                        device=self.device) for spec in entry["outputs"]])
-        for spec, t in zip(entry["outputs"], outs):
-            binding.bind_output(spec["name"], dev, self.device.index or 0, _NP[t.dtype], tuple(t.shape), t.data_ptr())
+            torch.empty([shapes[d] if isinstance(d, str) else d for d in spec.shape], dtype=_TORCH[spec.dtype],
+                        device=self.device) for spec in entry.outputs])
+        for spec, t in zip(entry.outputs, outs):
+            binding.bind_output(spec.name, dev, self.device.index or 0, _NP[t.dtype], tuple(t.shape), t.data_ptr())
         if dev == "cuda":  # ORT runs on its own stream: torch's writes to the inputs must be done first
             torch.cuda.current_stream(self.device).synchronize()
         session.run_with_iobinding(binding)
@@ -231,7 +232,7 @@ class OpenVinoBackend(_GraphBackend):
 
     name = "openvino"
 
-    def __init__(self, bundle: str | Path, doc: dict, spec: ModelSpec, family: Family, threads: int = 0):
+    def __init__(self, bundle: str | Path, doc: Manifest, spec: ModelSpec, family: Family, threads: int = 0):
         bundle = Path(bundle)
         if not openvino.available():
             raise BackendUnavailable(f"bundle {bundle} holds OpenVINO IR, and OpenVINO is not installed here: "
@@ -240,20 +241,20 @@ class OpenVinoBackend(_GraphBackend):
         self._ov = openvino.import_openvino()
         self.device = torch.device("cpu")
         self.requests, self.spec_io, self.hints = {}, {}, {}
-        for name, entry in doc["components"].items():
-            xml = bundle / entry["file"]
-            if not entry["file"].endswith(".xml"):
-                raise BundleError(f"bundle {bundle}: {entry['file']} is not OpenVINO IR; the openvino backend needs "
+        for name, entry in doc.components.items():
+            xml = bundle / entry.file
+            if not entry.file.endswith(".xml"):
+                raise BundleError(f"bundle {bundle}: {entry.file} is not OpenVINO IR; the openvino backend needs "
                                   "a `--backend openvino` bundle")
-            if entry["precision"] not in openvino.PRECISIONS:
-                raise BundleError(f"bundle {bundle}: {entry['file']} is {entry['precision']}, which the openvino "
+            if entry.precision not in openvino.PRECISIONS:
+                raise BundleError(f"bundle {bundle}: {entry.file} is {entry.precision}, which the openvino "
                                   f"backend does not run ({', '.join(openvino.PRECISIONS)}): rebuild it with "
                                   "`migm-export build --backend openvino --precision bf16`")
-            compiled = openvino.compile_ir(xml, entry["precision"], threads)
+            compiled = openvino.compile_ir(xml, entry.precision, threads)
             openvino.check_io(compiled, entry, xml)
             self.requests[name] = compiled.create_infer_request()
             self.spec_io[name] = entry
-            self.hints[name] = openvino.compile_config(entry["precision"], threads)["INFERENCE_PRECISION_HINT"]
+            self.hints[name] = openvino.compile_config(entry.precision, threads)["INFERENCE_PRECISION_HINT"]
         self.inference_precision = "bf16" if "bf16" in self.hints.values() else "f32"
         self._setup(bundle, doc, spec, family, list(self.requests))
         self.caps = Capabilities(shortcut=self.has_shortcut)
@@ -261,19 +262,19 @@ class OpenVinoBackend(_GraphBackend):
     def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         req, entry, tensor = self.requests[name], self.spec_io[name], self._ov.Tensor
         shapes = {}
-        for i, spec in enumerate(entry["inputs"]):
-            t = feeds[spec["name"]]
-            want = _TORCH[spec["dtype"]]
+        for i, spec in enumerate(entry.inputs):
+            t = feeds[spec.name]
+            want = _TORCH[spec.dtype]
             t = t.to(want).contiguous() if t.dtype != want or not t.is_contiguous() else t
-            feeds[spec["name"]] = t  # keep the tensor alive until the run is over
+            feeds[spec.name] = t  # keep the tensor alive until the run is over
             req.set_input_tensor(i, tensor(t.numpy(), shared_memory=True))
-            for axis, dim in zip(t.shape, spec["shape"]):
+            for axis, dim in zip(t.shape, spec.shape):
                 if isinstance(dim, str):
                     shapes[dim] = axis
         key = (name,) + tuple(tuple(t.shape) for t in feeds.values())
         outs = self.buffers.get(key, lambda: [
-            torch.empty([shapes[d] if isinstance(d, str) else d for d in spec["shape"]], dtype=_TORCH[spec["dtype"]])
-            for spec in entry["outputs"]])
+            torch.empty([shapes[d] if isinstance(d, str) else d for d in spec.shape], dtype=_TORCH[spec.dtype])
+            for spec in entry.outputs])
         for i, t in enumerate(outs):
             req.set_output_tensor(i, tensor(t.numpy(), shared_memory=True))
         req.start_async()  # start + wait: `infer()` would also build a dict of the results
@@ -290,48 +291,48 @@ class TrtBackend(_GraphBackend):
 
     name = "trt"
 
-    def __init__(self, bundle: str | Path, doc: dict, spec: ModelSpec, family: Family, device="cuda"):
+    def __init__(self, bundle: str | Path, doc: Manifest, spec: ModelSpec, family: Family, device="cuda"):
         bundle = Path(bundle)
-        if "trt" not in doc:
+        if doc.trt is None:
             raise BundleError(f"bundle {bundle} was built by an older migm (no TensorRT flavour recorded): build it "
                               "again with `migm-export build --backend trt`")
-        flavour = doc["trt"]["flavour"]
+        flavour = doc.trt.flavour
         trt.import_flavour(flavour)
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise BackendUnavailable("the trt backend runs on a CUDA GPU only")
         self.engines, self.contexts, self.spec_io = {}, {}, {}
-        for name, entry in doc["components"].items():
-            if not entry["file"].endswith(".engine"):
-                raise BundleError(f"bundle {bundle}: {entry['file']} is not a TensorRT engine; the trt backend "
+        for name, entry in doc.components.items():
+            if not entry.file.endswith(".engine"):
+                raise BundleError(f"bundle {bundle}: {entry.file} is not a TensorRT engine; the trt backend "
                                   "needs a `--backend trt` bundle")
             with torch.cuda.device(self.device):
-                engine = trt.load_engine(bundle / entry["file"], flavour)
+                engine = trt.load_engine(bundle / entry.file, flavour)
                 self.contexts[name] = engine.create_execution_context()
             self.engines[name], self.spec_io[name] = engine, entry
         self._setup(bundle, doc, spec, family, list(self.engines))
         # the largest batch every engine's optimization profile accepts (CFG rows count)
-        max_rows = min((max(hi[0] for _, _, hi in e.get("profile", {}).values()) for e in self.spec_io.values()
-                        if e.get("profile")), default=None)
+        max_rows = min((max(hi[0] for _, _, hi in e.profile.values()) for e in self.spec_io.values() if e.profile),
+                       default=None)
         self.caps = Capabilities(shortcut=self.has_shortcut, max_rows=max_rows)
 
     def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         ctx, entry = self.contexts[name], self.spec_io[name]
-        for spec in entry["inputs"]:
-            t = feeds[spec["name"]]
-            want = _TORCH[spec["dtype"]]
+        for spec in entry.inputs:
+            t = feeds[spec.name]
+            want = _TORCH[spec.dtype]
             t = t.to(want).contiguous() if t.dtype != want or not t.is_contiguous() else t
-            feeds[spec["name"]] = t
-            if not ctx.set_input_shape(spec["name"], tuple(t.shape)):
-                raise ConfigError(f"the {name} engine does not accept {spec['name']} of shape {list(t.shape)} "
+            feeds[spec.name] = t
+            if not ctx.set_input_shape(spec.name, tuple(t.shape)):
+                raise ConfigError(f"the {name} engine does not accept {spec.name} of shape {list(t.shape)} "
                                   "(outside its optimization profile): rebuild with a larger --max-batch")
-            ctx.set_tensor_address(spec["name"], t.data_ptr())
+            ctx.set_tensor_address(spec.name, t.data_ptr())
         key = (name,) + tuple(tuple(t.shape) for t in feeds.values())
         outs = self.buffers.get(key, lambda: [
-            torch.empty(tuple(ctx.get_tensor_shape(o["name"])), dtype=_TORCH[o["dtype"]], device=self.device)
-            for o in entry["outputs"]])
-        for spec, t in zip(entry["outputs"], outs):
-            ctx.set_tensor_address(spec["name"], t.data_ptr())
+            torch.empty(tuple(ctx.get_tensor_shape(o.name)), dtype=_TORCH[o.dtype], device=self.device)
+            for o in entry.outputs])
+        for spec, t in zip(entry.outputs, outs):
+            ctx.set_tensor_address(spec.name, t.data_ptr())
         if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
             raise BundleError(f"TensorRT failed to run the {name} engine")
         return outs

@@ -27,9 +27,10 @@ import torch
 
 from .. import assets
 from ..engines.bundle import BundleError, verify_bundle
+from ..engines.manifest import Manifest
 from ..engines.refit import engines_problem
 from ..errors import BackendUnavailable, ConfigError
-from ..families import Family, ModelSpec, family, family_of
+from ..families import Family, ModelSpec, family_of
 from ..models import require_device
 from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shortcut
 from ..models.text import load_tokenizer, tokenizer_path
@@ -218,14 +219,13 @@ class Pipeline:
             raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         path = Path(path)
         doc = verify_bundle(path, full=verify)
-        fam = family(doc.get("family", "maskgit"))
-        spec = fam.spec_from_config(doc["config"]["base"])
+        fam, spec = doc.fam, doc.model_spec
         gpu = torch.cuda.is_available()
-        built = doc.get("backend", "ort")
+        built = doc.backend
         if backend == "auto":
             # on a CPU: ORT runs fp32 graphs faster than torch does, but ORT's FP16/INT8 CPU kernels
             # are slow (benchmarks/precision.py) where torch's bf16 uses the CPU's AMX/AVX512-BF16
-            half = doc["precision"] in ("fp16", "best")
+            half = doc.precision in ("fp16", "best")
             backend = built if built in ("trt", "openvino") else ("torch" if gpu or half else "ort")
         if backend == "trt" and built != "trt":
             raise BundleError(f"bundle {path} holds ONNX files, not TensorRT engines: use --backend ort or torch, "
@@ -242,7 +242,7 @@ class Pipeline:
                                   f"`migm-export rebuild {path}` (migm-run does it first)")
         if backend == "torch":
             models = _bundle_checkpoints(path, doc)
-            precision = "fp32" if doc["precision"] in ("fp32", "int8") else "bf16"
+            precision = "fp32" if doc.precision in ("fp32", "int8") else "bf16"
             impl = TorchBackend(models["base"], models["vq"].decoder, models.get("shortcut"), device=device,
                                 precision=precision)
         elif backend == "ort":
@@ -253,10 +253,10 @@ class Pipeline:
             impl = OpenVinoBackend(path, doc, spec, fam, threads=threads)
         else:
             impl = TrtBackend(path, doc, spec, fam, device=device)
-        tok = doc.get("tokenizer")  # its files were confined and hashed by verify_bundle: read only those
-        tokenizer = load_tokenizer(path / tok["dir"], tok["files"]) if tok else None
-        return cls(backend=impl, family=fam, spec=spec, class_names=tuple(doc.get("class_names", ())),
-                   defaults=SamplerConfig.from_dict(doc.get("sampling"), default=fam.sampler), tokenizer=tokenizer)
+        tok = doc.tokenizer  # its files were confined and hashed by verify_bundle: read only those
+        tokenizer = load_tokenizer(path / tok.dir, tok.files) if tok else None
+        return cls(backend=impl, family=fam, spec=spec, class_names=tuple(doc.class_names), defaults=doc.sampling,
+                   tokenizer=tokenizer)
 
     # ---- what users ask of it ----
 
@@ -424,12 +424,11 @@ class Pipeline:
         return self.decode(self.generate_tokens(classes, **kwargs))
 
 
-def _bundle_checkpoints(path: Path, doc: dict) -> dict:
+def _bundle_checkpoints(path: Path, doc: Manifest) -> dict:
     """The torch models a bundle carries (for the torch backend)."""
-    entries = doc.get("checkpoints")
-    if not entries:
-        raise BundleError(f"bundle {path} holds no torch checkpoints (built by an older migm): rebuild it")
-    models = {name: load_checkpoint(path / e["file"]) for name, e in entries.items()}
+    if not doc.checkpoints:
+        raise BundleError(f"bundle {path} holds no torch checkpoints: rebuild it with `migm-export build`")
+    models = {name: load_checkpoint(path / e.file) for name, e in doc.checkpoints.items()}
     if "shortcut" in models:  # its frozen embeddings are the base's, not stored with it
         models["shortcut"].load_base_embeddings(models["base"])
     return models
