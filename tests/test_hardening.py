@@ -155,7 +155,7 @@ def test_3_class_names_become_slugs_inside_out(bundle, tmp_path):
 
 
 @pytest.mark.parametrize("names,message", [
-    (["n" * 300, "b", "c"], "class_names must be a list of names of 1..200"),
+    (["n" * 300, "b", "c"], "class_names must be names of 1..200"),
     ("abc", "class_names must be a list"),
     (["a", "b"], "class_names has 2 names for 3 classes"),
 ])
@@ -363,7 +363,7 @@ def test_9_malformed_manifests(bundle, tmp_path, doc, message):
 @pytest.mark.parametrize("change,message", [
     (lambda d: d.__setitem__("surprise", 1), "manifest has unknown keys surprise"),
     (lambda d: d["components"]["base"].pop("sha256"), "components.base lacks sha256"),
-    (lambda d: d["components"]["base"].__setitem__("bytes", "many"), "components.base.bytes is a size"),
+    (lambda d: d["components"]["base"].__setitem__("bytes", "many"), "components.base.bytes must be a count"),
     (lambda d: d.__setitem__("sampling", {"steps": "six"}), "sampling: steps must be an integer"),
     (lambda d: d["config"]["base"].__setitem__("heads", "two"), "config.base does not describe"),
 ])

@@ -1,6 +1,7 @@
 """`migm-generate` trusts nothing it did not verify, bundles copy only the tokenizer's own regular
 files, and a killed `migm-run` leaves a folder the next run recognises (SECURITY.md)."""
 
+import dataclasses
 import json
 import shutil
 import time
@@ -325,7 +326,7 @@ def test_a_build_that_fails_its_own_checks_is_not_swapped_in(tiny, tmp_path, mon
     real = build_mod.fill_bundle
 
     def wrong_names(stage, manifest, files):  # as a base whose meta names 2 classes for 3
-        real(stage, {**manifest, "class_names": ["a", "b"]}, files)
+        real(stage, dataclasses.replace(manifest, class_names=["a", "b"]), files)
 
     monkeypatch.setattr(build_mod, "fill_bundle", wrong_names)
     with pytest.raises(BundleError, match="class_names has 2 names for 3 classes"):
@@ -335,12 +336,13 @@ def test_a_build_that_fails_its_own_checks_is_not_swapped_in(tiny, tmp_path, mon
 
 def test_rebuild_gives_the_parser_only_hashed_files(tmp_path):
     from migm.engines.build import _hashed_graph
+    from migm.engines.manifest import GraphFile
 
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "base.onnx").write_bytes(b"graph")
     (tmp_path / "b" / "base.onnx.data").write_bytes(b"weights")
     (tmp_path / "b" / "unlisted.bin").write_bytes(b"not hashed")
     files = {"onnx/base.onnx": tmp_path / "b" / "base.onnx", "onnx/base.onnx.data": tmp_path / "b" / "base.onnx.data"}
-    graph = _hashed_graph(files, {"file": "onnx/base.onnx", "data_file": "onnx/base.onnx.data"}, tmp_path / "w")
+    graph = _hashed_graph(files, GraphFile(file="onnx/base.onnx", data_file="onnx/base.onnx.data"), tmp_path / "w")
     assert graph.read_bytes() == b"graph" and sorted(p.name for p in graph.parent.iterdir()) == [
         "base.onnx", "base.onnx.data"]

@@ -16,10 +16,11 @@
 
 A bundle is data, never code, and may come from someone else. Loading it reads a manifest of
 bounded size, reads it into the typed tree of engines/manifest.py (which refuses unknown keys,
-missing keys, wrong types and out-of-range values), checks its digest, confines every path it names to the bundle (relative, no `..`, no symlinks, regular
-files only, sizes as recorded) and checks every file's hash before anything reads it: all of them
-at the first open (and at `migm-export inspect`, or with verify), afterwards only those whose
-stat changed since (engines/stamps.py).
+missing keys, wrong types and out-of-range values), checks its digest, confines every path it
+names to the bundle (relative, no `..`, no symlinks, regular files only, sizes as recorded) and
+checks every file's hash before anything reads it: all of them at the first open (and at
+`migm-export inspect`, or with verify), afterwards only those whose stat changed since
+(engines/stamps.py).
 
 A bundle is assembled in a staging directory beside the target and swapped into place
 (fileio.atomic_dir), so a failed or killed build leaves no half-written bundle.

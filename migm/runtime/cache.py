@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from .. import assets
-from ..engines.bundle import VERSION
+from ..engines.manifest import VERSION
 from ..engines.targets import default_backend, default_precision
 from ..fileio import cache_dir, recover_dir
 from ..models.checkpoint import checkpoint_digest
