@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from ..choices import TORCH_PRECISIONS
 from ..engines import openvino, trt
 from ..engines.bundle import BundleError
 from ..engines.graph_io import check_graph_io
@@ -34,8 +35,6 @@ from ..errors import BackendUnavailable, ConfigError
 from ..families import Family, ModelSpec, family_of
 from ..models.vqvae import Decoder
 from ..sampling.loop import CachedBase
-
-BACKENDS = ("auto", "torch", "ort", "trt", "openvino")
 
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bool: np.bool_,
        torch.int32: np.int32}
@@ -79,8 +78,8 @@ class TorchBackend:
 
     def __init__(self, base: torch.nn.Module, decoder: Decoder, shortcut: torch.nn.Module | None = None,
                  device="cpu", precision: str = "bf16"):
-        if precision not in ("fp32", "bf16"):
-            raise ConfigError(f"the torch backend runs fp32 or bf16, not {precision!r}")
+        if precision not in TORCH_PRECISIONS:
+            raise ConfigError(f"the torch backend runs {' or '.join(TORCH_PRECISIONS)}, not {precision!r}")
         self.family: Family = family_of(base)
         self.device = torch.device(device)
         self.precision = precision

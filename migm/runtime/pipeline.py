@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .. import assets
+from ..choices import BUNDLE_BACKENDS, CPU_BACKENDS, FP32_BUNDLE_PRECISIONS, RUNTIME_BACKENDS
 from ..engines.bundle import BundleError, verify_bundle
 from ..engines.refit import engines_problem
 from ..errors import BackendUnavailable, ConfigError
@@ -35,7 +36,7 @@ from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shor
 from ..models.text import load_tokenizer, tokenizer_path
 from ..sampling.config import SamplerConfig
 from ..sampling.loop import HybridStats, ProbeFn, check_strategy, generate_tokens
-from .backends import BACKENDS, Backend, OpenVinoBackend, OrtBackend, TorchBackend, TrtBackend
+from .backends import Backend, OpenVinoBackend, OrtBackend, TorchBackend, TrtBackend
 from .graphs import GraphedLoop
 from .images import to_pil
 
@@ -214,8 +215,8 @@ class Pipeline:
         Every file is hashed at the first open; later opens re-hash only files whose stat changed
         (engines/stamps.py); `verify` hashes them all.
         """
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        if backend not in RUNTIME_BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(RUNTIME_BACKENDS)}")
         path = Path(path)
         doc = verify_bundle(path, full=verify)
         fam = family(doc.get("family", "maskgit"))
@@ -223,18 +224,20 @@ class Pipeline:
         gpu = torch.cuda.is_available()
         built = doc.get("backend", "ort")
         if backend == "auto":
-            # on a CPU: ORT runs fp32 graphs faster than torch does, but ORT's FP16/INT8 CPU kernels
-            # are slow (benchmarks/precision.py) where torch's bf16 uses the CPU's AMX/AVX512-BF16
-            half = doc["precision"] in ("fp16", "best")
-            backend = built if built in ("trt", "openvino") else ("torch" if gpu or half else "ort")
+            # a trt or openvino bundle runs on its own backend. An ort bundle on a CPU: ORT runs fp32 graphs
+            # faster than torch does, but ORT's FP16/INT8 CPU kernels are slow (benchmarks/precision.py)
+            # where torch's bf16 uses the CPU's AMX/AVX512-BF16: ORT for the bundles whose checkpoints
+            # torch would run in fp32, torch (bf16) for the others
+            half = doc["precision"] not in FP32_BUNDLE_PRECISIONS
+            backend = built if built != "ort" else ("torch" if gpu or half else "ort")
         if backend == "trt" and built != "trt":
             raise BundleError(f"bundle {path} holds ONNX files, not TensorRT engines: use --backend ort or torch, "
                               "or rebuild with `migm-export build --backend trt`")
-        if backend in ("ort", "openvino") and built != backend:
+        if backend in BUNDLE_BACKENDS and built != backend:
             held = {"trt": "TensorRT engines", "ort": "ONNX files for ONNX Runtime", "openvino": "OpenVINO IR"}[built]
             raise BundleError(f"bundle {path} holds {held}: use --backend {built} (or torch), "
                               f"or rebuild with `migm-export build --backend {backend}`")
-        device = device or ("cuda" if gpu and backend not in ("ort", "openvino") else "cpu")
+        device = device or ("cuda" if gpu and backend not in CPU_BACKENDS else "cpu")
         if backend == "trt":
             problem = engines_problem(path, doc, torch.device(device))
             if problem is not None:
@@ -242,7 +245,7 @@ class Pipeline:
                                   f"`migm-export rebuild {path}` (migm-run does it first)")
         if backend == "torch":
             models = _bundle_checkpoints(path, doc)
-            precision = "fp32" if doc["precision"] in ("fp32", "int8") else "bf16"
+            precision = "fp32" if doc["precision"] in FP32_BUNDLE_PRECISIONS else "bf16"
             impl = TorchBackend(models["base"], models["vq"].decoder, models.get("shortcut"), device=device,
                                 precision=precision)
         elif backend == "ort":
