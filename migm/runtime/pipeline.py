@@ -64,7 +64,6 @@ class Pipeline:
     def __post_init__(self):
         self._lock = threading.RLock()  # re-entrant: decode() inside an iter_tokens() loop
         self._graphs = GraphedLoop(self.device) if self.backend.caps.whole_loop_graphs else None
-        self._graph_stats: dict = {}
         # the unconditional input: one tensor for the pipeline's life, since captured graphs keep its address
         self._uncond = self.family.uncond(self.spec, self.device)
 
@@ -394,11 +393,13 @@ class Pipeline:
                     gens = self._graphs.seed_rows(seeds) if graphed else \
                         [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
                 if graphed:
+                    # what the captured loop depends on: the batch's shape, the sampler, strategy and
+                    # budget, and whether each row draws from its own generator
                     key = (tuple(chunk.shape), cfg, loop["strategy"], loop["budget"], gens is not None)
-                    tokens = self._graphs(key, chunk, lambda c, gen, key=key: self._graph_loop(c, gen, cfg, loop, key),
-                                          row_generators=gens)
+                    tokens, graph_stats = self._graphs(key, chunk, lambda c, gen: self._graph_loop(c, gen, cfg, loop),
+                                                       row_generators=gens)
                     if stats is not None:
-                        stats.add(self._graph_stats[key])
+                        stats.add(graph_stats)
                 else:
                     step_cb = (lambda i, n: progress(done + i * len(chunk), total)) if progress else None
                     tokens = generate_tokens(self.backend, chunk, self._uncond, cfg, generator=gens or g, stats=stats,
@@ -408,11 +409,11 @@ class Pipeline:
                     progress(done, total)
                 yield tokens.cpu()
 
-    def _graph_loop(self, cond, generator, cfg, loop, key):
+    def _graph_loop(self, cond, generator, cfg, loop):
+        """The loop a graph captures, and its statistics (the same at every replay: the plan fixes them)."""
         stats = HybridStats()
         tokens = generate_tokens(self.backend, cond, self._uncond, cfg, generator=generator, stats=stats, **loop)
-        self._graph_stats[key] = stats
-        return tokens
+        return tokens, stats
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -425,6 +426,15 @@ class Pipeline:
     def generate(self, classes: Sequence[int | str] | None = None, **kwargs) -> torch.Tensor:
         """Images [n, C, H, W] in [0, 1] for the given classes (or `prompts=`); see `generate_tokens`."""
         return self.decode(self.generate_tokens(classes, **kwargs))
+
+    def clear_caches(self) -> None:
+        """Drop what the pipeline keeps per shape to run faster: the CUDA graphs and the backend's
+        output buffers (both bounded least-recently-used caches, runtime/lru.py), e.g. after a burst
+        of unusual batch sizes. The next call makes them again; results already returned stay valid."""
+        with self._lock:
+            if self._graphs is not None:
+                self._graphs.clear()
+            self.backend.clear_caches()
 
 
 def _bundle_checkpoints(path: Path, doc: dict) -> dict:
