@@ -3,7 +3,7 @@ and `migm-run --help`, import none of the heavy packages (the export stack, quan
 transformers, scipy, the other backends' libraries): each is checked in a fresh interpreter, since
 this test process has imported all of them already.
 
-A new backend is one entry in BACKENDS; entries whose package (or backend) is missing here skip."""
+A new backend is one entry in BACKENDS (below); entries whose package (or backend) is missing here skip."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from migm.choices import RUNTIME_BACKENDS
 from migm.engines.build import BuildSettings, build_bundle
-from migm.runtime import backends
 
 ROOT = Path(__file__).resolve().parent.parent
 # never on the load-and-generate path, except the one library the chosen backend runs on (below)
@@ -93,7 +93,7 @@ def bundles(tiny, tmp_path_factory):
 def _skip_unless_here(backend, package, gpu):
     if package and importlib.util.find_spec(package) is None:
         pytest.skip(f"{package} is not installed here")
-    if backend not in backends.BACKENDS:
+    if backend not in RUNTIME_BACKENDS:
         pytest.skip(f"this migm has no {backend} backend")
     if gpu and not torch.cuda.is_available():
         pytest.skip(f"the {backend} backend runs on a CUDA GPU, and there is none here")

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from .. import assets
+from ..choices import BUNDLE_BACKENDS, CPU_BACKENDS
 from ..data.animals import load_animals
 from ..engines.build import BuildSettings, build_bundle
 from ..engines.refit import fit_for_backend
@@ -20,8 +21,8 @@ from ..errors import ConfigError
 from ..evaluation.metrics import Evaluator
 from ..evaluation.quality import Sweep, label, pareto_plot, planned_rows, row_key, run_row, summarize
 from ..evaluation.speed import SpeedSettings, markdown, measure
+from ..families.presets import PRESETS, random_models
 from ..families.presets import preset as get_preset
-from ..families.presets import random_models
 from ..fileio import atomic_path, read_json
 from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shortcut, save_checkpoint
 from ..runtime.cache import cache_dir, default_bundle
@@ -140,12 +141,12 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
 
 @main.command()
 @click.option("--preset", default="tiny-animals", show_default=True,
-              type=click.Choice(["tiny-animals", "maskgit-imagenet512", "tiny-scenes", "dimoo-8b"]),
+              type=click.Choice(list(PRESETS)),
               help="tiny-animals runs the shipped trained model; the others random weights of that size "
                    "(tiny-scenes and dimoo-8b: the llada text-to-image family, DiMOO sampler).")
 @click.option("--depth", type=int, default=None,
               help="Override the preset's number of base blocks (e.g. a 2-layer dimoo-8b on a small GPU).")
-@click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch", "ort", "trt", "openvino"]))
+@click.option("--backend", default="torch", show_default=True, type=click.Choice(("torch",) + BUNDLE_BACKENDS))
 @click.option("--engine", default=None, type=click.Path(),
               help="Bundle for ort/trt (default: built into the cache for the preset).")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available for torch/trt).")
@@ -178,7 +179,7 @@ def speed(preset, depth, backend, engine, device, batches, steps, budgets, strat
             raise click.BadParameter(f"budget B={b} must be between 1 and N={steps}", param_hint="--budget")
     if backend != "torch" and "mlcache" in names:
         raise click.BadParameter("mlcache runs on the torch backend only", param_hint="--strategies")
-    device = device or ("cuda" if torch.cuda.is_available() and backend not in ("ort", "openvino") else "cpu")
+    device = device or ("cuda" if torch.cuda.is_available() and backend not in CPU_BACKENDS else "cpu")
     unsupported = [s for s in names if not get_preset(preset).fam.supports(s)]
     if unsupported:
         raise click.BadParameter(f"{', '.join(unsupported)} is not available for {preset}", param_hint="--strategies")
@@ -231,7 +232,7 @@ def _speed_pipeline(preset, backend, engine, device, depth=None):
     # the plain loop gets its own copies: the backend moves and casts its modules in place
     plain = (copy.deepcopy(base).to(dev, dtype), copy.deepcopy(sc).to(dev, dtype))
     if engine is None:
-        if preset == "tiny-animals" and backend in ("ort", "openvino"):
+        if preset == "tiny-animals" and backend in CPU_BACKENDS:
             engine = default_bundle(backend=backend)
         else:
             # the depth is in the name: a bundle cached at one depth must not answer for another

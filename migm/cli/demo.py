@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .. import assets
+from ..choices import RUNTIME_BACKENDS
 from ..demo.app import Models, build
 from ..errors import ConfigError
 from .common import debug_option, one_line_errors
@@ -22,7 +23,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
               help="Also offer this NAME.plan bundle (from `migm-export build`).")
 @click.option("--pretrained", default=None, type=click.Path(exists=True, file_okay=False),
               help="Also offer this saved pipeline directory (save_pretrained / `migm-export convert`).")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "torch", "ort", "trt"]),
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(RUNTIME_BACKENDS),
               help="Backend for --engine / --pretrained (the shipped models run on torch).")
 @click.option("--model", "first", default=None, type=click.Choice(list(assets.MODELS)),
               help="The shipped model the page opens with (default: the bundle or saved pipeline if given, "

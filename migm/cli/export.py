@@ -12,6 +12,7 @@ import click
 import torch
 
 from .. import assets
+from ..choices import BUILD_BACKENDS, BUILD_PRECISIONS
 from ..engines.build import BuildSettings, build_bundle, rebuild_bundle
 from ..engines.bundle import verify_bundle
 from ..engines.targets import default_backend, default_precision
@@ -19,7 +20,6 @@ from ..engines.trt import FLAVOURS, LABELS
 from ..engines.verify import parity, save_polygraphy_reference
 from ..export.calibration import sample_calibration, save_calibration
 from ..export.onnx import components, export_component
-from ..export.precision import PRECISIONS
 from ..families import family_of
 from ..fileio import atomic_path
 from ..models.checkpoint import (
@@ -99,7 +99,7 @@ def _model_options(fn):
                       help="Shortcut checkpoint (default: the shipped one, with the shipped base).")(fn)
     fn = click.option("--vq", "vq_path", default=None, help="VQ-VAE checkpoint (default: shipped).")(fn)
     fn = click.option("--base", "base_path", default=None, help="Base checkpoint (default: shipped).")(fn)
-    fn = click.option("--model", type=click.Choice(["tiny-animals", "tiny-scenes"]), default="tiny-animals",
+    fn = click.option("--model", type=click.Choice(list(assets.MODELS)), default="tiny-animals",
                       show_default=True, help="The shipped model to export (text-to-image: tiny-scenes).")(fn)
     return fn
 
@@ -186,12 +186,12 @@ def calibrate(base_path, count, steps, seed, out):
 
 
 @main.command()
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+@click.option("--precision", type=click.Choice(BUILD_PRECISIONS), default=None,
               help="fp16: FP16 graphs (norms, softmax, reductions in FP32); int8: INT8 shortcut (openvino: base "
                    "and shortcut, NNCF); bf16 (openvino): fp32 IR run with the bf16 hint; best: FP16 base and decoder "
                    "+ INT8 shortcut (openvino: each component's fastest, timed here). Default: bf16 for openvino, "
                    "else fp16.")
-@click.option("--backend", type=click.Choice(["auto", "ort", "trt", "openvino"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(BUILD_BACKENDS), default="auto", show_default=True,
               help="ort: ONNX files for ONNX Runtime (any machine); trt: TensorRT engines (see --trt-flavour); "
                    "openvino: OpenVINO IR for CPUs (pip install \"migm[openvino]\"); auto: the fastest here "
                    "(trt on an NVIDIA GPU with TensorRT, openvino on a CPU with OpenVINO, else ort; an fp16 build on a "

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from .. import assets
+from ..choices import RUNTIME_BACKENDS
 from ..engines.refit import fit_for_backend
 from ..fileio import clip
 from ..runtime.cache import default_bundle
@@ -46,10 +48,10 @@ def seed_list(value: str) -> list[int]:
               help="Output directory: images/, shards/, manifest.jsonl, job.json. A rerun resumes there.")
 @click.option("--engine", default=None, type=click.Path(),
               help="A NAME.plan bundle. Default: the shipped model's bundle (built on first use).")
-@click.option("--model", type=click.Choice(["tiny-animals", "tiny-scenes"]), default=None,
+@click.option("--model", type=click.Choice(list(assets.MODELS)), default=None,
               help="A shipped model's checkpoints on the torch backend instead of a bundle.")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "torch", "ort", "trt", "openvino"]))
+              type=click.Choice(RUNTIME_BACKENDS))
 @click.option("--steps", type=int, default=None, help="Sampling steps N (default: the model's).")
 @click.option("--budget", type=int, default=None, help="B: steps that run the base model (default: all N).")
 @click.option("--strategy", default=None, type=click.Choice(STRATEGIES),

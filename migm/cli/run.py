@@ -8,6 +8,7 @@ import time
 import click
 
 from .. import assets
+from ..choices import CHECKPOINT_BACKENDS, RUNTIME_BACKENDS, TORCH_PRECISIONS
 from ..sampling.strategies import STRATEGIES
 from .common import Bar, Command, debug_option, one_line_errors
 
@@ -20,7 +21,7 @@ GRID_MAX = 100  # the grid shows at most this many images
               help="A NAME.plan bundle from `migm-export build`. Default: the shipped model's bundle, "
                    "built on first use into ~/.cache/migm (or $MIGM_CACHE).")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "torch", "ort", "trt", "openvino"]),
+              type=click.Choice(RUNTIME_BACKENDS),
               help="auto: trt for a TensorRT bundle, openvino for an OpenVINO one, else torch with CUDA graphs on a "
                    "GPU; on a CPU ONNX Runtime for fp32/int8 bundles, torch (bf16) for fp16/best ones.")
 @click.option("--classes", default=None,
@@ -28,7 +29,7 @@ GRID_MAX = 100  # the grid shows at most this many images
 @click.option("--prompt", "prompts", multiple=True,
               help="Text prompt for a text-to-image model (repeat for several), cycled to --num images, "
                    "e.g. --prompt \"a small cat on the left\".")
-@click.option("--model", type=click.Choice(["tiny-animals", "tiny-scenes"]), default=None,
+@click.option("--model", type=click.Choice(list(assets.MODELS)), default=None,
               help="A shipped model on the torch backend, instead of a bundle (tiny-scenes: text-to-image).")
 @click.option("--num", default=None, type=click.IntRange(1, MAX_IMAGES),
               help=f"Number of images (at most {MAX_IMAGES:,}) [16; with prompts: one per prompt].")
@@ -51,7 +52,7 @@ GRID_MAX = 100  # the grid shows at most this many images
                    "with grid.png plus one PNG per image; earlier runs are kept.")
 @click.option("--pretrained", default=None, type=click.Path(file_okay=False),
               help="A saved pipeline directory (save_pretrained / `migm-export convert`), on the torch backend.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+@click.option("--precision", type=click.Choice(TORCH_PRECISIONS), default=None,
               help="Checkpoints (--model, --pretrained, --base): fp32 (the default) runs upstream's arithmetic, so "
                    "tokens equal the reference's bit for bit; bf16 is faster where the hardware has bf16 units and "
                    "samples other tokens. A bundle runs at the precision it was built with.")
@@ -91,7 +92,7 @@ def main(engine, backend, classes, prompts, model, num, steps, budget, strategy,
         raise click.UsageError("give either --engine or checkpoints (--model, --pretrained, --base/--vq/--shortcut), "
                                "not both")
     if checkpoints:
-        if backend not in ("auto", "torch"):
+        if backend not in CHECKPOINT_BACKENDS:
             raise click.BadParameter("checkpoints run on the torch backend only; build a bundle for "
                                      f"{backend} with `migm-export build`", param_hint="--backend")
         why = "the default: upstream's arithmetic, identical tokens" if precision is None else "asked for"

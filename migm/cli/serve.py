@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from .. import assets
+from ..choices import CHECKPOINT_BACKENDS, RUNTIME_BACKENDS
 from ..engines.refit import fit_for_backend
 from ..runtime.cache import default_bundle
 from ..runtime.pipeline import Pipeline
@@ -25,10 +27,10 @@ def _say(message: str) -> None:
               help="A NAME.plan bundle from `migm-export build`. Default: the shipped model's bundle, "
                    "built on first use into ~/.cache/migm (or $MIGM_CACHE).")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "torch", "ort", "trt", "openvino"]),
+              type=click.Choice(RUNTIME_BACKENDS),
               help="As for migm-run: auto picks trt for a TensorRT bundle, torch with CUDA graphs on a GPU, "
                    "ONNX Runtime for an fp32 bundle on a CPU.")
-@click.option("--model", type=click.Choice(["tiny-animals", "tiny-scenes"]), default=None,
+@click.option("--model", type=click.Choice(list(assets.MODELS)), default=None,
               help="Serve a shipped model's checkpoints on the torch backend instead of a bundle.")
 @click.option("--name", default=None, help="The Triton model name. Default: the bundle's (tiny.plan -> tiny).")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -66,7 +68,7 @@ def main(engine, backend, model, name, host, http_port, grpc_port, metrics_port,
     if model and engine:
         raise click.UsageError("give --engine or --model, not both")
     if model:
-        if backend not in ("auto", "torch"):
+        if backend not in CHECKPOINT_BACKENDS:
             raise click.BadParameter("checkpoints run on the torch backend only", param_hint="--backend")
         pipe, source = Pipeline.from_checkpoints(model=model), model
     else:

@@ -51,7 +51,7 @@ def main():
 DATA = click.option("--data", type=click.Choice(["animals", "scenes"]), default="animals", show_default=True,
                     help="animals: 32x32 silhouettes; scenes: 64x64 captioned scenes (text-to-image).")
 DEVICE = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-MODEL = click.option("--model", type=click.Choice(["tiny-animals", "tiny-scenes"]), default="tiny-animals",
+MODEL = click.option("--model", type=click.Choice(list(assets.MODELS)), default="tiny-animals",
                      show_default=True, help="Which shipped model the checkpoints become.")
 # the sampling steps each shipped model defaults to
 SHIP_STEPS = {"tiny-animals": 16, "tiny-scenes": 32}
@@ -112,7 +112,7 @@ def classifier(out, steps, batch_size, data, seed, device):
 
 @main.command()
 @click.option("--vq", "vq_path", default="runs/vq", show_default=True, help="The trained VQ-VAE checkpoint.")
-@click.option("--preset", "preset_name", type=click.Choice(["tiny-animals", "tiny-scenes"]), default="tiny-animals",
+@click.option("--preset", "preset_name", type=click.Choice(list(assets.MODELS)), default="tiny-animals",
               show_default=True, help="tiny-scenes: the text-to-image (llada) model on the tiny scenes.")
 @click.option("--out", default="runs/base", show_default=True)
 @click.option("--steps", type=click.IntRange(1, 10_000_000), default=3000, show_default=True)

@@ -23,6 +23,7 @@ import onnxruntime
 import torch
 
 from .. import __version__
+from ..choices import BUILD_BACKENDS, BUNDLE_BACKENDS
 from ..errors import ConfigError, DataError
 from ..export.calibration import load_calibration, sample_calibration, save_calibration
 from ..export.int8 import quantize_int8
@@ -50,7 +51,7 @@ from ..models.text import tokenizer_files, tokenizer_path
 from ..sampling.config import SamplerConfig
 from . import openvino, openvino_build, trt
 from .bundle import BundleError, bundle_file, fill_bundle, is_bundle, read_manifest, verify_bundle
-from .manifest import BACKENDS, Artifact, Checkpoint, Configs, GraphFile, Manifest, TensorSpec, Tokenizer, TrtInfo
+from .manifest import Artifact, Checkpoint, Configs, GraphFile, Manifest, TensorSpec, Tokenizer, TrtInfo
 from .targets import default_backend
 from .verify import rel_error
 
@@ -76,8 +77,8 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
     say = progress or (lambda msg: None)
     if s.backend == "auto":
         s = replace(s, backend=default_backend(s.precision))
-    if s.backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {s.backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    if s.backend not in BUNDLE_BACKENDS:
+        raise ConfigError(f"unknown backend {s.backend!r}; choose from {', '.join(BUILD_BACKENDS)}")
     if not 1 <= s.opt_batch <= s.max_batch <= 65536:
         raise ConfigError(f"TensorRT profile batches need 1 <= opt ({s.opt_batch}) <= max ({s.max_batch}) <= 65536")
     if not 1 <= s.calibration_size <= 100_000:

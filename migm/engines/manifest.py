@@ -22,6 +22,7 @@ import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, Union
 
+from ..choices import BUILD_PRECISIONS, BUNDLE_BACKENDS, PRECISIONS
 from ..errors import BundleError, ConfigError, MigmError
 from ..families import FAMILIES, Family, ModelSpec, family
 from ..sampling.config import SamplerConfig
@@ -29,9 +30,6 @@ from .graph_io import check_manifest_io
 
 FORMAT = "migm-bundle"
 VERSION = 2  # 2: the manifest's schema, spec and digest
-BACKENDS = ("ort", "trt", "openvino")  # the kinds of bundle: ONNX graphs, TensorRT engines, OpenVINO IR
-PRECISIONS = ("fp32", "fp16", "int8", "bf16")  # a component's
-BUILD_PRECISIONS = PRECISIONS + ("best",)  # a bundle's: `best` measured per component
 COMPONENTS = ("base", "shortcut", "decoder")
 CHECKPOINTS = ("base", "vq", "shortcut")
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
@@ -76,7 +74,7 @@ class Artifact:
     """One component's artifact (ONNX graph, TensorRT engine or OpenVINO IR) and what it was built as."""
     file: str
     precision: Literal[PRECISIONS]
-    backend: Literal[BACKENDS]
+    backend: Literal[BUNDLE_BACKENDS]
     inputs: list[TensorSpec] = field(metadata=_check(lambda v: 0 < len(v) <= 16, "a list of 1..16 tensors"))
     outputs: list[TensorSpec] = field(metadata=_check(lambda v: 0 < len(v) <= 16, "a list of 1..16 tensors"))
     rel_error_vs_torch: float
@@ -164,7 +162,7 @@ class Configs:
 class Manifest:
     family: str = field(metadata=_check(lambda v: v in FAMILIES, f"a model family ({', '.join(FAMILIES)})"))
     precision: Literal[BUILD_PRECISIONS]
-    backend: Literal[BACKENDS]
+    backend: Literal[BUNDLE_BACKENDS]
     config: Configs
     spec: dict[str, Any]  # the ModelSpec of config.base, written out for readers without migm
     class_names: list[str] = field(metadata=_check(lambda v: all(0 < len(n) <= MAX_NAME for n in v),
@@ -340,6 +338,6 @@ def _show(v) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-__all__ = ["BACKENDS", "BUILD_PRECISIONS", "CHECKPOINTS", "COMPONENTS", "Calibration", "Checkpoint", "Artifact",
-           "Configs", "FORMAT", "GraphFile", "Manifest", "OpenVinoInfo", "PRECISIONS", "TensorSpec",
+__all__ = ["CHECKPOINTS", "COMPONENTS", "Calibration", "Checkpoint", "Artifact",
+           "Configs", "FORMAT", "GraphFile", "Manifest", "OpenVinoInfo", "TensorSpec",
            "Tokenizer", "TrtInfo", "VERSION"]

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..choices import OPENVINO_PRECISIONS
 from ..errors import BackendUnavailable, BundleError, ConfigError, first_line
 from .manifest import Artifact, OpenVinoInfo
 
-PRECISIONS = ("fp32", "bf16", "int8")  # what one component of an openvino bundle may be
+PRECISIONS = OPENVINO_PRECISIONS  # what one component of an openvino bundle may be (migm/choices.py)
 INSTALL = 'pip install "migm[openvino]"'
 
 
@@ -147,7 +148,7 @@ def versions() -> dict:
 def component_precisions(precision: str, supported: tuple[str, ...]) -> dict[str, str]:
     """What each component of an openvino bundle is built in. int8: the base and the shortcut through
     NNCF, the decoder bf16 (no calibration data for it); best: measured per component at the build."""
-    allowed = ("fp32", "bf16", "int8", "best")
+    allowed = PRECISIONS + ("best",)  # a build also takes best (each component its fastest)
     if precision not in allowed:
         raise ConfigError(f"an openvino bundle is {', '.join(allowed)}, not {precision!r} (OpenVINO's half precision "
                           "on a CPU is bf16: --precision bf16)")

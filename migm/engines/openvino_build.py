@@ -13,6 +13,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from ..choices import OPENVINO_BEST
 from ..errors import ConfigError
 from ..export.calibration import shortcut_feeds
 from ..export.onnx import io_spec
@@ -113,7 +114,6 @@ def calibration_feeds(name: str, data: dict[str, np.ndarray], inputs: Iterable[s
     raise ConfigError(f"no INT8 calibration for the {name} component (fp32 or bf16 only)")
 
 
-BEST_CANDIDATES = ("bf16", "int8")
 TIMING_ROWS = (2, 64)  # batch 1 and 32 with guidance: the rows a base or shortcut call sees
 
 
@@ -124,7 +124,7 @@ def build_component(comp, onnx_path: Path, precision: str, work: Path, calibrati
     model = convert(onnx_path)
     inputs, outputs = io_spec(onnx_path)
     example = {k: v.numpy() for k, v in comp.inputs.items()}
-    candidates = BEST_CANDIDATES if precision == "best" else (precision,)
+    candidates = OPENVINO_BEST if precision == "best" else (precision,)
     models, timings = {}, {}
     for cand in candidates:
         if cand == "int8":

@@ -15,10 +15,10 @@ from pathlib import Path
 import onnx_graphsurgeon as gs
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
+from ..choices import BUILD_PRECISIONS
 from ..errors import ConfigError
 from .onnx import save_onnx
 
-PRECISIONS = ("fp32", "fp16", "int8", "bf16", "best")  # bf16: OpenVINO bundles only
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "Pow", "Sqrt", "Exp", "Sin",
             "Cos", "Sigmoid", "Erf"]
 
@@ -33,10 +33,10 @@ def to_fp16(src: str | Path, dst: str | Path) -> Path:
     return save_onnx(model, dst)  # checked with onnx.checker from the file (models over 2 GB too)
 
 
-def component_precisions(precision: str, supported: tuple[str, ...] = PRECISIONS) -> dict[str, str]:
+def component_precisions(precision: str, supported: tuple[str, ...] = BUILD_PRECISIONS) -> dict[str, str]:
     """What each component is built in for a bundle precision (`best` = FP16 base, INT8 shortcut)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision not in BUILD_PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose from {', '.join(BUILD_PRECISIONS)}")
     if precision not in supported:
         raise ConfigError(f"precision {precision} is not available for this model family; "
                           f"choose from {', '.join(supported)}")

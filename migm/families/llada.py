@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..choices import BUILD_PRECISIONS
 from ..errors import ConfigError
 from ..models.llada import LLaDA, LLaDAConfig
 from ..models.shortcut_llada import LLaDAShortcut, LLaDAShortcutConfig
@@ -35,7 +36,7 @@ class LLaDAFamily(Family):
     condition = "prompt"
     text = True
     strategies = ("vanilla", "fewer", "reuse", "extrapolate", "shortcut")  # no cached forward: no mlcache
-    precisions = ("fp32", "fp16", "int8", "bf16", "best")
+    precisions = BUILD_PRECISIONS
     sampler = SamplerConfig(steps=64, schedule="dimoo", sampler="dimoo", tau=1.0)
 
     def spec(self, cfg: LLaDAConfig) -> ModelSpec:

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from ..choices import BUILD_PRECISIONS
 from ..errors import ConfigError
 from ..fileio import clip
 from ..models.maskgit import MaskGIT, MaskGITConfig
@@ -60,7 +61,7 @@ class MaskGITFamily(Family):
     condition = "labels"
     text = False
     strategies = STRATEGIES
-    precisions = ("fp32", "fp16", "int8", "bf16", "best")
+    precisions = BUILD_PRECISIONS
     sampler = SamplerConfig(steps=16, schedule="arccos", sampler="halton", tau=4.5)
 
     def spec(self, cfg: MaskGITConfig) -> ModelSpec:

@@ -9,11 +9,12 @@ Every backend has the same methods (the loop's `StepModels`) and says what it ca
     caps                                                        `Capabilities` (below)
 
 `cond` is every row's condition (class ids, or prompt ids); a shortcut that does not read it
-ignores it. `ort`, `trt` and `openvino` write their outputs into buffers allocated once per input
+ignores it. `ort`, `trt` and `openvino` write their outputs into buffers allocated once per output
 shape and then reused (ORT IOBinding, TensorRT tensor addresses, OpenVINO tensors over the same
 memory). Two buffer sets alternate per shape,
 because the loop reads the previous step's features while the next step writes: a result stays
-valid until the same component has been called twice more with the same shape.
+valid until the same component has been called twice more with the same output shapes. The sets
+are a least-recently-used cache of BUFFER_SETS entries (runtime/lru.py); `clear_caches()` drops them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from ..choices import TORCH_PRECISIONS
 from ..engines import openvino, trt
 from ..engines.bundle import BundleError
 from ..engines.graph_io import check_graph_io
@@ -35,8 +37,7 @@ from ..errors import BackendUnavailable, ConfigError
 from ..families import Family, ModelSpec, family_of
 from ..models.vqvae import Decoder
 from ..sampling.loop import CachedBase
-
-BACKENDS = ("auto", "torch", "ort", "trt", "openvino")
+from .lru import LRU
 
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bool: np.bool_,
        torch.int32: np.int32}
@@ -67,6 +68,8 @@ class Backend(Protocol):
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
+    def clear_caches(self) -> None: ...
+
 
 class TorchBackend:
     """The reference backend: the torch modules themselves.
@@ -80,8 +83,8 @@ class TorchBackend:
 
     def __init__(self, base: torch.nn.Module, decoder: Decoder, shortcut: torch.nn.Module | None = None,
                  device="cpu", precision: str = "bf16"):
-        if precision not in ("fp32", "bf16"):
-            raise ConfigError(f"the torch backend runs fp32 or bf16, not {precision!r}")
+        if precision not in TORCH_PRECISIONS:
+            raise ConfigError(f"the torch backend runs {' or '.join(TORCH_PRECISIONS)}, not {precision!r}")
         self.family: Family = family_of(base)
         self.device = torch.device(device)
         self.precision = precision
@@ -118,20 +121,36 @@ class TorchBackend:
         g = self.base_model.cfg.grid
         return self.decoder(tokens.view(-1, g, g)).float()
 
+    def clear_caches(self) -> None:
+        """Nothing to drop: every call returns fresh tensors (a GPU's CUDA graphs are the pipeline's)."""
+
+
+# Output buffer sets a graph backend keeps. A generation at one batch size uses three (base,
+# shortcut, decoder: their outputs' shapes do not change from step to step), so twelve hold four
+# batch sizes: migm-serve's padded 1, 2, 4 and 8 (its default --max-batch), or a job's full and
+# last chunks with and without guidance. Further shapes evict the least recently used set (made
+# again, cheaply, if it comes back) instead of holding memory for every shape ever seen.
+BUFFER_SETS = 12
+
 
 class _Buffers:
-    """Output tensors per (component, input shapes), two sets alternating (see module doc)."""
+    """Output tensors per (component, output shapes), two sets alternating (see module doc); the
+    least recently used set is dropped beyond `size`."""
 
-    def __init__(self, device):
+    def __init__(self, device, size: int = BUFFER_SETS):
         self.device = device
-        self._sets: dict[tuple, list] = {}
+        self._sets: LRU[list] = LRU(size)
 
     def get(self, key, make: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
-        entry = self._sets.get(key)
-        if entry is None:
-            entry = self._sets[key] = [make(), make(), 0]
+        entry = self._sets.get_or_make(key, lambda: [make(), make(), 0])
         entry[2] ^= 1
         return entry[entry[2]]
+
+    def clear(self) -> None:
+        self._sets.clear()
+
+    def __len__(self) -> int:
+        return len(self._sets)
 
 
 class _GraphBackend:
@@ -144,6 +163,10 @@ class _GraphBackend:
         self.cached = None
         self.head = _head_from_bundle(bundle, doc, family, spec, self.device)
         self.has_shortcut = "shortcut" in names
+
+    def clear_caches(self) -> None:
+        """Drop the output buffers (made again on the next call); results already returned stay valid."""
+        self.buffers.clear()
 
     def _feeds(self, name: str, *values: torch.Tensor) -> dict[str, torch.Tensor]:
         """Inputs by the graph's order; a trailing condition the graph does not take is dropped."""
@@ -160,6 +183,13 @@ class _GraphBackend:
         g = self.spec.grid
         # decoded images are handed to the caller: a fresh tensor, not a reused buffer
         return self._run("decoder", {"tokens": tokens.view(-1, g, g)})[0].float().clone()
+
+
+def _output_shapes(entry: Artifact, dims: dict[str, int]) -> tuple[tuple[int, ...], ...]:
+    """A component's output shapes, its dynamic axes (batch, ...) read from the inputs' `dims`: the
+    buffers' key, since the outputs depend on no other input size (the shortcut's new-token count
+    changes every step and changes no output)."""
+    return tuple(tuple(dims[d] if isinstance(d, str) else d for d in spec.shape) for spec in entry.outputs)
 
 
 def _head_from_bundle(bundle: Path, doc: Manifest, family: Family, spec: ModelSpec, device):
@@ -210,10 +240,10 @@ class OrtBackend(_GraphBackend):
             for axis, dim in zip(t.shape, spec.shape):
                 if isinstance(dim, str):
                     shapes[dim] = axis
-        key = (name,) + tuple(tuple(t.shape) for t in feeds.values())
-        outs = self.buffers.get(key, lambda: [
-            torch.empty([shapes[d] if isinstance(d, str) else d for d in spec.shape], dtype=_TORCH[spec.dtype],
-                        device=self.device) for spec in entry.outputs])
+        sizes = _output_shapes(entry, shapes)
+        outs = self.buffers.get((name, sizes), lambda: [
+            torch.empty(size, dtype=_TORCH[spec.dtype], device=self.device)
+            for size, spec in zip(sizes, entry.outputs)])
         for spec, t in zip(entry.outputs, outs):
             binding.bind_output(spec.name, dev, self.device.index or 0, _NP[t.dtype], tuple(t.shape), t.data_ptr())
         if dev == "cuda":  # ORT runs on its own stream: torch's writes to the inputs must be done first
@@ -271,10 +301,9 @@ class OpenVinoBackend(_GraphBackend):
             for axis, dim in zip(t.shape, spec.shape):
                 if isinstance(dim, str):
                     shapes[dim] = axis
-        key = (name,) + tuple(tuple(t.shape) for t in feeds.values())
-        outs = self.buffers.get(key, lambda: [
-            torch.empty([shapes[d] if isinstance(d, str) else d for d in spec.shape], dtype=_TORCH[spec.dtype])
-            for spec in entry.outputs])
+        sizes = _output_shapes(entry, shapes)
+        outs = self.buffers.get((name, sizes), lambda: [
+            torch.empty(size, dtype=_TORCH[spec.dtype]) for size, spec in zip(sizes, entry.outputs)])
         for i, t in enumerate(outs):
             req.set_output_tensor(i, tensor(t.numpy(), shared_memory=True))
         req.start_async()  # start + wait: `infer()` would also build a dict of the results
@@ -327,10 +356,11 @@ class TrtBackend(_GraphBackend):
                 raise ConfigError(f"the {name} engine does not accept {spec.name} of shape {list(t.shape)} "
                                   "(outside its optimization profile): rebuild with a larger --max-batch")
             ctx.set_tensor_address(spec.name, t.data_ptr())
-        key = (name,) + tuple(tuple(t.shape) for t in feeds.values())
-        outs = self.buffers.get(key, lambda: [
-            torch.empty(tuple(ctx.get_tensor_shape(o.name)), dtype=_TORCH[o.dtype], device=self.device)
-            for o in entry.outputs])
+        # the engine's output shapes for these input shapes (set above): what the buffers are keyed by
+        sizes = tuple(tuple(ctx.get_tensor_shape(o.name)) for o in entry.outputs)
+        outs = self.buffers.get((name, sizes), lambda: [
+            torch.empty(size, dtype=_TORCH[o.dtype], device=self.device)
+            for size, o in zip(sizes, entry.outputs)])
         for spec, t in zip(entry.outputs, outs):
             ctx.set_tensor_address(spec.name, t.data_ptr())
         if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):

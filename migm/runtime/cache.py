@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from .. import assets
+from ..choices import CPU_BACKENDS
 from ..engines.manifest import VERSION
 from ..engines.targets import default_backend, default_precision
 from ..fileio import cache_dir, recover_dir
@@ -24,7 +25,7 @@ def default_bundle(backend: str = "auto") -> Path:
     """Path of the default bundle (tiny-animals) for `backend` (ort or openvino; anything else: the
     fastest target here), building it if missing: OpenVINO bf16 on a CPU with OpenVINO installed, else
     ONNX Runtime fp32 (a GPU runs its checkpoints on torch with CUDA graphs)."""
-    if backend not in ("ort", "openvino"):
+    if backend not in CPU_BACKENDS:
         backend = "openvino" if default_backend() == "openvino" else "ort"
     precision = default_precision(backend) if backend == "openvino" else DEFAULT_PRECISION
     digest = checkpoint_digest(assets.BASE)[:8] + checkpoint_digest(assets.SHORTCUT)[:8]

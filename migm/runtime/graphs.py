@@ -5,7 +5,8 @@ step reveals, every tensor shape), so the whole loop, sampling kernel included, 
 static sequence of kernels. It is captured once per key (batch, N, B, strategy, sampling
 settings) into a CUDA graph and replayed: no kernel launches from Python and no host
 synchronisation inside the loop. The loop's buffers (features, tokens, masks, logits) are
-the graph's private memory pool, allocated at capture and reused by every replay.
+the graph's private memory pool, allocated at capture and reused by every replay. The graphs
+are a least-recently-used cache of GRAPHS entries (runtime/lru.py); `clear()` drops them.
 
 Randomness comes from one CUDA generator registered with every graph: seeding it and
 replaying consumes the same Philox stream, in the same order, as the eager loop does, so
@@ -16,20 +17,28 @@ at every replay), each seeded with its row's seed before the replay.
 
 from __future__ import annotations
 
-from typing import Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
-# (labels, generator or one generator per row) -> tokens
-LoopFn = Callable[[torch.Tensor, "torch.Generator | list[torch.Generator]"], torch.Tensor]
+from .lru import LRU
+
+# (labels, generator or one generator per row) -> (tokens, what the run reports: kept from the capture)
+LoopFn = Callable[[torch.Tensor, "torch.Generator | list[torch.Generator]"], "tuple[torch.Tensor, Any]"]
+
+# Graphs kept. Each holds a private memory pool with a whole loop's buffers (features and logits
+# of every row: gigabytes for an 8B model), so few: four cover migm-serve's padded batch sizes
+# 1, 2, 4 and 8 at one setting, or a job's full and last chunks. Another key evicts the least
+# recently used graph, which is captured again (one eager loop and a capture) if it comes back.
+GRAPHS = 4
 
 
 class GraphedLoop:
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, size: int = GRAPHS):
         self.device = device
         self.generator = torch.Generator(device=device)
         self.row_generators: list[torch.Generator] = []
-        self._graphs: dict[Hashable, tuple] = {}
+        self._graphs: LRU[tuple] = LRU(size)
 
     def seed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
@@ -44,16 +53,16 @@ class GraphedLoop:
         return gens
 
     def __call__(self, key: Hashable, labels: torch.Tensor, loop: LoopFn,
-                 row_generators: list[torch.Generator] | None = None) -> torch.Tensor:
-        """Tokens for `labels` from the graph for `key`, captured from `loop` on first use.
-        `row_generators` (from `seed_rows`): per-row randomness; the key must say so."""
-        entry = self._graphs.get(key)
-        if entry is None:
-            entry = self._graphs[key] = self._capture(labels, loop, row_generators or self.generator)
-        graph, static_labels, out = entry
+                 row_generators: list[torch.Generator] | None = None) -> tuple[torch.Tensor, Any]:
+        """(tokens for `labels`, what `loop` reported at the capture) from the graph for `key`, captured
+        from `loop` on first use. The key holds everything the graph depends on (the labels' shape,
+        the sampler settings, ...); `row_generators` (from `seed_rows`): per-row randomness, which the
+        key must say too."""
+        entry = self._graphs.get_or_make(key, lambda: self._capture(labels, loop, row_generators or self.generator))
+        graph, static_labels, out, info = entry
         static_labels.copy_(labels)
         graph.replay()
-        return out.clone()
+        return out.clone(), info
 
     def _capture(self, labels: torch.Tensor, loop: LoopFn, generator):
         gens = generator if isinstance(generator, list) else [generator]
@@ -69,11 +78,15 @@ class GraphedLoop:
         for g in gens:
             graph.register_generator_state(g)
         with torch.cuda.graph(graph):
-            out = loop(static_labels, generator)
+            out, info = loop(static_labels, generator)
         # capture and warm-up consumed no numbers the caller sees: rewind to where we were
         for g, state in zip(gens, states):
             g.set_state(state)
-        return graph, static_labels, out
+        return graph, static_labels, out, info
 
     def clear(self) -> None:
+        """Drop every graph and its memory pool (replays hand out copies, so none is still referred to)."""
         self._graphs.clear()
+
+    def __len__(self) -> int:
+        return len(self._graphs)

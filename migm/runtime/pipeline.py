@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .. import assets
+from ..choices import BUNDLE_BACKENDS, CPU_BACKENDS, FP32_BUNDLE_PRECISIONS, RUNTIME_BACKENDS
 from ..engines.bundle import BundleError, verify_bundle
 from ..engines.manifest import Manifest
 from ..engines.refit import engines_problem
@@ -36,7 +37,7 @@ from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shor
 from ..models.text import load_tokenizer, tokenizer_path
 from ..sampling.config import SamplerConfig
 from ..sampling.loop import HybridStats, ProbeFn, check_strategy, generate_tokens
-from .backends import BACKENDS, Backend, OpenVinoBackend, OrtBackend, TorchBackend, TrtBackend
+from .backends import Backend, OpenVinoBackend, OrtBackend, TorchBackend, TrtBackend
 from .graphs import GraphedLoop
 from .images import to_pil
 
@@ -64,7 +65,6 @@ class Pipeline:
     def __post_init__(self):
         self._lock = threading.RLock()  # re-entrant: decode() inside an iter_tokens() loop
         self._graphs = GraphedLoop(self.device) if self.backend.caps.whole_loop_graphs else None
-        self._graph_stats: dict = {}
         # the unconditional input: one tensor for the pipeline's life, since captured graphs keep its address
         self._uncond = self.family.uncond(self.spec, self.device)
 
@@ -215,26 +215,28 @@ class Pipeline:
         Every file is hashed at the first open; later opens re-hash only files whose stat changed
         (engines/stamps.py); `verify` hashes them all.
         """
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        if backend not in RUNTIME_BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(RUNTIME_BACKENDS)}")
         path = Path(path)
         doc = verify_bundle(path, full=verify)
         fam, spec = doc.fam, doc.model_spec
         gpu = torch.cuda.is_available()
         built = doc.backend
         if backend == "auto":
-            # on a CPU: ORT runs fp32 graphs faster than torch does, but ORT's FP16/INT8 CPU kernels
-            # are slow (benchmarks/precision.py) where torch's bf16 uses the CPU's AMX/AVX512-BF16
-            half = doc.precision in ("fp16", "best")
-            backend = built if built in ("trt", "openvino") else ("torch" if gpu or half else "ort")
+            # a trt or openvino bundle runs on its own backend. An ort bundle on a CPU: ORT runs fp32 graphs
+            # faster than torch does, but ORT's FP16/INT8 CPU kernels are slow (benchmarks/precision.py)
+            # where torch's bf16 uses the CPU's AMX/AVX512-BF16: ORT for the bundles whose checkpoints
+            # torch would run in fp32, torch (bf16) for the others
+            half = doc.precision not in FP32_BUNDLE_PRECISIONS
+            backend = built if built != "ort" else ("torch" if gpu or half else "ort")
         if backend == "trt" and built != "trt":
             raise BundleError(f"bundle {path} holds ONNX files, not TensorRT engines: use --backend ort or torch, "
                               "or rebuild with `migm-export build --backend trt`")
-        if backend in ("ort", "openvino") and built != backend:
+        if backend in BUNDLE_BACKENDS and built != backend:
             held = {"trt": "TensorRT engines", "ort": "ONNX files for ONNX Runtime", "openvino": "OpenVINO IR"}[built]
             raise BundleError(f"bundle {path} holds {held}: use --backend {built} (or torch), "
                               f"or rebuild with `migm-export build --backend {backend}`")
-        device = device or ("cuda" if gpu and backend not in ("ort", "openvino") else "cpu")
+        device = device or ("cuda" if gpu and backend not in CPU_BACKENDS else "cpu")
         if backend == "trt":
             problem = engines_problem(path, doc, torch.device(device))
             if problem is not None:
@@ -242,7 +244,7 @@ class Pipeline:
                                   f"`migm-export rebuild {path}` (migm-run does it first)")
         if backend == "torch":
             models = _bundle_checkpoints(path, doc)
-            precision = "fp32" if doc.precision in ("fp32", "int8") else "bf16"
+            precision = "fp32" if doc.precision in FP32_BUNDLE_PRECISIONS else "bf16"
             impl = TorchBackend(models["base"], models["vq"].decoder, models.get("shortcut"), device=device,
                                 precision=precision)
         elif backend == "ort":
@@ -391,11 +393,13 @@ class Pipeline:
                     gens = self._graphs.seed_rows(seeds) if graphed else \
                         [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
                 if graphed:
+                    # what the captured loop depends on: the batch's shape, the sampler, strategy and
+                    # budget, and whether each row draws from its own generator
                     key = (tuple(chunk.shape), cfg, loop["strategy"], loop["budget"], gens is not None)
-                    tokens = self._graphs(key, chunk, lambda c, gen, key=key: self._graph_loop(c, gen, cfg, loop, key),
-                                          row_generators=gens)
+                    tokens, graph_stats = self._graphs(key, chunk, lambda c, gen: self._graph_loop(c, gen, cfg, loop),
+                                                       row_generators=gens)
                     if stats is not None:
-                        stats.add(self._graph_stats[key])
+                        stats.add(graph_stats)
                 else:
                     step_cb = (lambda i, n: progress(done + i * len(chunk), total)) if progress else None
                     tokens = generate_tokens(self.backend, chunk, self._uncond, cfg, generator=gens or g, stats=stats,
@@ -405,11 +409,11 @@ class Pipeline:
                     progress(done, total)
                 yield tokens.cpu()
 
-    def _graph_loop(self, cond, generator, cfg, loop, key):
+    def _graph_loop(self, cond, generator, cfg, loop):
+        """The loop a graph captures, and its statistics (the same at every replay: the plan fixes them)."""
         stats = HybridStats()
         tokens = generate_tokens(self.backend, cond, self._uncond, cfg, generator=generator, stats=stats, **loop)
-        self._graph_stats[key] = stats
-        return tokens
+        return tokens, stats
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -422,6 +426,15 @@ class Pipeline:
     def generate(self, classes: Sequence[int | str] | None = None, **kwargs) -> torch.Tensor:
         """Images [n, C, H, W] in [0, 1] for the given classes (or `prompts=`); see `generate_tokens`."""
         return self.decode(self.generate_tokens(classes, **kwargs))
+
+    def clear_caches(self) -> None:
+        """Drop what the pipeline keeps per shape to run faster: the CUDA graphs and the backend's
+        output buffers (both bounded least-recently-used caches, runtime/lru.py), e.g. after a burst
+        of unusual batch sizes. The next call makes them again; results already returned stay valid."""
+        with self._lock:
+            if self._graphs is not None:
+                self._graphs.clear()
+            self.backend.clear_caches()
 
 
 def _bundle_checkpoints(path: Path, doc: Manifest) -> dict:
