@@ -31,7 +31,7 @@ from ..choices import TORCH_PRECISIONS
 from ..engines import openvino, trt
 from ..engines.bundle import BundleError
 from ..engines.graph_io import check_graph_io
-from ..engines.manifest import Manifest
+from ..engines.manifest import Artifact, Manifest
 from ..engines.ort import ort_session
 from ..errors import BackendUnavailable, ConfigError
 from ..families import Family, ModelSpec, family_of
