@@ -31,6 +31,7 @@ from ..runtime import defaults
 from ..runtime.images import labelled_grid, to_pil
 from ..runtime.pipeline import Pipeline
 from ..sampling.loop import HybridStats
+from ..sampling.strategies import get_strategy
 from . import results
 
 STRATEGIES = ("shortcut", "reuse", "extrapolate", "fewer", "vanilla")
@@ -121,14 +122,12 @@ def _checked(pipe: Pipeline, steps, budget, strategy: str, guidance, seed) -> di
         raise ConfigError(f"B={budget} is more than N={steps}: the base model runs on B of the N steps")
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-    if strategy == "shortcut" and not pipe.has_shortcut:
-        raise ConfigError("this model has no shortcut: choose a training-free strategy (reuse, extrapolate, fewer)")
     seed = _int("seed", seed, 0, 2**31 - 1)
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)):
         raise ConfigError(f"guidance must be a number, got {guidance!r}")
-    cfg, _, _ = pipe.resolve(steps=steps, guidance=float(guidance), strategy=strategy,
-                             budget=None if strategy == "vanilla" else budget)
-    return {"sampler": cfg, "budget": None if strategy == "vanilla" else budget, "strategy": strategy, "seed": seed}
+    budget = budget if get_strategy(strategy).hybrid else None  # vanilla ignores B
+    cfg, _, _ = pipe.resolve(steps=steps, guidance=float(guidance), strategy=strategy, budget=budget)
+    return {"sampler": cfg, "budget": budget, "strategy": strategy, "seed": seed}
 
 
 def _sample(pipe: Pipeline, cond: torch.Tensor, run: dict, progress: Progress | None, share: tuple[float, float],

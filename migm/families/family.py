@@ -9,7 +9,8 @@ A family says
   - its shortcut variant (config and model classes, how to call it);
   - its exportable modules (the shortcut with the base head folded in) and example inputs;
   - how to read the base head from a checkpoint without loading all of it;
-  - its default sampler, and which strategies and precisions it supports.
+  - its default sampler, what its models offer the strategies (`provides`: a cached forward for
+    mlcache, say; sampling/strategies.py), and which precisions it supports.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..models.checkpoint import config_from_dict
 from ..sampling.config import SamplerConfig
+from ..sampling.strategies import HEAD, SHORTCUT_MODEL
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,9 @@ class Family:
     shortcut_cls: type
     condition: str  # the base graph's condition input: "labels" or "prompt"
     text: bool  # conditioned on text prompts (True) or class labels (False)
-    strategies: tuple[str, ...]
+    # what of the strategies' needs (sampling/strategies.py) its models can have on some backend: a
+    # family whose `cached_forward` gives one adds CACHED_FORWARD (mlcache)
+    provides: frozenset[str] = frozenset({HEAD.name, SHORTCUT_MODEL.name})
     precisions: tuple[str, ...]
     sampler: SamplerConfig  # default sampling
 
@@ -163,6 +167,3 @@ class Family:
     def cached_forward(self, base: nn.Module, autocast: bool):
         """The base model's cached/partial forward for mlcache, or None where the family has none."""
         return None
-
-    def supports(self, strategy: str) -> bool:
-        return strategy in self.strategies

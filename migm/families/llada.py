@@ -34,7 +34,6 @@ class LLaDAFamily(Family):
     shortcut_config_cls, shortcut_cls = LLaDAShortcutConfig, LLaDAShortcut
     condition = "prompt"
     text = True
-    strategies = ("vanilla", "fewer", "reuse", "extrapolate", "shortcut")  # no cached forward: no mlcache
     precisions = ("fp32", "fp16", "int8", "bf16", "best")
     sampler = SamplerConfig(steps=64, schedule="dimoo", sampler="dimoo", tau=1.0)
 

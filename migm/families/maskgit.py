@@ -13,7 +13,7 @@ from ..fileio import clip
 from ..models.maskgit import MaskGIT, MaskGITConfig
 from ..models.shortcut import Shortcut, ShortcutConfig
 from ..sampling.config import SamplerConfig
-from ..sampling.loop import STRATEGIES
+from ..sampling.strategies import NEEDS
 from .family import Family, ModelSpec
 
 
@@ -59,7 +59,7 @@ class MaskGITFamily(Family):
     shortcut_config_cls, shortcut_cls = ShortcutConfig, Shortcut
     condition = "labels"
     text = False
-    strategies = STRATEGIES
+    provides = frozenset(n.name for n in NEEDS)  # its cached forward too (mlcache, on the torch backend)
     precisions = ("fp32", "fp16", "int8", "bf16", "best")
     sampler = SamplerConfig(steps=16, schedule="arccos", sampler="halton", tau=4.5)
 

@@ -34,7 +34,8 @@ from ..models import require_device
 from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shortcut
 from ..models.text import load_tokenizer, tokenizer_path
 from ..sampling.config import SamplerConfig
-from ..sampling.loop import HybridStats, ProbeFn, check_strategy, generate_tokens
+from ..sampling.loop import HybridStats, ProbeFn, generate_tokens
+from ..sampling.strategies import Strategy, check_strategy, get_strategy
 from .backends import BACKENDS, Backend, OpenVinoBackend, OrtBackend, TorchBackend, TrtBackend
 from .graphs import GraphedLoop
 from .images import to_pil
@@ -278,10 +279,14 @@ class Pipeline:
             return strategy
         if budget is None or budget >= steps:
             return "vanilla"
-        if not self.has_shortcut:
-            raise ConfigError(f"budget B={budget} < N={steps} needs a shortcut model, and none is loaded; "
-                              "give a training-free strategy (reuse, extrapolate, ...) instead")
+        self.check_strategy("shortcut", why=f", and B={budget} < N={steps} runs the shortcut by default")
         return "shortcut"
+
+    def check_strategy(self, name: str, why: str = "") -> Strategy:
+        """The strategy `name` if this pipeline's backend has what it needs; else a ConfigError saying
+        what is missing and what to do (sampling/strategies.py `check_strategy`)."""
+        where = f"this pipeline runs {self.family.name} on the {self.backend.name} backend{why}"
+        return check_strategy(name, self.backend.provides, where)
 
     def conditions(self, classes: Sequence[int | str] | None = None,
                    prompts: torch.Tensor | Sequence[str] | str | None = None) -> torch.Tensor:
@@ -306,12 +311,7 @@ class Pipeline:
         if budget is not None and not 1 <= budget <= cfg.steps:
             raise ConfigError(f"budget B={budget} must be between 1 and the number of steps N={cfg.steps}")
         strategy = self.resolve_strategy(strategy, cfg.steps, budget)
-        if strategy == "shortcut" and not self.has_shortcut:
-            raise ConfigError("the shortcut strategy needs a shortcut model (none loaded)")
-        if strategy == "mlcache" and not self.backend.caps.mlcache:
-            raise ConfigError(f"the mlcache strategy needs the torch backend and a maskgit model (this pipeline "
-                              f"runs {self.family.name} on {self.backend.name})")
-        check_strategy(strategy, cfg.steps, budget, self.backend)
+        self.check_strategy(strategy)
         return cfg, strategy, budget
 
     def example_conditions(self, n: int, seed: int = 0) -> torch.Tensor:
@@ -371,8 +371,9 @@ class Pipeline:
     @torch.no_grad()
     def _batches(self, conds, cfg, loop, seed, row_seeds, batch_size, stats, probe,
                  progress) -> Iterator[torch.Tensor]:
-        # one graph replays a whole chunk: no per-step callbacks, probes or mlcache (it syncs)
-        graphed = self._graphs is not None and self.use_graphs and probe is None and loop["strategy"] != "mlcache"
+        strategy = get_strategy(loop["strategy"])
+        # one graph replays a whole chunk: no per-step callbacks, probes or host syncs (mlcache)
+        graphed = self._graphs is not None and self.use_graphs and probe is None and strategy.graphable
         # the lock is held for the whole run (the random stream flows from batch to batch); a caller
         # that stops iterating releases it when the generator is closed
         with self._lock:
@@ -382,7 +383,7 @@ class Pipeline:
             elif row_seeds is None:
                 g = torch.Generator(device=self.device).manual_seed(int(seed))
             # progress counts the steps the loop runs (`fewer` runs B of them)
-            steps = loop["budget"] if loop["strategy"] == "fewer" and loop["budget"] else cfg.steps
+            steps, _ = strategy.steps_and_budget(cfg.steps, loop["budget"])
             done, total = 0, len(conds) * steps
             for start in range(0, len(conds), batch_size):
                 chunk = conds[start:start + batch_size].to(self.device)

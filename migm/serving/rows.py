@@ -24,6 +24,7 @@ from ..fileio import clip
 from ..runtime.pipeline import Pipeline
 from ..sampling.config import SamplerConfig
 from ..sampling.loop import HybridStats
+from ..sampling.strategies import get_strategy
 
 MAX_SEED = 2**63 - 1  # seeds travel as int64
 MAX_ERROR = 400  # a row error quotes at most ~200 characters of the request (a 1 MiB class echoed whole)
@@ -95,7 +96,7 @@ def read_row(pipe: Pipeline, condition: str | bytes, seed: int, *, steps: int | 
         row.error = clip(" ".join(str(e).split()), MAX_ERROR)
         return row
     # vanilla ignores B: rows asking for it with and without a budget are one group
-    row.settings = Settings(cfg, strategy, None if strategy == "vanilla" else budget)
+    row.settings = Settings(cfg, strategy, budget if get_strategy(strategy).hybrid else None)
     return row
 
 
