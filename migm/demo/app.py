@@ -87,12 +87,7 @@ def default_inputs(pipe: Pipeline, run: defaults.DefaultRun | None) -> dict:
     """What the page's fields start at for a model: its default run, a class or prompt it knows."""
     steps = run.steps if run else pipe.defaults.steps
     budget = run.budget if run else max(1, steps // 4)
-    if pipe.family.text:
-        cond = "a small cat on the left"
-        hint = "a prompt, e.g. a small cat on the left / a large zebra at the top"
-    else:
-        names = list(pipe.class_names) or [str(i) for i in range(pipe.num_classes)]
-        cond, hint = names[min(2, len(names) - 1)], "a class: " + ", ".join(names)
+    cond, hint = pipe.family.input_help(pipe.spec, pipe.class_names)
     return {"cond": cond, "hint": hint, "steps": min(steps, MAX_STEPS), "budget": min(budget, steps),
             "strategy": run.strategy if run else ("shortcut" if pipe.has_shortcut else "reuse"),
             "guidance": pipe.defaults.guidance}
@@ -110,9 +105,7 @@ def _conditions(pipe: Pipeline, given: list[str]) -> torch.Tensor:
     for text in given:
         if len(text) > MAX_TEXT:
             raise ConfigError(f"a class or prompt is at most {MAX_TEXT} characters")
-    if pipe.family.text:
-        return pipe.conditions(prompts=given)
-    return pipe.conditions(classes=[int(c) if c.isdigit() else c for c in given])
+    return pipe.encode_conditions(given)  # class names or indices, or prompts
 
 
 def _checked(pipe: Pipeline, steps, budget, strategy: str, guidance, seed) -> dict:
@@ -185,18 +178,12 @@ def compare(models: Models, model: str, cond: str, seed, steps, budget, strategy
         agreement=agreement, speedup=t_v / t_f)
 
 
-def split_conditions(pipe: Pipeline, text: str) -> list[str]:
-    """Prompts one a line; classes by commas or lines."""
-    parts = (text or "").splitlines() if pipe.family.text else (text or "").replace("\n", ",").split(",")
-    return [p.strip() for p in parts if p.strip()]
-
-
 def batch(models: Models, model: str, conds: str, per, seed, steps, budget, strategy: str, guidance,
           progress: Progress | None = None) -> tuple[Image.Image, str]:
     """A labelled grid: `per` images (seeds seed, seed+1, ...) of each class or prompt, with `strategy`."""
     pipe, _ = models.get(model)
     run = _checked(pipe, steps, budget, strategy, guidance, seed)
-    given = split_conditions(pipe, conds)
+    given = pipe.family.split_conditions(conds)  # prompts one a line; classes by commas or lines
     per = _int("images per class or prompt", per, 1, MAX_BATCH)
     if not given:
         raise ConfigError("give classes (comma-separated) or prompts (one a line)")

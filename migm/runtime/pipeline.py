@@ -88,7 +88,7 @@ class Pipeline:
             shortcut = d / "shortcut"
         sc = load_shortcut(shortcut, base_path, base_model) if shortcut is not None else None
         pipe = cls.from_models(base_model, vq_model, sc, device=device, precision=precision)
-        if pipe.family.text and tokenizer_path(base_path).is_dir():
+        if pipe.family.needs_tokenizer and tokenizer_path(base_path).is_dir():
             pipe.tokenizer = load_tokenizer(tokenizer_path(base_path))
         return pipe
 
@@ -160,11 +160,11 @@ class Pipeline:
         if callback_on_step_end_tensor_inputs:
             raise ConfigError(f"callback_on_step_end_tensor_inputs: migm exposes no loop tensors to callbacks "
                               f"(asked for {', '.join(callback_on_step_end_tensor_inputs)})")
-        given = prompt if self.family.text else class_labels
+        given = {"prompt": prompt, "class_labels": class_labels}[self.family.call_keyword]
         if isinstance(given, (str, int)):
             given = [given]
         if given is None:
-            raise ConfigError(f"give {'prompt' if self.family.text else 'class_labels'} for this model")
+            raise ConfigError(f"give {self.family.call_keyword} for this model")
         given = [g for g in given for _ in range(num_images_per_prompt)]
         seed = _seeds(generator, seed, len(given))
         guidance = None if guidance_scale is None else max(0.0, float(guidance_scale) - 1.0)
@@ -179,7 +179,7 @@ class Pipeline:
                 calls[0] += 1
 
         stats = HybridStats()
-        kw = {"prompts": given} if self.family.text else {"classes": given}
+        kw = {self.family.conditions_keyword: given}
         with self._lock:
             graphs = self.use_graphs
             self.use_graphs = graphs and callback_on_step_end is None  # a whole-loop graph has no steps to call back
@@ -292,12 +292,18 @@ class Pipeline:
                    prompts: torch.Tensor | Sequence[str] | str | None = None) -> torch.Tensor:
         """The conditioning the base model takes: class ids [n] for a class-conditional model, prompt
         token ids [n, max_text] for a text-to-image one (text goes through the model's tokenizer)."""
-        wanted, other = ("prompts", "classes") if self.family.text else ("classes", "prompts")
         given = {"classes": classes, "prompts": prompts}
-        if given[other] is not None:
-            kind = "text-to-image" if self.family.text else "class-conditional"
-            raise ConfigError(f"this is a {kind} model: give {wanted}, not {other}")
-        return self.family.encode(self.spec, given[wanted], class_names=self.class_names, tokenizer=self.tokenizer)
+        wanted = given.pop(self.family.conditions_keyword)
+        for other, value in given.items():
+            if value is not None:
+                raise ConfigError(f"this is a {self.family.task} model: give {self.family.conditions_keyword}, "
+                                  f"not {other}")
+        return self.encode_conditions(wanted)
+
+    def encode_conditions(self, given: torch.Tensor | Sequence) -> torch.Tensor:
+        """`conditions` for conditions of the model's own kind (`family.condition_kind`: class names or
+        indices, or prompts as text or ids)."""
+        return self.family.encode(self.spec, given, class_names=self.class_names, tokenizer=self.tokenizer)
 
     def sampler(self, sampler: SamplerConfig | None = None, **overrides) -> SamplerConfig:
         """The model's sampler defaults (or `sampler`) with `overrides` (None = keep), validated."""

@@ -63,11 +63,6 @@ class Result:
     stats: dict = field(default_factory=dict)
 
 
-def condition_kind(pipe: Pipeline) -> str:
-    """What a row's condition is for this model: "prompt" (text-to-image) or "class"."""
-    return "prompt" if pipe.family.text else "class"
-
-
 def read_row(pipe: Pipeline, condition: str | bytes, seed: int, *, steps: int | None = None,
              budget: int | None = None, strategy: str | None = None, guidance: float | None = None) -> Row:
     """A checked row; never raises for bad input, the row carries the error instead.
@@ -79,18 +74,17 @@ def read_row(pipe: Pipeline, condition: str | bytes, seed: int, *, steps: int | 
     try:
         row.condition = condition.decode("utf-8") if isinstance(condition, bytes) else str(condition)
     except UnicodeDecodeError:
-        row.error = f"the {condition_kind(pipe)} is not UTF-8 text"
+        row.error = f"the {pipe.family.condition_kind} is not UTF-8 text"
         return row
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         row.error = f"seed must be an integer between 0 and {MAX_SEED}, got {seed!r}"
         return row
     row.seed = seed
     if not row.condition.strip():
-        row.error = f"empty {condition_kind(pipe)}"
+        row.error = f"empty {pipe.family.condition_kind}"
         return row
     try:
-        given = {"prompts": [row.condition]} if pipe.family.text else {"classes": [row.condition]}
-        row.cond = pipe.conditions(**given)
+        row.cond = pipe.encode_conditions([row.condition])
         cfg, strategy, budget = pipe.resolve(steps=steps, guidance=guidance, strategy=strategy, budget=budget)
     except MigmError as e:
         row.error = clip(" ".join(str(e).split()), MAX_ERROR)
