@@ -1,11 +1,17 @@
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
-from migm.families.maskgit import CachedMaskGIT
+from migm.families.llada import LLADA
+from migm.families.maskgit import MASKGIT, CachedMaskGIT
 from migm.models.maskgit import MaskGIT, MaskGITConfig
 from migm.models.shortcut import Shortcut, ShortcutConfig
 from migm.sampling.config import SamplerConfig
 from migm.sampling.loop import Fns, HybridStats, generate_tokens
+from migm.sampling.predictors import PREDICTORS
+from migm.sampling.strategies import ALL, EXTRAPOLATE, MLCACHE, REUSE, STRATEGIES, check_strategy, get_strategy
 
 CFG = MaskGITConfig(codebook_size=16, num_classes=3, grid=4, width=32, depth=1, heads=2, mlp=64)
 UNCOND = torch.tensor([CFG.no_class_id])
@@ -117,3 +123,46 @@ def test_strategies_draw_the_same_noise_as_vanilla(strategy):
                         num_tokens=16, mask_id=CFG.mask_id, budget=budget, strategy=strat, generator=g)
         states.append(g.get_state())
     assert torch.equal(states[0], states[1])
+
+
+def test_every_strategy_has_its_tensor_code():
+    assert set(PREDICTORS) == set(ALL)
+    assert STRATEGIES == tuple(s.name for s in ALL)
+
+
+def test_the_loop_and_the_pipeline_ask_the_strategy_objects():
+    """No branch on a strategy's name where the loop runs or is set up: sampling/strategies.py answers."""
+    root = Path(__file__).resolve().parent.parent / "migm"
+    pattern = re.compile(r"""strategy["'\]]*\s*(==|!=|not in|in)\s*[("']""")
+    hits = [f"{p}:{i}" for p in ("sampling/loop.py", "sampling/predictors.py", "runtime/pipeline.py")
+            for i, line in enumerate((root / p).read_text().splitlines(), 1) if pattern.search(line)]
+    assert not hits, hits
+
+
+def test_extrapolate_reuses_until_its_second_full_step():
+    """Before the second full step there is no slope: extrapolate's named fallback, reuse, runs."""
+    base, sc = _setup()
+    assert EXTRAPOLATE.fallback is REUSE
+    seen = {}
+    for name in ("reuse", "extrapolate"):
+        feats = seen[name] = {}
+        _hybrid(base, sc, name, 8, 4, probe=lambda i, f, seq, c, feats=feats: feats.__setitem__(i, f.clone()))
+    # full steps 0, 2, 4, 6: step 1 has one full step behind it, step 3 two
+    assert torch.equal(seen["extrapolate"][1], seen["reuse"][1])
+    assert not torch.equal(seen["extrapolate"][3], seen["reuse"][3])
+
+
+def test_one_answer_to_can_this_strategy_run_here():
+    with pytest.raises(ValueError, match="the reuse strategy needs the base model's head .*choose one these models "
+                                         r"run \(vanilla, fewer\)"):
+        check_strategy("reuse", Fns(None).provides)
+    assert check_strategy("mlcache", {"head", "cached"}) is MLCACHE
+    assert get_strategy("fewer").steps_and_budget(8, 3) == (3, 3)
+    assert get_strategy("vanilla").steps_and_budget(8, 3) == (8, 8)  # B is ignored
+    assert get_strategy("reuse").steps_and_budget(8, None) == (8, 8)
+    with pytest.raises(ValueError, match="budget B=9 must be between 1 and the number of steps N=8"):
+        get_strategy("shortcut").steps_and_budget(8, 9)
+    # what a family's models can run on some backend: llada has no cached forward
+    assert check_strategy("mlcache", MASKGIT.provides) is MLCACHE
+    with pytest.raises(ValueError, match="mlcache strategy needs the torch backend and a maskgit model"):
+        check_strategy("mlcache", LLADA.provides)

@@ -140,3 +140,13 @@ def test_no_family_branches_outside_the_adapters(name):
     hits = [f"{p.relative_to(ROOT.parent)}:{i}" for p in (ROOT / name).rglob("*.py")
             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not hits, hits
+
+
+@pytest.mark.parametrize("name", ["runtime", "serving", "demo"])
+def test_what_users_condition_on_is_asked_of_the_family(name):
+    """Classes or prompts: the family answers the question at hand (`condition_kind`,
+    `conditions_keyword`, `needs_tokenizer`, `split_conditions`, ...), not `family.text`."""
+    pattern = re.compile(r"\bfam(ily)?\.text\b")
+    hits = [f"{p.relative_to(ROOT.parent)}:{i}" for p in (ROOT / name).rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not hits, hits

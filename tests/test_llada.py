@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from migm.families.llada import LLADA
+from migm.families.maskgit import MASKGIT
 from migm.families.presets import PRESETS, random_models
 from migm.models.llada import LLaDA, LLaDAConfig
 from migm.models.shortcut_llada import LLaDAShortcut, LLaDAShortcutConfig
@@ -190,3 +192,16 @@ def test_llada_cuda_graph_loop_equals_eager():
     pipe.use_graphs = False
     c = pipe.generate_tokens(prompts=cond, steps=8, budget=3, seed=4)
     assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_the_families_answer_what_users_condition_on():
+    """The runtime, serving and demo ask these instead of testing which family they hold."""
+    assert (MASKGIT.condition_kind, MASKGIT.conditions_keyword, MASKGIT.call_keyword, MASKGIT.needs_tokenizer) == \
+        ("class", "classes", "class_labels", False)
+    assert (LLADA.condition_kind, LLADA.conditions_keyword, LLADA.call_keyword, LLADA.needs_tokenizer) == \
+        ("prompt", "prompts", "prompt", True)
+    assert MASKGIT.split_conditions("cat, dog\nbird,") == ["cat", "dog", "bird"]
+    assert LLADA.split_conditions("a cat, on the left\n\n a dog ") == ["a cat, on the left", "a dog"]
+    spec = MASKGIT.spec(PRESETS["tiny-animals"].base)
+    assert MASKGIT.input_help(spec, ["cat", "dog"]) == ("dog", "a class: cat, dog")
+    assert MASKGIT.input_help(spec)[0] == "2"

@@ -27,7 +27,7 @@ from ..fileio import atomic_path, read_json
 from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shortcut, save_checkpoint
 from ..runtime.cache import cache_dir, default_bundle
 from ..runtime.pipeline import Pipeline
-from ..sampling.loop import STRATEGIES
+from ..sampling.strategies import STRATEGIES, check_strategy, get_strategy
 from .common import Group, debug_option, int_list, one_line_errors
 
 MAX_BATCH = 4096  # images per timed call: more is a typo, and would run out of memory before any number
@@ -90,8 +90,9 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
             vq = load_checkpoint(vq_path or assets.VQ, kinds=VQ_KINDS)
             extra[Path(path).stem] = Pipeline.from_models(pipe.backend.base_model, vq, sc)
     names = [f"shortcut={Path(s.partition('=')[2]).stem}" if s.startswith("shortcut=") else s for s in names]
-    if "shortcut" in names and not pipe.has_shortcut:
-        raise click.ClickException("strategy shortcut needs a shortcut checkpoint: pass --shortcut PATH")
+    for s in names:  # (a shortcut=NAME row runs on a pipeline of its own, with that shortcut)
+        if "=" not in s:
+            pipe.check_strategy(s)
     sweep = Sweep(steps=n_list, budgets=b_list, strategies=names, seeds=int_list(seeds, "--seed"), num=num,
                   err_num=min(err_num, num), batch_size=batch_size, pipes=extra)
 
@@ -113,8 +114,8 @@ def quality(steps, budget, strategies, num, seeds, err_num, batch_size, json_pat
     click.echo(f"{len(todo)} rows to run ({len(done)} kept from {out})" if resume else f"{len(todo)} rows to run")
     for row in todo:
         tag = f"{label(row)} N={row['steps']} B={row['budget']} seed={row['seed']}"
-        bar = tqdm(total=num * (row["steps"] if row["strategy"] != "fewer" else row["budget"]), desc=tag, leave=False,
-                   unit=" image-steps")
+        steps_run, _ = get_strategy(row["strategy"]).steps_and_budget(row["steps"], row["budget"])
+        bar = tqdm(total=num * steps_run, desc=tag, leave=False, unit=" image-steps")
         run_row(pipe, evaluate, row, sweep, progress=lambda i, n: bar.update(i - bar.n))
         bar.close()
         rows.append(row)
@@ -172,18 +173,16 @@ def speed(preset, depth, backend, engine, device, batches, steps, budgets, strat
         raise click.BadParameter(f"batch sizes must be in 1..{MAX_BATCH}", param_hint="--batch")
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     for s in names:
-        if s not in STRATEGIES or s == "vanilla":
+        if s not in STRATEGIES or not get_strategy(s).hybrid:
             raise click.BadParameter(f"unknown hybrid strategy {s!r}", param_hint="--strategies")
+        check_strategy(s, get_preset(preset).fam.provides, f"{preset} models")  # before any model is built
     for b in budget_list:
         if not 1 <= b <= steps:
             raise click.BadParameter(f"budget B={b} must be between 1 and N={steps}", param_hint="--budget")
-    if backend != "torch" and "mlcache" in names:
-        raise click.BadParameter("mlcache runs on the torch backend only", param_hint="--strategies")
     device = device or ("cuda" if torch.cuda.is_available() and backend not in CPU_BACKENDS else "cpu")
-    unsupported = [s for s in names if not get_preset(preset).fam.supports(s)]
-    if unsupported:
-        raise click.BadParameter(f"{', '.join(unsupported)} is not available for {preset}", param_hint="--strategies")
     pipe, plain = _speed_pipeline(preset, backend, engine, device, depth)
+    for s in names:  # and on this backend
+        pipe.check_strategy(s)
     pipe.use_graphs = graphs
     dev_name = torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

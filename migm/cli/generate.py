@@ -13,7 +13,7 @@ from ..choices import RUNTIME_BACKENDS
 from ..engines.refit import fit_for_backend
 from ..fileio import clip
 from ..runtime.cache import default_bundle
-from ..sampling.loop import STRATEGIES
+from ..sampling.strategies import STRATEGIES
 from ..serving.batch import MAX_BATCH, MAX_SEEDS, MAX_SHARD, job, run_local, run_on_ray
 from .common import Command, debug_option, one_line_errors
 

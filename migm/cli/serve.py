@@ -75,7 +75,7 @@ def main(engine, backend, model, name, host, http_port, grpc_port, metrics_port,
         source = engine or default_bundle(backend=backend)
         fit_for_backend(source, backend, say=_say)  # TensorRT engines made elsewhere: rebuilt here, once
         pipe = Pipeline.from_bundle(source, backend=backend)
-    if pipe.family.text and pipe.tokenizer is None:
+    if pipe.family.needs_tokenizer and pipe.tokenizer is None:
         raise click.ClickException(f"{source} carries no tokenizer, so text prompts cannot be read: rebuild the "
                                    "bundle from a base checkpoint with BASE.tokenizer/ beside it")
     name = name or (model_name(source) if engine or model else "tiny-animals")  # the default bundle: its model

@@ -137,7 +137,7 @@ def base(vq_path, preset_name, out, steps, batch_size, lr, seed, device):
                                    f"{vq_path} takes {vq_model.cfg.image_size}x{vq_model.cfg.image_size} (train one "
                                    f"with `migm-train vq --data {p.data}`)")
     tokenizer = None
-    if p.fam.text:
+    if p.fam.needs_tokenizer:
         tokenizer = build_tokenizer(caption_words(), cfg.text_vocab, cfg.max_text)
         save_tokenizer(tokenizer, tokenizer_path(out))
     data = TOKEN_DATA[p.data](vq_model.to(device), cfg, tokenizer)
@@ -167,7 +167,8 @@ def ship(vq_path, classifier_path, base_path, model, steps, guidance, tau, out_d
     out = Path(out_dir) if out_dir else assets.model_dir(model)
     fam = preset(model).fam
     sampler = fam.sampler.replace(steps=steps or SHIP_STEPS[model], guidance=guidance, tau=tau).validate()
-    base_extra = {"sampling": sampler.to_dict(), **({} if fam.text else {"class_names": CLASS_NAMES})}
+    names = {"class_names": CLASS_NAMES} if fam.condition_kind == "class" else {}  # what a class id means
+    base_extra = {"sampling": sampler.to_dict(), **names}
     # everything is read and checked before anything is written, and written as one: a failure
     # leaves the shipped model as it was
     models = [(vq_path, "vq", load_checkpoint(vq_path, kinds=("vqvae",)), {}),
@@ -175,18 +176,18 @@ def ship(vq_path, classifier_path, base_path, model, steps, guidance, tau, out_d
                {"class_names": CLASS_NAMES}),
               (base_path, "base", load_checkpoint(base_path, kinds=(fam.base_kind,)), base_extra)]
     tok = tokenizer_path(base_path)
-    if fam.text and not (tok / "tokenizer.json").is_file():
+    if fam.needs_tokenizer and not (tok / "tokenizer.json").is_file():
         raise click.ClickException(f"no tokenizer beside the base model (expected {tok}/)")
     with staged_files(out) as stage:
         for src, name, m, extra in models:
             save_checkpoint(m, stage / name, meta={**m.meta, **extra}, dtype=torch.float16)
-        if fam.text:
+        if fam.needs_tokenizer:
             tokenizer_path(stage / "base").mkdir()
             for f in tokenizer_files(tok):  # the format's files only, each a regular file
                 copy_regular(tok / f, tokenizer_path(stage / "base") / f, "tokenizer file")
     for src, name, _, _ in models:
         click.echo(f"{name}: {src} -> {out / name}.safetensors")
-    if fam.text:
+    if fam.needs_tokenizer:
         click.echo(f"tokenizer: {tok} -> {tokenizer_path(out / 'base')}")
 
 

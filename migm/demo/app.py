@@ -31,6 +31,7 @@ from ..runtime import defaults
 from ..runtime.images import labelled_grid, to_pil
 from ..runtime.pipeline import Pipeline
 from ..sampling.loop import HybridStats
+from ..sampling.strategies import get_strategy
 from . import results
 
 STRATEGIES = ("shortcut", "reuse", "extrapolate", "fewer", "vanilla")
@@ -86,12 +87,7 @@ def default_inputs(pipe: Pipeline, run: defaults.DefaultRun | None) -> dict:
     """What the page's fields start at for a model: its default run, a class or prompt it knows."""
     steps = run.steps if run else pipe.defaults.steps
     budget = run.budget if run else max(1, steps // 4)
-    if pipe.family.text:
-        cond = "a small cat on the left"
-        hint = "a prompt, e.g. a small cat on the left / a large zebra at the top"
-    else:
-        names = list(pipe.class_names) or [str(i) for i in range(pipe.num_classes)]
-        cond, hint = names[min(2, len(names) - 1)], "a class: " + ", ".join(names)
+    cond, hint = pipe.family.input_help(pipe.spec, pipe.class_names)
     return {"cond": cond, "hint": hint, "steps": min(steps, MAX_STEPS), "budget": min(budget, steps),
             "strategy": run.strategy if run else ("shortcut" if pipe.has_shortcut else "reuse"),
             "guidance": pipe.defaults.guidance}
@@ -109,9 +105,7 @@ def _conditions(pipe: Pipeline, given: list[str]) -> torch.Tensor:
     for text in given:
         if len(text) > MAX_TEXT:
             raise ConfigError(f"a class or prompt is at most {MAX_TEXT} characters")
-    if pipe.family.text:
-        return pipe.conditions(prompts=given)
-    return pipe.conditions(classes=[int(c) if c.isdigit() else c for c in given])
+    return pipe.encode_conditions(given)  # class names or indices, or prompts
 
 
 def _checked(pipe: Pipeline, steps, budget, strategy: str, guidance, seed) -> dict:
@@ -121,14 +115,12 @@ def _checked(pipe: Pipeline, steps, budget, strategy: str, guidance, seed) -> di
         raise ConfigError(f"B={budget} is more than N={steps}: the base model runs on B of the N steps")
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-    if strategy == "shortcut" and not pipe.has_shortcut:
-        raise ConfigError("this model has no shortcut: choose a training-free strategy (reuse, extrapolate, fewer)")
     seed = _int("seed", seed, 0, 2**31 - 1)
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)):
         raise ConfigError(f"guidance must be a number, got {guidance!r}")
-    cfg, _, _ = pipe.resolve(steps=steps, guidance=float(guidance), strategy=strategy,
-                             budget=None if strategy == "vanilla" else budget)
-    return {"sampler": cfg, "budget": None if strategy == "vanilla" else budget, "strategy": strategy, "seed": seed}
+    budget = budget if get_strategy(strategy).hybrid else None  # vanilla ignores B
+    cfg, _, _ = pipe.resolve(steps=steps, guidance=float(guidance), strategy=strategy, budget=budget)
+    return {"sampler": cfg, "budget": budget, "strategy": strategy, "seed": seed}
 
 
 def _sample(pipe: Pipeline, cond: torch.Tensor, run: dict, progress: Progress | None, share: tuple[float, float],
@@ -186,18 +178,12 @@ def compare(models: Models, model: str, cond: str, seed, steps, budget, strategy
         agreement=agreement, speedup=t_v / t_f)
 
 
-def split_conditions(pipe: Pipeline, text: str) -> list[str]:
-    """Prompts one a line; classes by commas or lines."""
-    parts = (text or "").splitlines() if pipe.family.text else (text or "").replace("\n", ",").split(",")
-    return [p.strip() for p in parts if p.strip()]
-
-
 def batch(models: Models, model: str, conds: str, per, seed, steps, budget, strategy: str, guidance,
           progress: Progress | None = None) -> tuple[Image.Image, str]:
     """A labelled grid: `per` images (seeds seed, seed+1, ...) of each class or prompt, with `strategy`."""
     pipe, _ = models.get(model)
     run = _checked(pipe, steps, budget, strategy, guidance, seed)
-    given = split_conditions(pipe, conds)
+    given = pipe.family.split_conditions(conds)  # prompts one a line; classes by commas or lines
     per = _int("images per class or prompt", per, 1, MAX_BATCH)
     if not given:
         raise ConfigError("give classes (comma-separated) or prompts (one a line)")

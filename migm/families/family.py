@@ -9,7 +9,8 @@ A family says
   - its shortcut variant (config and model classes, how to call it);
   - its exportable modules (the shortcut with the base head folded in) and example inputs;
   - how to read the base head from a checkpoint without loading all of it;
-  - its default sampler, and which strategies and precisions it supports.
+  - its default sampler, what its models offer the strategies (`provides`: a cached forward for
+    mlcache, say; sampling/strategies.py), and which precisions it supports.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..models.checkpoint import config_from_dict
 from ..sampling.config import SamplerConfig
+from ..sampling.strategies import HEAD, SHORTCUT_MODEL
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,17 @@ class Family:
     shortcut_config_cls: type
     shortcut_cls: type
     condition: str  # the base graph's condition input: "labels" or "prompt"
-    text: bool  # conditioned on text prompts (True) or class labels (False)
-    strategies: tuple[str, ...]
+    # what users condition on, as the rest of migm asks it (none of it tests which family it holds):
+    needs_tokenizer: bool  # conditions are text, read by the model's tokenizer (shipped beside the base)
+    condition_kind: str  # one word for a condition: "class" or "prompt" (messages, a served row's input)
+    conditions_keyword: str  # `Pipeline.generate`'s keyword for them: "classes" or "prompts"
+    call_keyword: str  # diffusers' keyword (`Pipeline.__call__`): "class_labels" or "prompt"
+    task: str  # for messages: "class-conditional" or "text-to-image"
+    pipeline_tag: str  # the Hugging Face Hub's task tag for its models
+    call_example: str  # a diffusers-style call's condition argument, for model cards
+    # what of the strategies' needs (sampling/strategies.py) its models can have on some backend: a
+    # family whose `cached_forward` gives one adds CACHED_FORWARD (mlcache)
+    provides: frozenset[str] = frozenset({HEAD.name, SHORTCUT_MODEL.name})
     precisions: tuple[str, ...]
     sampler: SamplerConfig  # default sampling
 
@@ -125,6 +136,19 @@ class Family:
     def example_conditions(self, spec: ModelSpec, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n valid conditions (benchmarks, export examples)."""
         raise NotImplementedError
+
+    def split_conditions(self, text: str) -> list[str]:
+        """Conditions typed into one text field, stripped, empty ones dropped."""
+        raise NotImplementedError
+
+    def input_help(self, spec: ModelSpec, class_names: Sequence[str] = ()) -> tuple[str, str]:
+        """A condition a user might type, and a line saying what to type (a form's start and hint)."""
+        raise NotImplementedError
+
+    @property
+    def text(self) -> bool:
+        """Conditioned on text prompts: `needs_tokenizer` (what engines/build.py still asks)."""
+        return self.needs_tokenizer
 
     def describe(self, cfg_doc: dict) -> str:
         """One line for `migm-export inspect`."""
@@ -163,6 +187,3 @@ class Family:
     def cached_forward(self, base: nn.Module, autocast: bool):
         """The base model's cached/partial forward for mlcache, or None where the family has none."""
         return None
-
-    def supports(self, strategy: str) -> bool:
-        return strategy in self.strategies

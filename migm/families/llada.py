@@ -34,8 +34,9 @@ class LLaDAFamily(Family):
     base_config_cls, base_cls = LLaDAConfig, LLaDA
     shortcut_config_cls, shortcut_cls = LLaDAShortcutConfig, LLaDAShortcut
     condition = "prompt"
-    text = True
-    strategies = ("vanilla", "fewer", "reuse", "extrapolate", "shortcut")  # no cached forward: no mlcache
+    needs_tokenizer = True
+    condition_kind, conditions_keyword, call_keyword = "prompt", "prompts", "prompt"
+    task, pipeline_tag, call_example = "text-to-image", "text-to-image", 'prompt="a small cat on the left"'
     precisions = BUILD_PRECISIONS
     sampler = SamplerConfig(steps=64, schedule="dimoo", sampler="dimoo", tau=1.0)
 
@@ -90,6 +91,13 @@ class LLaDAFamily(Family):
         ids = torch.randint(0, max(spec.pad_id - 16, 1), (n, spec.max_text), generator=generator)
         ids[:, : spec.max_text // 2] = spec.pad_id
         return ids
+
+    def split_conditions(self, text: str) -> list[str]:
+        """Prompts one a line."""
+        return [p.strip() for p in (text or "").splitlines() if p.strip()]
+
+    def input_help(self, spec, class_names=()) -> tuple[str, str]:
+        return "a small cat on the left", "a prompt, e.g. a small cat on the left / a large zebra at the top"
 
     def describe(self, cfg_doc: dict) -> str:
         return (f"prompts of {cfg_doc['max_text']} tokens ({cfg_doc['text_vocab']} text ids), "

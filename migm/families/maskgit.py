@@ -14,7 +14,7 @@ from ..fileio import clip
 from ..models.maskgit import MaskGIT, MaskGITConfig
 from ..models.shortcut import Shortcut, ShortcutConfig
 from ..sampling.config import SamplerConfig
-from ..sampling.loop import STRATEGIES
+from ..sampling.strategies import NEEDS
 from .family import Family, ModelSpec
 
 
@@ -59,8 +59,10 @@ class MaskGITFamily(Family):
     base_config_cls, base_cls = MaskGITConfig, MaskGIT
     shortcut_config_cls, shortcut_cls = ShortcutConfig, Shortcut
     condition = "labels"
-    text = False
-    strategies = STRATEGIES
+    needs_tokenizer = False
+    condition_kind, conditions_keyword, call_keyword = "class", "classes", "class_labels"
+    task, pipeline_tag, call_example = "class-conditional", "unconditional-image-generation", "class_labels=[0]"
+    provides = frozenset(n.name for n in NEEDS)  # its cached forward too (mlcache, on the torch backend)
     precisions = BUILD_PRECISIONS
     sampler = SamplerConfig(steps=16, schedule="arccos", sampler="halton", tau=4.5)
 
@@ -90,6 +92,15 @@ class MaskGITFamily(Family):
 
     def example_conditions(self, spec, n, generator=None) -> torch.Tensor:
         return torch.arange(n) % spec.num_classes  # every class in turn
+
+    def split_conditions(self, text: str) -> list[str]:
+        """Classes by commas or lines."""
+        return [c.strip() for c in (text or "").replace("\n", ",").split(",") if c.strip()]
+
+    def input_help(self, spec, class_names=()) -> tuple[str, str]:
+        """The third class (or the last), and all of them."""
+        names = list(class_names) or [str(i) for i in range(spec.num_classes)]
+        return names[min(2, len(names) - 1)], "a class: " + ", ".join(names)
 
     def describe(self, cfg_doc: dict) -> str:
         return f"{cfg_doc['num_classes']} classes, {cfg_doc['depth']} x {cfg_doc['width']}"

@@ -37,6 +37,7 @@ from ..errors import BackendUnavailable, ConfigError
 from ..families import Family, ModelSpec, family_of
 from ..models.vqvae import Decoder
 from ..sampling.loop import CachedBase
+from ..sampling.strategies import CACHED_FORWARD, HEAD, SHORTCUT_MODEL
 from .lru import LRU
 
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.bool: np.bool_,
@@ -48,10 +49,16 @@ _TORCH = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int
 @dataclass(frozen=True)
 class Capabilities:
     shortcut: bool  # a shortcut model is loaded
-    mlcache: bool = False  # the base model's cached/partial forward (ML-Cache)
+    cached: bool = False  # the base model's cached/partial forward (ML-Cache)
     probes: bool = False  # outputs are fresh tensors, so the base can run beside the loop (feature-error probes)
     whole_loop_graphs: bool = False  # the whole loop can be captured as one CUDA graph
     max_rows: int | None = None  # the largest batch the engines accept (CFG rows count)
+
+    @property
+    def provides(self) -> frozenset[str]:
+        """What of the strategies' needs the backend has (sampling/strategies.py): the head always."""
+        has = {HEAD: True, SHORTCUT_MODEL: self.shortcut, CACHED_FORWARD: self.cached}
+        return frozenset(need.name for need, yes in has.items() if yes)
 
 
 class Backend(Protocol):
@@ -59,6 +66,7 @@ class Backend(Protocol):
     device: torch.device
     caps: Capabilities
     cached: CachedBase | None
+    provides: frozenset[str]  # caps.provides: what the loop's strategies may use
 
     def base(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -95,8 +103,12 @@ class TorchBackend:
         self.shortcut_model = shortcut.to(self.device, self.dtype).eval() if shortcut is not None else None
         self._autocast = precision == "bf16" and not gpu
         self.cached = self.family.cached_forward(self.base_model, self._autocast)
-        self.caps = Capabilities(shortcut=shortcut is not None, mlcache=self.cached is not None, probes=True,
+        self.caps = Capabilities(shortcut=shortcut is not None, cached=self.cached is not None, probes=True,
                                  whole_loop_graphs=gpu)
+
+    @property
+    def provides(self) -> frozenset[str]:  # the loop's question (StepModels)
+        return self.caps.provides
 
     def _ctx(self):
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._autocast)
@@ -167,6 +179,10 @@ class _GraphBackend:
     def clear_caches(self) -> None:
         """Drop the output buffers (made again on the next call); results already returned stay valid."""
         self.buffers.clear()
+
+    @property
+    def provides(self) -> frozenset[str]:  # the loop's question (StepModels)
+        return self.caps.provides
 
     def _feeds(self, name: str, *values: torch.Tensor) -> dict[str, torch.Tensor]:
         """Inputs by the graph's order; a trailing condition the graph does not take is dropped."""

@@ -161,18 +161,16 @@ def model_card(pipe, results: Sequence[dict] | None = None) -> ModelCard:
     paper), the sampler defaults, and measured rows (`results`, or the shortcut's own validation)."""
     base = pipe.base.model
     fam = family_of(base)
-    text = fam.text
     released = {"maskgit": HALTON_IMAGENET512, "llada": DIMOO_8B}.get(fam.name)
     upstream = released is not None and (base.cfg.width, base.cfg.depth) == (released.width, released.depth)
     base_model = {"maskgit": MASKGIT_REPO, "llada": DIMOO_REPO}[fam.name] if upstream else None
     data = ModelCardData(
-        library_name="diffusers", pipeline_tag="text-to-image" if text else "unconditional-image-generation",
+        library_name="diffusers", pipeline_tag=fam.pipeline_tag,
         license={"maskgit": "mit", "llada": "apache-2.0"}[fam.name] if upstream else "mit", base_model=base_model,
         tags=["migm", "masked-image-generation", "migm-shortcut", "arxiv:2602.23996"])
     meta = getattr(base, "meta", {})
     sampling = pipe.runtime.defaults.to_dict()
     rows = list(results or _validation_rows(pipe))
-    use = ('prompt="a small cat on the left"' if text else 'class_labels=[0]')
     lines = [
         f"# {type(pipe).__name__} ({fam.name})", "",
         "Masked image generation with a MIGM-Shortcut (paper: [arXiv:2602.23996](https://arxiv.org/abs/2602.23996)):"
@@ -180,7 +178,7 @@ def model_card(pipe, results: Sequence[dict] | None = None) -> ModelCard:
         "```python", "import torch", "from migm import MigmPipeline", "",
         'pipe = MigmPipeline.from_pretrained("REPO_ID")       # or diffusers.DiffusionPipeline.from_pretrained('
         '"REPO_ID", trust_remote_code=True)',
-        f"image = pipe({use}, guidance_scale={1 + sampling['guidance']:g}, budget=None, "
+        f"image = pipe({fam.call_example}, guidance_scale={1 + sampling['guidance']:g}, budget=None, "
         "generator=torch.Generator().manual_seed(0)).images[0]", "```", "",
         "## Sampler defaults", "", "| setting | value |", "|---|---|",
         *(f"| {k} | {v} |" for k, v in sampling.items()), "",

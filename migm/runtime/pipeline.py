@@ -36,7 +36,8 @@ from ..models import require_device
 from ..models.checkpoint import BASE_KINDS, VQ_KINDS, load_checkpoint, load_shortcut
 from ..models.text import load_tokenizer, tokenizer_path
 from ..sampling.config import SamplerConfig
-from ..sampling.loop import HybridStats, ProbeFn, check_strategy, generate_tokens
+from ..sampling.loop import HybridStats, ProbeFn, generate_tokens
+from ..sampling.strategies import Strategy, check_strategy, get_strategy
 from .backends import Backend, OpenVinoBackend, OrtBackend, TorchBackend, TrtBackend
 from .graphs import GraphedLoop
 from .images import to_pil
@@ -88,7 +89,7 @@ class Pipeline:
             shortcut = d / "shortcut"
         sc = load_shortcut(shortcut, base_path, base_model) if shortcut is not None else None
         pipe = cls.from_models(base_model, vq_model, sc, device=device, precision=precision)
-        if pipe.family.text and tokenizer_path(base_path).is_dir():
+        if pipe.family.needs_tokenizer and tokenizer_path(base_path).is_dir():
             pipe.tokenizer = load_tokenizer(tokenizer_path(base_path))
         return pipe
 
@@ -160,11 +161,11 @@ class Pipeline:
         if callback_on_step_end_tensor_inputs:
             raise ConfigError(f"callback_on_step_end_tensor_inputs: migm exposes no loop tensors to callbacks "
                               f"(asked for {', '.join(callback_on_step_end_tensor_inputs)})")
-        given = prompt if self.family.text else class_labels
+        given = {"prompt": prompt, "class_labels": class_labels}[self.family.call_keyword]
         if isinstance(given, (str, int)):
             given = [given]
         if given is None:
-            raise ConfigError(f"give {'prompt' if self.family.text else 'class_labels'} for this model")
+            raise ConfigError(f"give {self.family.call_keyword} for this model")
         given = [g for g in given for _ in range(num_images_per_prompt)]
         seed = _seeds(generator, seed, len(given))
         guidance = None if guidance_scale is None else max(0.0, float(guidance_scale) - 1.0)
@@ -179,7 +180,7 @@ class Pipeline:
                 calls[0] += 1
 
         stats = HybridStats()
-        kw = {"prompts": given} if self.family.text else {"classes": given}
+        kw = {self.family.conditions_keyword: given}
         with self._lock:
             graphs = self.use_graphs
             self.use_graphs = graphs and callback_on_step_end is None  # a whole-loop graph has no steps to call back
@@ -280,21 +281,31 @@ class Pipeline:
             return strategy
         if budget is None or budget >= steps:
             return "vanilla"
-        if not self.has_shortcut:
-            raise ConfigError(f"budget B={budget} < N={steps} needs a shortcut model, and none is loaded; "
-                              "give a training-free strategy (reuse, extrapolate, ...) instead")
+        self.check_strategy("shortcut", why=f", and B={budget} < N={steps} runs the shortcut by default")
         return "shortcut"
+
+    def check_strategy(self, name: str, why: str = "") -> Strategy:
+        """The strategy `name` if this pipeline's backend has what it needs; else a ConfigError saying
+        what is missing and what to do (sampling/strategies.py `check_strategy`)."""
+        where = f"this pipeline runs {self.family.name} on the {self.backend.name} backend{why}"
+        return check_strategy(name, self.backend.provides, where)
 
     def conditions(self, classes: Sequence[int | str] | None = None,
                    prompts: torch.Tensor | Sequence[str] | str | None = None) -> torch.Tensor:
         """The conditioning the base model takes: class ids [n] for a class-conditional model, prompt
         token ids [n, max_text] for a text-to-image one (text goes through the model's tokenizer)."""
-        wanted, other = ("prompts", "classes") if self.family.text else ("classes", "prompts")
         given = {"classes": classes, "prompts": prompts}
-        if given[other] is not None:
-            kind = "text-to-image" if self.family.text else "class-conditional"
-            raise ConfigError(f"this is a {kind} model: give {wanted}, not {other}")
-        return self.family.encode(self.spec, given[wanted], class_names=self.class_names, tokenizer=self.tokenizer)
+        wanted = given.pop(self.family.conditions_keyword)
+        for other, value in given.items():
+            if value is not None:
+                raise ConfigError(f"this is a {self.family.task} model: give {self.family.conditions_keyword}, "
+                                  f"not {other}")
+        return self.encode_conditions(wanted)
+
+    def encode_conditions(self, given: torch.Tensor | Sequence) -> torch.Tensor:
+        """`conditions` for conditions of the model's own kind (`family.condition_kind`: class names or
+        indices, or prompts as text or ids)."""
+        return self.family.encode(self.spec, given, class_names=self.class_names, tokenizer=self.tokenizer)
 
     def sampler(self, sampler: SamplerConfig | None = None, **overrides) -> SamplerConfig:
         """The model's sampler defaults (or `sampler`) with `overrides` (None = keep), validated."""
@@ -308,12 +319,7 @@ class Pipeline:
         if budget is not None and not 1 <= budget <= cfg.steps:
             raise ConfigError(f"budget B={budget} must be between 1 and the number of steps N={cfg.steps}")
         strategy = self.resolve_strategy(strategy, cfg.steps, budget)
-        if strategy == "shortcut" and not self.has_shortcut:
-            raise ConfigError("the shortcut strategy needs a shortcut model (none loaded)")
-        if strategy == "mlcache" and not self.backend.caps.mlcache:
-            raise ConfigError(f"the mlcache strategy needs the torch backend and a maskgit model (this pipeline "
-                              f"runs {self.family.name} on {self.backend.name})")
-        check_strategy(strategy, cfg.steps, budget, self.backend)
+        self.check_strategy(strategy)
         return cfg, strategy, budget
 
     def example_conditions(self, n: int, seed: int = 0) -> torch.Tensor:
@@ -373,8 +379,9 @@ class Pipeline:
     @torch.no_grad()
     def _batches(self, conds, cfg, loop, seed, row_seeds, batch_size, stats, probe,
                  progress) -> Iterator[torch.Tensor]:
-        # one graph replays a whole chunk: no per-step callbacks, probes or mlcache (it syncs)
-        graphed = self._graphs is not None and self.use_graphs and probe is None and loop["strategy"] != "mlcache"
+        strategy = get_strategy(loop["strategy"])
+        # one graph replays a whole chunk: no per-step callbacks, probes or host syncs (mlcache)
+        graphed = self._graphs is not None and self.use_graphs and probe is None and strategy.graphable
         # the lock is held for the whole run (the random stream flows from batch to batch); a caller
         # that stops iterating releases it when the generator is closed
         with self._lock:
@@ -384,7 +391,7 @@ class Pipeline:
             elif row_seeds is None:
                 g = torch.Generator(device=self.device).manual_seed(int(seed))
             # progress counts the steps the loop runs (`fewer` runs B of them)
-            steps = loop["budget"] if loop["strategy"] == "fewer" and loop["budget"] else cfg.steps
+            steps, _ = strategy.steps_and_budget(cfg.steps, loop["budget"])
             done, total = 0, len(conds) * steps
             for start in range(0, len(conds), batch_size):
                 chunk = conds[start:start + batch_size].to(self.device)

@@ -2,15 +2,10 @@
 the base model on the B full steps, a cheaper feature predictor on the others and the
 unchanged sampling kernel on every step.
 
-Strategies (how features are obtained on a step that is not a full step):
-  vanilla       every step is full (B is ignored)
-  fewer         vanilla sampling with N = B steps
-  reuse         f[i+1] = f[i]                          (feature caching)
-  extrapolate   first-order extrapolation from the last two full steps (TaylorSeer-like)
-  shortcut      f[i+1] = S(f[i], tokens sampled at i, mask ratio after i)
-  mlcache       ML-Cache-style: recompute only the tokens just sampled plus the ~10%
-                least-confident masked tokens against the cached keys/values of the
-                last full step; every other position keeps its cached features
+The strategies (how the features of a step that is not a full step are obtained: vanilla, fewer,
+reuse, extrapolate, mlcache, shortcut) are objects: sampling/strategies.py says what each needs of
+the models and how it treats N and B, sampling/predictors.py holds its tensor code. The loop asks
+them and never tests a strategy's name.
 
 Pure sampling code: the models are whatever has the `StepModels` methods (a runtime
 backend, or `Fns` around plain callables). With CFG both branches are carried through the
@@ -19,18 +14,18 @@ same predictor, batched: rows [all conditional; all unconditional].
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
 
-from ..errors import ConfigError
 from .config import SamplerConfig, step_ratio
 from .kernel import Generators, guide, sample_step
 from .plan import full_step_plan
+from .predictors import Run, Step
+from .predictors import predictor as make_predictor
 from .schedules import mask_schedule
-from .strategies import STRATEGIES
+from .strategies import NEEDS, check_strategy
 
 BaseFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # (step, predicted features, token sequence, conditions) -> None: sees every predicted step
@@ -49,7 +44,8 @@ class CachedBase(Protocol):
 class StepModels(Protocol):
     """The model calls the loop makes (runtime backends have exactly these)."""
 
-    cached: CachedBase | None  # None: no mlcache
+    cached: CachedBase | None  # None: no cached forward (no mlcache)
+    provides: frozenset[str]  # what of the strategies' needs these models have (sampling/strategies.py NEEDS)
 
     def base(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens [b, L] (mask_id where unknown), conditions [b, ...] -> features [b, L, d], logits [b, L, K]"""
@@ -70,6 +66,11 @@ class Fns:
     shortcut: Callable | None = None
     cached: CachedBase | None = None
 
+    @property
+    def provides(self) -> frozenset[str]:
+        """The callables given, by the names the strategies' needs use (head, shortcut, cached)."""
+        return frozenset(n.name for n in NEEDS if getattr(self, n.name) is not None)
+
 
 @dataclass
 class HybridStats:
@@ -89,25 +90,6 @@ class HybridStats:
         self.full_steps = other.full_steps
 
 
-def check_strategy(strategy: str, steps: int, budget: int | None, models: StepModels) -> tuple[str, int, int]:
-    """(strategy, N actually sampled, B) after checking the strategy has what it needs."""
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-    budget = steps if budget is None or strategy == "vanilla" else budget
-    if not 1 <= budget <= steps:
-        raise ConfigError(f"budget B={budget} must be between 1 and the number of steps N={steps}")
-    if strategy == "fewer":
-        steps = budget
-    if budget < steps:
-        if models.head is None:
-            raise ConfigError(f"the {strategy} strategy needs the base model's head")
-        if strategy == "shortcut" and models.shortcut is None:
-            raise ConfigError("the shortcut strategy needs a shortcut model, and none is loaded")
-        if strategy == "mlcache" and models.cached is None:
-            raise ConfigError("the mlcache strategy needs the base model's cached forward (maskgit on torch)")
-    return strategy, steps, budget
-
-
 @torch.no_grad()
 def generate_tokens(models: StepModels, cond: torch.Tensor, uncond: torch.Tensor, sampler: SamplerConfig, *,
                     num_tokens: int, mask_id: int, budget: int | None = None, strategy: str = "vanilla",
@@ -122,7 +104,8 @@ def generate_tokens(models: StepModels, cond: torch.Tensor, uncond: torch.Tensor
     `generator`: one for the batch, or one per row (a row's tokens then depend on its seed alone).
     """
     sampler.validate(num_tokens)
-    strategy, steps, budget = check_strategy(strategy, sampler.steps, budget, models)
+    strat = check_strategy(strategy, models.provides)
+    steps, budget = strat.steps_and_budget(sampler.steps, budget)
     if steps != sampler.steps:  # fewer: vanilla sampling with N = B, its schedule and ramp over B steps
         sampler = sampler.replace(steps=steps)
     plan = set(full_step_plan(steps, budget))
@@ -133,68 +116,27 @@ def generate_tokens(models: StepModels, cond: torch.Tensor, uncond: torch.Tensor
     guided = sampler.guidance != 0
     tokens = torch.full((b, num_tokens), mask_id, dtype=torch.long, device=cond.device)
     both = torch.cat([cond, uncond.expand_as(cond)]) if guided else cond
-    feats = None  # features of the current step (computed or predicted)
-    anchors: list[tuple[int, torch.Tensor]] = []  # (step, features) of the last two full steps
-    new_pos = None
-    cache = None  # mlcache: per-block keys/values, refreshed at full steps
-    logits = prev_logits = None  # prev_logits: the last step's guided logits (mlcache)
+    predictor = make_predictor(strat, Run(models, both, guided, num_tokens, mask_id, recompute, stats))
+    feats = logits = new_pos = None  # the last step's features and guided logits, the positions it unmasked
     remaining = num_tokens
     for i, reveal in enumerate(mask_schedule(sampler.schedule, steps, num_tokens)):
-        # the token grid for both CFG branches: needed by full steps, mlcache and the probe only
-        needs_seq = i in plan or strategy == "mlcache" or probe is not None
+        # the token grid for both CFG branches: needed by full steps, strategies that read it and the probe
+        needs_seq = i in plan or strat.reads_tokens or probe is not None
         seq = (torch.cat([tokens, tokens]) if guided else tokens) if needs_seq else None
         if i in plan:
-            if strategy == "mlcache":
-                feats, logits, cache = models.cached.full(seq, both)
-            else:
-                feats, logits = models.base(seq, both)
-            anchors = (anchors + [(i, feats)])[-2:]
+            feats, logits = predictor.full(i, seq)
             stats.base_calls += 1
         else:
-            logits = None
-            if strategy == "reuse":
-                pass  # feats stays the last full step's
-            elif strategy == "extrapolate" and len(anchors) == 2:
-                (s0, f0), (s1, f1) = anchors
-                feats = f1 + (f1 - f0) * ((i - s1) / (s1 - s0))
-            elif strategy == "shortcut":
-                feats, logits = _shortcut_step(models, feats, tokens, new_pos, remaining / num_tokens, both, guided)
-            elif strategy == "mlcache":
-                pos = _least_confident(prev_logits, tokens, mask_id, new_pos, math.ceil(recompute * num_tokens))
-                pos2 = torch.cat([pos, pos]) if guided else pos
-                sub = models.cached.subset(seq, both, pos2, cache)
-                feats = feats.scatter(1, pos2[..., None].expand(-1, -1, feats.shape[-1]), sub.to(feats.dtype))
-                stats.recomputed_tokens += pos.shape[1]
+            feats, logits = predictor.advance(Step(i, feats, tokens, seq, new_pos, remaining / num_tokens, logits))
             if probe is not None:
                 probe(i, feats, seq, both)
-            if logits is None:
+            if logits is None:  # the strategy predicted features only: the base head reads them
                 logits = models.head(feats)
             stats.predicted_steps += 1
         logits = guide(logits[:b], logits[b:], sampler.guidance_at(i)) if guided else logits
-        prev_logits = logits
         tokens, new_pos = sample_step(logits, tokens, mask_id, reveal, step_ratio(i, steps), sampler.temperature,
                                       sampler.tau, generator, anneal=sampler.anneal)
         remaining -= reveal
         if on_step:
             on_step(i + 1, steps)
     return tokens
-
-
-def _least_confident(logits, tokens, mask_id, new_pos, count):
-    """The positions just unmasked plus the `count` masked positions whose previous-step
-    distribution was least peaked: the tokens ML-Cache recomputes. [B, len(new) + count]"""
-    masked = tokens == mask_id
-    count = min(count, int(masked.sum(1).min()))
-    conf = torch.softmax(logits.float(), -1).amax(-1).masked_fill(~masked, float("inf"))
-    low = conf.topk(count, dim=-1, largest=False).indices
-    return torch.cat([new_pos, low], 1)
-
-
-def _shortcut_step(models, feats, tokens, new_pos, mask_ratio, cond, guided):
-    """Advance features by one step from the tokens sampled at the previous step."""
-    tok = tokens.gather(1, new_pos)
-    pos = torch.cat([new_pos, new_pos]) if guided else new_pos
-    tok = torch.cat([tok, tok]) if guided else tok
-    keys = torch.ones_like(pos, dtype=torch.bool)  # the count per step is static: no padding
-    r = torch.full((feats.shape[0],), mask_ratio, device=feats.device)
-    return models.shortcut(feats, pos, tok, keys, r, cond)

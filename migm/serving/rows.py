@@ -24,6 +24,7 @@ from ..fileio import clip
 from ..runtime.pipeline import Pipeline
 from ..sampling.config import SamplerConfig
 from ..sampling.loop import HybridStats
+from ..sampling.strategies import get_strategy
 
 MAX_SEED = 2**63 - 1  # seeds travel as int64
 MAX_ERROR = 400  # a row error quotes at most ~200 characters of the request (a 1 MiB class echoed whole)
@@ -62,11 +63,6 @@ class Result:
     stats: dict = field(default_factory=dict)
 
 
-def condition_kind(pipe: Pipeline) -> str:
-    """What a row's condition is for this model: "prompt" (text-to-image) or "class"."""
-    return "prompt" if pipe.family.text else "class"
-
-
 def read_row(pipe: Pipeline, condition: str | bytes, seed: int, *, steps: int | None = None,
              budget: int | None = None, strategy: str | None = None, guidance: float | None = None) -> Row:
     """A checked row; never raises for bad input, the row carries the error instead.
@@ -78,24 +74,23 @@ def read_row(pipe: Pipeline, condition: str | bytes, seed: int, *, steps: int | 
     try:
         row.condition = condition.decode("utf-8") if isinstance(condition, bytes) else str(condition)
     except UnicodeDecodeError:
-        row.error = f"the {condition_kind(pipe)} is not UTF-8 text"
+        row.error = f"the {pipe.family.condition_kind} is not UTF-8 text"
         return row
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         row.error = f"seed must be an integer between 0 and {MAX_SEED}, got {seed!r}"
         return row
     row.seed = seed
     if not row.condition.strip():
-        row.error = f"empty {condition_kind(pipe)}"
+        row.error = f"empty {pipe.family.condition_kind}"
         return row
     try:
-        given = {"prompts": [row.condition]} if pipe.family.text else {"classes": [row.condition]}
-        row.cond = pipe.conditions(**given)
+        row.cond = pipe.encode_conditions([row.condition])
         cfg, strategy, budget = pipe.resolve(steps=steps, guidance=guidance, strategy=strategy, budget=budget)
     except MigmError as e:
         row.error = clip(" ".join(str(e).split()), MAX_ERROR)
         return row
     # vanilla ignores B: rows asking for it with and without a budget are one group
-    row.settings = Settings(cfg, strategy, None if strategy == "vanilla" else budget)
+    row.settings = Settings(cfg, strategy, budget if get_strategy(strategy).hybrid else None)
     return row
 
 

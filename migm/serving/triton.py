@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import MigmError
 from ..runtime.images import png_bytes, to_uint8
 from ..runtime.pipeline import Pipeline
-from .rows import condition_kind, generate_rows, preferred_sizes, read_row
+from .rows import generate_rows, preferred_sizes, read_row
 
 
 @dataclass
@@ -56,7 +56,7 @@ class ServedModel:
     def __init__(self, pipe: Pipeline, name: str, max_batch: int = 8, log: Callable[[str], None] | None = None):
         self.pipe, self.name, self.log = pipe, name, log
         self.sizes = preferred_sizes(max_batch)
-        self.kind = condition_kind(pipe)  # the condition input's name: "class" or "prompt"
+        self.kind = pipe.family.condition_kind  # the condition input's name: "class" or "prompt"
         self.batches = 0
         # what a drain cut short: rows still running when the server stopped, or finished after the
         # drain deadline (Triton no longer delivers them); set by serve() on SIGTERM
