@@ -288,7 +288,7 @@ def convert_precision(fp32: Path, precision: str, work: Path, say=lambda msg: No
 def _tokenizer_files(fam: Family, base_path, files: dict) -> Tokenizer | None:
     """A text model's prompt tokenizer travels with it (save_pretrained layout)."""
     tok_dir = tokenizer_path(base_path)
-    if not fam.text or not tok_dir.is_dir():
+    if not fam.needs_tokenizer or not tok_dir.is_dir():
         return None
     names = tokenizer_files(tok_dir)  # the format's file names only, each a regular file, never the folder's listing
     for name in names:
