@@ -143,7 +143,7 @@ def test_llada_bundle_ort_matches_torch(scenes_checkpoints, tmp_path, precision)
         assert calib["cond"].shape == (32, CFG.max_text) and (calib["cond"] == CFG.pad_id).all(1).any()
     ort = Pipeline.from_bundle(out, backend="ort")
     ref = Pipeline.from_bundle(out, backend="torch", device="cpu")
-    assert ort.spec.family == "llada" and ort.backend.spec_io["base"]["inputs"][1]["name"] == "prompt"
+    assert ort.spec.family == "llada" and ort.backend.spec_io["base"].inputs[1].name == "prompt"
     prompts = _prompt(6, 3)
     for budget in (None, 3):
         a = ort.generate_tokens(prompts=prompts, steps=6, budget=budget, seed=2)

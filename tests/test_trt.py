@@ -79,7 +79,7 @@ def shipped_graphs(request, tmp_path_factory):
 def test_shipped_engine_builds(shipped_graphs, component, precision, tmp_path):
     model, comps, graphs = shipped_graphs
     graph = graphs[component, precision]
-    inputs, outputs = io_spec(graph)
+    inputs, outputs = ([TensorSpec(**t) for t in ts] for ts in io_spec(graph))
     engine = tmp_path / f"{component}.engine"
     said = []
     built = trt.build_engine(graph, engine, trt.BuildOptions(flavour=RTX, profiles=_profiles(comps[component])),
@@ -148,7 +148,7 @@ def test_int32_bias_qdq_is_what_tensorrt_refused(tiny_shortcut, tmp_path):
     legacy = _int32_bias_int8(src, tmp_path / "legacy.onnx", calib)
     with pytest.raises(BundleError, match=r"DequantizeLinear node \S+bias_DequantizeLinear quantizes to INT32"):
         check_qdq(onnx.load(str(legacy)))
-    inputs, outputs = io_spec(legacy)
+    inputs, outputs = ([TensorSpec(**t) for t in ts] for ts in io_spec(legacy))
     with pytest.raises(BundleError) as err:
         trt.build_engine(legacy, tmp_path / "sc.engine", trt.BuildOptions(flavour=RTX, profiles=_profiles(comp)),
                          component="shortcut", precision="int8", inputs=inputs, outputs=outputs)
