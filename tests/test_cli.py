@@ -25,11 +25,12 @@ def test_generates_grid_and_images(tmp_path):
     assert "images/s" in res.output
 
 
+# the class and step checks need the model: migm-run builds the default bundle first (once per session)
 @pytest.mark.parametrize("args,message", [
-    (["--classes", "unicorn"], "unknown class 'unicorn'"),
-    (["--classes", "12"], "out of range"),
+    pytest.param(["--classes", "unicorn"], "unknown class 'unicorn'", marks=pytest.mark.slow),
+    pytest.param(["--classes", "12"], "out of range", marks=pytest.mark.slow),
     (["--steps", "0"], "0 is not in the range 1<=x<=4096"),
-    (["--steps", "999"], "cannot exceed"),
+    pytest.param(["--steps", "999"], "cannot exceed", marks=pytest.mark.slow),
     (["--num", "0"], "0 is not in the range"),
 ])
 def test_bad_input_one_line_error(tmp_path, args, message):
@@ -40,6 +41,7 @@ def test_bad_input_one_line_error(tmp_path, args, message):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # builds the default bundle (before --out is checked)
 def test_unwritable_output(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

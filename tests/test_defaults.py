@@ -75,6 +75,7 @@ def test_labelled_grid_writes_each_label_under_its_image():
         labelled_grid(images, ["a", "b"])
 
 
+@pytest.mark.slow  # three migm-runs of the shipped model at N=32
 def test_migm_run_defaults_to_the_shortcut_and_says_against_what(tmp_path):
     out = tmp_path / "o"
     res = CliRunner().invoke(run_main, ["--model", "tiny-animals", "--classes", "cat", "--num", "1", "--out", str(out)])

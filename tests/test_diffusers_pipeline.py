@@ -32,7 +32,8 @@ def saved(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("name", list(ARGS))
+# one model in the fast loop: each case samples a shipped model three times
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "tiny-scenes" else n for n in ARGS])
 def test_diffusers_loads_the_folder_with_migm_tokens(saved, name):
     folder = saved / name
     index = json.loads((folder / "model_index.json").read_text())
@@ -57,6 +58,7 @@ def test_diffusers_loads_the_folder_with_migm_tokens(saved, name):
     assert torch.equal(outs[0].tokens, outs[2].tokens)  # and the shipped checkpoints' own tokens
 
 
+@pytest.mark.slow  # samples the shipped model eight times
 def test_guidance_scale_is_diffusers_s_and_off_at_one():
     pipe = Pipeline.from_pretrained("tiny-animals")
     rows = []
@@ -74,6 +76,7 @@ def test_guidance_scale_is_diffusers_s_and_off_at_one():
                        pipe(class_labels=[2], guidance_scale=1.0, seed=1).tokens)
 
 
+@pytest.mark.slow  # samples the shipped model eight times
 def test_generator_one_or_one_per_image():
     pipe = Pipeline.from_pretrained("tiny-animals")
     g = lambda s: torch.Generator().manual_seed(s)
@@ -127,6 +130,7 @@ def test_callbacks_progress_bar_and_to(saved, capsys):
     assert moved.device.type == "cpu" and moved.runtime.backend.precision == "fp32"
 
 
+@pytest.mark.slow  # samples the shipped model three times
 def test_old_folders_load_and_shortcut_stays_tied(tmp_path):
     runtime = Pipeline.from_pretrained("tiny-animals")
     old = tmp_path / "old"

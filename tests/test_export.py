@@ -30,6 +30,7 @@ def exported(tiny, tmp_path_factory):
     return {c.name: (c, export_component(c, out / f"{c.name}.onnx")) for c in comps}
 
 
+@pytest.mark.slow  # exports ONNX (the exported fixture)
 def test_fp32_export_matches_torch(exported):
     for name, (comp, path) in exported.items():
         rows = parity(comp, path)
@@ -43,6 +44,7 @@ def test_fp32_export_matches_torch(exported):
     assert io_spec(exported["decoder"][1])[1][0]["shape"][0] == "batch"
 
 
+@pytest.mark.slow  # the exported fixture
 def test_fp16_graph_keeps_norms_in_fp32(exported, tmp_path):
     import onnx
 
@@ -58,6 +60,7 @@ def test_fp16_graph_keeps_norms_in_fp32(exported, tmp_path):
     assert b.dtype == np.float32 and np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-2
 
 
+@pytest.mark.slow  # the exported fixture, quantizes
 def test_int8_shortcut_from_sampled_calibration(tiny, exported, tmp_path):
     import onnx
 

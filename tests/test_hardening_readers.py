@@ -243,6 +243,7 @@ def test_a_pickle_that_is_not_a_zip_is_refused(tmp_path):
 
 # ---- sizes from someone else's file: checked before anything is allocated ----
 
+@pytest.mark.slow  # a capped subprocess
 def test_stride_zero_view_is_refused_before_allocating(tmp_path):
     st = halton_state(MG)
     st["tok_emb.weight"] = torch.zeros(1).expand(1 << 20, 1 << 14)  # 64 GiB declared, 4 bytes held
@@ -261,6 +262,7 @@ def test_stride_zero_view_is_refused_before_allocating(tmp_path):
     _clean_error(proc, "declares [1048576, 16384]", "over a storage of 1 elements")
 
 
+@pytest.mark.slow  # a capped subprocess
 def test_convert_maskgit_on_a_file_declaring_2_gib(tmp_path):
     f = declaring_files(tmp_path)
     proc = run_capped(f"""
@@ -284,6 +286,7 @@ def test_shortcut_with_a_huge_bottleneck_is_a_clean_error(tmp_path):
         load_maskgit_shortcut(tmp_path / "sc2.pth", base)
 
 
+@pytest.mark.slow  # a capped subprocess
 def test_a_tiny_vq_config_with_huge_channels_allocates_nothing(tmp_path):
     vq = tmp_path / "vqvae"
     vq.mkdir()

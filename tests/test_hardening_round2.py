@@ -132,6 +132,7 @@ def test_generate_checks_settings_before_making_out(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # builds a bundle of the shipped tiny-scenes model
 def test_bundle_takes_only_the_tokenizer_files_of_the_format(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -186,6 +187,7 @@ def _edit(plan, change):
     (plan / "manifest.json").write_text(json.dumps(doc))
 
 
+@pytest.mark.slow  # the bundle fixture exports ONNX (shared by these 5 tests only)
 def test_a_graph_swapped_for_another_is_refused_at_load(bundle, tmp_path):
     from migm.errors import BundleError
     from migm.runtime import Pipeline
@@ -201,6 +203,7 @@ def test_a_graph_swapped_for_another_is_refused_at_load(bundle, tmp_path):
         Pipeline.from_bundle(plan, backend="ort")
 
 
+@pytest.mark.slow  # the bundle fixture
 @pytest.mark.parametrize("change,message", [
     (lambda d: d["components"]["base"]["outputs"][1].__setitem__("shape", ["batch", 16, 99]), "logits is"),
     (lambda d: d.__setitem__("sampling", []), "sampling settings must be a JSON object"),
@@ -216,6 +219,7 @@ def test_manifest_fields_that_disagree_are_refused(bundle, tmp_path, change, mes
         verify_bundle(plan)
 
 
+@pytest.mark.slow  # the bundle fixture
 def test_codebook_size_that_disagrees_with_the_graphs(bundle, tmp_path):
     from migm.engines.bundle import verify_bundle
     from migm.errors import BundleError
@@ -314,6 +318,7 @@ def test_served_model_counts_what_the_drain_cut():
     assert model.dropped() == 1 and "were not delivered" in logged[-1]
 
 
+@pytest.mark.slow  # builds bundles
 def test_a_build_that_fails_its_own_checks_is_not_swapped_in(tiny, tmp_path, monkeypatch):
     from migm.engines import build as build_mod
     from migm.engines.build import BuildSettings, build_bundle

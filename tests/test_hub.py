@@ -61,6 +61,7 @@ def offline(tmp_path, monkeypatch):
     return cache
 
 
+@pytest.mark.slow  # samples the shipped model three times
 def test_from_pretrained_by_repo_id_offline(offline, tmp_path):
     runtime = Pipeline.from_pretrained("tiny-animals")
     runtime.save_pretrained(tmp_path / "full")
@@ -83,6 +84,7 @@ def test_from_pretrained_by_repo_id_offline(offline, tmp_path):
                                    "Hugging Face cache") and "\n" not in str(e.value)
 
 
+@pytest.mark.slow  # subprocesses, converts and samples twice
 def test_convert_from_hub_offline_maskgit(maskgit_files, tmp_path):  # noqa: F811
     """The real CLI in a fresh process with HF_HOME and HF_HUB_OFFLINE=1 in its environment."""
     r = maskgit_files

@@ -25,6 +25,7 @@ def pipe(tiny, tmp_path_factory):
     return Pipeline.from_bundle(bundle, backend="ort")  # 3 classes (no names), N = 6 by default, w = 2
 
 
+@pytest.mark.slow  # the pipe fixture builds a bundle (exports ONNX)
 @pytest.mark.parametrize("kwargs,message", [
     (dict(condition="7"), "class 7 is out of range 0..2"),
     (dict(condition="cat"), "unknown class 'cat'; choose from 0..2"),
@@ -43,6 +44,7 @@ def test_a_bad_row_carries_its_error(pipe, kwargs, message):
     assert row.error is not None and message in row.error and row.settings is None
 
 
+@pytest.mark.slow  # the pipe fixture
 def test_rows_of_a_mixed_batch_equal_the_same_rows_alone(pipe):
     spec = [("0", 5, dict(steps=6, budget=3)), ("2", 9, dict(steps=6, budget=3)), ("1", 5, dict(steps=4)),
             ("9", 1, dict(steps=6)), ("2", 9, dict(steps=6, budget=3, strategy="reuse")),
@@ -63,6 +65,7 @@ def test_rows_of_a_mixed_batch_equal_the_same_rows_alone(pipe):
     assert not torch.equal(mixed[0].tokens, mixed[6].tokens)
 
 
+@pytest.mark.slow  # the pipe fixture
 def test_a_group_larger_than_the_biggest_size_runs_in_chunks(pipe):
     rows = [read_row(pipe, str(i % 3), i, steps=4) for i in range(5)]
     got = generate_rows(pipe, rows, sizes=(1, 2))
@@ -71,6 +74,7 @@ def test_a_group_larger_than_the_biggest_size_runs_in_chunks(pipe):
     assert torch.equal(got[4].tokens, alone.tokens)
 
 
+@pytest.mark.slow  # the pipe fixture
 def test_vanilla_rows_with_and_without_a_budget_are_one_group(pipe):
     a = read_row(pipe, "0", 1, steps=6, strategy="vanilla", budget=3)
     b = read_row(pipe, "1", 2, steps=6)
@@ -93,6 +97,7 @@ def _batch(model, classes, seeds, **optional):
     return inputs
 
 
+@pytest.mark.slow  # the pipe fixture
 def test_served_model_answers_each_row(pipe):
     model = ServedModel(pipe, "tiny", max_batch=4)
     out = model.infer(**_batch(model, ["0", "cat", "2", "1"], [3, 3, 4, 5], steps=[6, 6, 0, 6],
