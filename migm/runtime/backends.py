@@ -67,6 +67,7 @@ class Backend(Protocol):
     caps: Capabilities
     cached: CachedBase | None
     provides: frozenset[str]  # caps.provides: what the loop's strategies may use
+    loop_threads: int | None  # torch's threads while the loop runs on this backend (None: as they are)
 
     def base(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -88,6 +89,7 @@ class TorchBackend:
     every CUDA graph)."""
 
     name = "torch"
+    loop_threads = None  # torch does the heavy work itself: all its threads
 
     def __init__(self, base: torch.nn.Module, decoder: Decoder, shortcut: torch.nn.Module | None = None,
                  device="cpu", precision: str = "bf16"):
@@ -168,6 +170,14 @@ class _Buffers:
 class _GraphBackend:
     """What the ort and trt backends share: the bundle's spec, the base head read from its torch
     checkpoint (reuse/extrapolate steps), and the feeds by the graphs' input order."""
+
+    # On a CPU the model calls run on the runtime's own thread pool (ONNX Runtime's, OpenVINO's),
+    # and torch only runs the small ops between them (the sampling kernel, gathers). With its
+    # default threads torch's OpenMP workers spin for a while after each of those ops, on the very
+    # cores the runtime's pool needs next: one torch thread there, measured on 2 cores (quiet,
+    # tiny-animals, N = 16, B = 6): OpenVINO bf16 12.1 -> 14.8 images/s at batch 1, 20.2 -> 20.1 at
+    # batch 32; ONNX Runtime 4.5 -> 4.9 and 5.4 -> 5.4 (benchmarks/RESULTS.md).
+    loop_threads: int | None = 1
 
     def _setup(self, bundle: Path, doc: Manifest, spec: ModelSpec, family: Family, names: list[str]):
         self.family, self.spec = family, spec
@@ -335,6 +345,7 @@ class TrtBackend(_GraphBackend):
     shape. The caller checks first that the engines suit this machine (`trt.engine_problem`)."""
 
     name = "trt"
+    loop_threads = None  # the engines run on the GPU: torch's CPU threads are not in their way
 
     def __init__(self, bundle: str | Path, doc: Manifest, spec: ModelSpec, family: Family, device="cuda"):
         bundle = Path(bundle)

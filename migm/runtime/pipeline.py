@@ -19,6 +19,7 @@ generation give each thread its own pipeline.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -409,8 +410,9 @@ class Pipeline:
                         stats.add(graph_stats)
                 else:
                     step_cb = (lambda i, n: progress(done + i * len(chunk), total)) if progress else None
-                    tokens = generate_tokens(self.backend, chunk, self._uncond, cfg, generator=gens or g, stats=stats,
-                                             probe=probe, on_step=step_cb, **loop)
+                    with torch_threads(self.backend.loop_threads):  # not across the yield: the caller's own
+                        tokens = generate_tokens(self.backend, chunk, self._uncond, cfg, generator=gens or g,
+                                                 stats=stats, probe=probe, on_step=step_cb, **loop)
                 done += len(chunk) * steps
                 if graphed and progress:
                     progress(done, total)
@@ -426,7 +428,7 @@ class Pipeline:
     def decode(self, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Images [n, C, H, W] in [0, 1] (on the CPU) for token grids [n, L]."""
         batch_size = min(batch_size, self.backend.caps.max_rows or batch_size)
-        with self._lock:
+        with self._lock, torch_threads(self.backend.loop_threads):
             return torch.cat([self.backend.decode(tokens[i:i + batch_size].to(self.device)).cpu()
                               for i in range(0, len(tokens), batch_size)])
 
@@ -442,6 +444,22 @@ class Pipeline:
             if self._graphs is not None:
                 self._graphs.clear()
             self.backend.clear_caches()
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op threads set to `n` inside the block (None: left as they are) and put back after
+    it: a backend whose runtime brings its own thread pool runs the loop's torch ops on one thread
+    (runtime/backends.py `loop_threads`). Process-wide while it lasts, as torch's setting is."""
+    before = torch.get_num_threads()
+    if n is None or n >= before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _bundle_checkpoints(path: Path, doc: Manifest) -> dict:
