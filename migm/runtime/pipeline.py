@@ -410,7 +410,8 @@ class Pipeline:
                         stats.add(graph_stats)
                 else:
                     step_cb = (lambda i, n: progress(done + i * len(chunk), total)) if progress else None
-                    with torch_threads(self.backend.loop_threads):  # not across the yield: the caller's own
+                    # per batch, not across the yield: the caller's own torch work between batches keeps its threads
+                    with torch_threads(self.backend.loop_threads):
                         tokens = generate_tokens(self.backend, chunk, self._uncond, cfg, generator=gens or g,
                                                  stats=stats, probe=probe, on_step=step_cb, **loop)
                 done += len(chunk) * steps
