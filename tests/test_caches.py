@@ -86,6 +86,24 @@ def test_clear_caches_on_the_torch_backend(bundle):
     assert pipe.generate_tokens([0], steps=6).shape == (1, 16)
 
 
+def test_graph_backends_run_the_loops_torch_ops_on_one_thread(bundle):
+    """ORT's pool does the model calls: torch's threads are one while the loop and the decoder run
+    (its spinning OpenMP workers would hold the cores), and as they were before and after."""
+    pipe = Pipeline.from_bundle(bundle, backend="ort")
+    seen, base, decode = [], pipe.backend.base, pipe.backend.decode
+    pipe.backend.base = lambda *a: seen.append(("base", torch.get_num_threads())) or base(*a)
+    pipe.backend.decode = lambda *a: seen.append(("decode", torch.get_num_threads())) or decode(*a)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pipe.generate([0, 1], steps=6, budget=3, seed=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen and all(n == 1 for _, n in seen) and {w for w, _ in seen} == {"base", "decode"}
+    assert Pipeline.from_bundle(bundle, backend="torch").backend.loop_threads is None  # torch keeps all its threads
+
+
 class _FakeGraph:
     def replay(self):
         pass
