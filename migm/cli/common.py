@@ -282,21 +282,38 @@ class IntList(click.ParamType):
             self.fail(f"expected comma-separated integers, got {value!r}", param, ctx)
 
 
-def dataclass_options(cls, skip: tuple[str, ...] = ()):
-    """click options declared by a settings dataclass: one `--field-name` per field, with its type
-    and default; `help`, `range` (lo, hi), `choices` and `aliases` (more option names) from the
-    field's metadata. The command gets each field as a keyword argument of the same name
-    (`settings_from` collects them)."""
+class StrList(click.ParamType):
+    """Comma-separated words on the command line (8.6,8.9), a list in a config file."""
+    name = "list"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            if all(isinstance(v, str) for v in value):
+                return tuple(value)
+            self.fail(f"expected a list of strings, got {value!r}", param, ctx)
+        return tuple(v.strip() for v in str(value).split(",") if v.strip())
+
+
+def dataclass_options(cls, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
+                      defaults: dict | None = None):
+    """click options declared by a settings dataclass: one `--field-name` per field (`only` some,
+    `skip` some), with its type and default; `help`, `range` (lo, hi), `choices`, `aliases` (more
+    option names), `option` (the name where it is not the field's) and `cli_default` (the command
+    line's default where it differs from the dataclass's) from the field's metadata; `defaults`
+    overrides them for one command. The command gets each field as a keyword argument of the same
+    name (`settings_from` collects them)."""
     hints = typing.get_type_hints(cls)
 
     def wrap(fn):
         for f in reversed(fields(cls)):
-            if f.name in skip:
+            if f.name in skip or (only is not None and f.name not in only):
                 continue
-            meta, kind = f.metadata, hints[f.name]
+            meta, kind = f.metadata, _strip_none(hints[f.name])
             default = f.default if f.default is not MISSING else f.default_factory()
-            names = [f"--{f.name.replace('_', '-')}", *meta.get("aliases", ()), f.name]
-            opts = dict(default=default, help=meta.get("help"), show_default=kind is not bool)
+            default = meta.get("cli_default", default)
+            default = (defaults or {}).get(f.name, default)
+            names = [meta.get("option", f"--{f.name.replace('_', '-')}"), *meta.get("aliases", ()), f.name]
+            opts = dict(default=default, help=meta.get("help"), show_default=kind is not bool and default is not None)
             lo, hi = meta.get("range", (None, None))
             if kind is bool:
                 opts["is_flag"] = True
@@ -306,14 +323,26 @@ def dataclass_options(cls, skip: tuple[str, ...] = ()):
                 opts["type"] = click.FloatRange(lo, hi)
             elif typing.get_origin(kind) is list:
                 opts.update(type=IntList(), show_default=bool(default))
+            elif typing.get_origin(kind) is tuple:
+                opts.update(type=StrList(), default=None if not default else default, show_default=bool(default))
             elif meta.get("choices"):
                 opts["type"] = click.Choice(meta["choices"])
+            elif kind is Path:
+                opts["type"] = click.Path(dir_okay=False)
             else:
                 opts["type"] = str
             fn = click.option(*names, **opts)(fn)
         return fn
 
     return wrap
+
+
+def _strip_none(kind):
+    """X for `X | None` (an optional setting's type), else `kind` itself."""
+    args = typing.get_args(kind)
+    if type(None) in args and len(args) == 2:
+        return next(a for a in args if a is not type(None))
+    return kind
 
 
 def settings_from(cls, values: dict):
@@ -367,6 +396,8 @@ def _check_value(param: click.Parameter, value):
         elif isinstance(t, IntList):
             ok, want = isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v), \
                 "a list of integers"
+        elif isinstance(t, StrList):
+            ok, want = isinstance(v, (list, str)) and all(isinstance(x, str) for x in v), "a list of strings"
         elif isinstance(t, click.Choice) and isinstance(v, int) and not isinstance(v, bool) and \
                 str(v) in t.choices:
             return str(v)

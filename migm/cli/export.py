@@ -12,11 +12,9 @@ import click
 import torch
 
 from .. import assets
-from ..choices import BUILD_BACKENDS, BUILD_PRECISIONS
-from ..engines.build import BuildSettings, build_bundle, rebuild_bundle
+from ..engines.build import TRT_SETTINGS, BuildSettings, build_bundle, rebuild_bundle
 from ..engines.bundle import verify_bundle
-from ..engines.targets import default_backend, default_precision
-from ..engines.trt import FLAVOURS, LABELS
+from ..engines.trt import LABELS
 from ..engines.verify import parity, save_polygraphy_reference
 from ..export.calibration import sample_calibration, save_calibration
 from ..export.onnx import components, export_component
@@ -44,7 +42,7 @@ from ..models.vq_loaders import halton_vqgan_config, load_amused_vq, load_halton
 from ..runtime import hub
 from ..runtime.diffusers_pipeline import MigmPipeline
 from ..sampling.config import SamplerConfig
-from .common import Group, config_option, debug_option, one_line_errors, status_bar
+from .common import Group, config_option, dataclass_options, debug_option, one_line_errors, settings_from, status_bar
 
 
 @click.group(cls=Group)
@@ -104,41 +102,6 @@ def _model_options(fn):
     return fn
 
 
-def _trt_options(opt_level_default):
-    """The TensorRT build settings `build` and `rebuild` share."""
-    def wrap(fn):
-        fn = click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
-                          help="TensorRT timing cache file (read, then updated; tensorrt flavour).")(fn)
-        fn = click.option("--hardware-compat", default=None,
-                          help="tensorrt flavour: hardware compatibility level, e.g. ampere_plus (engines for any "
-                               "Ampere-or-later GPU).")(fn)
-        fn = click.option("--opt-level", default=opt_level_default, show_default=opt_level_default is not None,
-                          type=click.IntRange(0, 5),
-                          help="TensorRT builder optimization level" +
-                               (" (default: the bundle's)." if opt_level_default is None else "."))(fn)
-        fn = click.option("--compute-capability", default=None,
-                          help="tensorrt-rtx flavour: the GPUs' compute capabilities to build for, e.g. 8.6,8.9 "
-                               "(default: every one it supports but Turing 7.5).")(fn)
-        fn = click.option("--trt-flavour", type=click.Choice(["auto", *FLAVOURS]), default="auto", show_default=True,
-                          help="tensorrt: NVIDIA TensorRT 10/11, builds on the GPU it is for; tensorrt-rtx: "
-                               "TensorRT for RTX, builds without a GPU (engines run on RTX and Ampere-or-later "
-                               "GPUs); auto: tensorrt where it is installed with a GPU, else tensorrt-rtx.")(fn)
-        return fn
-    return wrap
-
-
-def _capabilities(value: str | None) -> tuple[str, ...] | None:
-    """--compute-capability 8.6,8.9 -> ("8.6", "8.9")."""
-    if value is None:
-        return None
-    caps = tuple(v.strip() for v in value.split(",") if v.strip())
-    bad = [c for c in caps if not c.replace(".", "", 1).isdigit() or "." not in c]
-    if bad or not caps:
-        raise click.BadParameter(f"expected compute capabilities like 8.6,8.9, got {value!r}",
-                                 param_hint="--compute-capability")
-    return caps
-
-
 @main.command()
 @click.option("--out", default="migm-export", show_default=True, type=click.Path(file_okay=False),
               help="Directory for base.onnx, shortcut.onnx, decoder.onnx and parity.json.")
@@ -186,50 +149,24 @@ def calibrate(base_path, count, steps, seed, out):
 
 
 @main.command()
-@click.option("--precision", type=click.Choice(BUILD_PRECISIONS), default=None,
-              help="fp16: FP16 graphs (norms, softmax, reductions in FP32); int8: INT8 shortcut (openvino: base "
-                   "and shortcut, NNCF); bf16 (openvino): fp32 IR run with the bf16 hint; best: FP16 base and decoder "
-                   "+ INT8 shortcut (openvino: each component's fastest, timed here). Default: bf16 for openvino, "
-                   "else fp16.")
-@click.option("--backend", type=click.Choice(BUILD_BACKENDS), default="auto", show_default=True,
-              help="ort: ONNX files for ONNX Runtime (any machine); trt: TensorRT engines (see --trt-flavour); "
-                   "openvino: OpenVINO IR for CPUs (pip install \"migm[openvino]\"); auto: the fastest here "
-                   "(trt on an NVIDIA GPU with TensorRT, openvino on a CPU with OpenVINO, else ort; an fp16 build on a "
-                   "CPU is ort: OpenVINO runs bf16 there).")
 @click.option("--out", required=True, help="Bundle directory, e.g. tiny.plan")
 @_model_options
-@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
-              help="INT8 calibration inputs from `migm-export calibrate` (default: reuse the previous bundle's, "
-                   "or sample).")
-@click.option("--calibration-size", type=click.IntRange(1, 100_000), default=128, show_default=True,
-              help="Calibration inputs to sample.")
-@click.option("--max-batch", type=click.IntRange(1, 65536), default=64, show_default=True,
-              help="TensorRT profile: largest batch (CFG doubles it).")
-@click.option("--opt-batch", type=click.IntRange(1, 65536), default=16, show_default=True,
-              help="TensorRT profile: the batch to tune for.")
-@_trt_options(opt_level_default=3)
+@dataclass_options(BuildSettings)  # the settings, declared once (engines/build.py); a --config file holds them
 @config_option
 @one_line_errors
-def build(precision, backend, out, model, base_path, vq_path, shortcut_path, no_shortcut, pretrained, calibration,
-          calibration_size, max_batch, opt_batch, trt_flavour, compute_capability, opt_level, hardware_compat,
-          timing_cache):
+def build(out, model, base_path, vq_path, shortcut_path, no_shortcut, pretrained, **settings):
     """Build a bundle: export, convert precision, verify against torch, (engines), manifest."""
     base_path, vq_path, shortcut_path = _models(model, base_path, vq_path, shortcut_path, no_shortcut, pretrained)
     if not out.endswith(".plan"):
         raise click.BadParameter("a bundle is a directory named NAME.plan", param_hint="--out")
-    backend = default_backend(precision) if backend == "auto" else backend
-    precision = precision or default_precision(backend)
-    s = BuildSettings(precision=precision, backend=backend, calibration=Path(calibration) if calibration else None,
-                      calibration_size=calibration_size, max_batch=max_batch, opt_batch=opt_batch,
-                      opt_level=opt_level, trt_flavour=trt_flavour,
-                      compute_capabilities=_capabilities(compute_capability) or (),
-                      hardware_compat=hardware_compat, timing_cache=Path(timing_cache) if timing_cache else None)
+    s = settings_from(BuildSettings, settings)
     say, close = status_bar("build")
     try:
         path = build_bundle(out, s, base_path, vq_path, shortcut_path, progress=say)
     finally:
         close()
-    click.echo(f"built {path} ({precision}, {backend})")
+    doc = verify_bundle(path)
+    click.echo(f"built {path} ({doc.precision}, {doc.backend})")
     _print_manifest(path)
 
 
@@ -331,17 +268,19 @@ def convert_dimoo(from_hub, no_shortcut, revision, model_dir, shortcut_path, hea
 
 @main.command()
 @click.argument("bundle", type=click.Path())
-@_trt_options(opt_level_default=None)
+@dataclass_options(BuildSettings, only=TRT_SETTINGS, defaults={"opt_level": None})  # unset: the bundle's own
 @one_line_errors
-def rebuild(bundle, trt_flavour, compute_capability, opt_level, hardware_compat, timing_cache):
+def rebuild(bundle, trt_flavour, compute_capabilities, opt_level, hardware_compat, timing_cache):
     """Fresh TensorRT engines for a trt BUNDLE, from the ONNX it keeps: for this machine's TensorRT
     release and GPU, or another flavour or compute capabilities. Settings not given are the
     bundle's own; the bundle is replaced only once the new engines are built."""
-    caps, cache = _capabilities(compute_capability), Path(timing_cache) if timing_cache else None
+    # checked as a build checks them (the format of compute capabilities, paths)
+    s = BuildSettings(compute_capabilities=compute_capabilities, timing_cache=timing_cache)
     say, close = status_bar("rebuild")
     try:
-        path = rebuild_bundle(bundle, flavour=trt_flavour, compute_capabilities=caps, opt_level=opt_level,
-                              hardware_compat=hardware_compat, timing_cache=cache, progress=say)
+        path = rebuild_bundle(bundle, flavour=trt_flavour, compute_capabilities=s.compute_capabilities or None,
+                              opt_level=opt_level, hardware_compat=hardware_compat, timing_cache=s.timing_cache,
+                              progress=say)
     finally:
         close()
     click.echo(f"rebuilt {path}")

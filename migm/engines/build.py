@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +23,7 @@ import onnxruntime
 import torch
 
 from .. import __version__
-from ..choices import BUILD_BACKENDS, BUNDLE_BACKENDS
+from ..choices import BUILD_BACKENDS, BUILD_PRECISIONS, BUNDLE_BACKENDS
 from ..errors import ConfigError, DataError
 from ..export.calibration import load_calibration, sample_calibration, save_calibration
 from ..export.int8 import quantize_int8
@@ -52,23 +52,62 @@ from ..sampling.config import SamplerConfig
 from . import openvino, openvino_build, trt
 from .bundle import BundleError, bundle_file, fill_bundle, is_bundle, read_manifest, verify_bundle
 from .manifest import Artifact, Checkpoint, Configs, GraphFile, Manifest, TensorSpec, Tokenizer, TrtInfo
-from .targets import default_backend
+from .targets import default_backend, default_precision
 from .verify import rel_error
 
 
 @dataclass
 class BuildSettings:
-    precision: str = "fp16"
-    backend: str = "ort"  # or "auto": default_backend()
-    calibration: Path | None = None  # an .npz from `migm-export calibrate`; sampled when missing
-    calibration_size: int = 128
-    max_batch: int = 64  # TensorRT profile: batch 1..max_batch (CFG doubles the batch)
-    opt_batch: int = 16
-    opt_level: int = 3
-    trt_flavour: str = "auto"  # tensorrt | tensorrt-rtx | auto (engines/trt.py)
-    compute_capabilities: tuple[str, ...] = ()  # tensorrt-rtx targets; () = all it has but Turing
-    hardware_compat: str | None = None  # tensorrt
-    timing_cache: Path | None = None  # tensorrt
+    """How a bundle is built, declared once: `migm-export build`'s options are these fields (their
+    help, choices and ranges from the metadata here; `cli_default` where the command line's default
+    differs: it picks the target for the machine), and a `--config` file holds them by name."""
+    precision: str | None = field(default="fp16", metadata=dict(
+        choices=BUILD_PRECISIONS, cli_default=None,
+        help="fp16: FP16 graphs (norms, softmax, reductions in FP32); int8: INT8 shortcut (openvino: base and "
+             "shortcut, NNCF); bf16 (openvino): fp32 IR run with the bf16 hint; best: FP16 base and decoder + INT8 "
+             "shortcut (openvino: each component's fastest, timed here). Default: bf16 for openvino, else fp16."))
+    backend: str = field(default="ort", metadata=dict(
+        choices=BUILD_BACKENDS, cli_default="auto",
+        help="ort: ONNX files for ONNX Runtime (any machine); trt: TensorRT engines (see --trt-flavour); openvino: "
+             "OpenVINO IR for CPUs (pip install \"migm[openvino]\"); auto: the fastest here (trt on an NVIDIA GPU "
+             "with TensorRT, openvino on a CPU with OpenVINO, else ort; an fp16 build on a CPU is ort: OpenVINO "
+             "runs bf16 there)."))
+    calibration: Path | None = field(default=None, metadata=dict(
+        help="INT8 calibration inputs from `migm-export calibrate` (default: reuse the previous bundle's, or "
+             "sample)."))
+    calibration_size: int = field(default=128, metadata=dict(range=(1, 100_000), help="Calibration inputs to sample."))
+    max_batch: int = field(default=64, metadata=dict(range=(1, 65536),
+                                                     help="TensorRT profile: largest batch (CFG doubles it)."))
+    opt_batch: int = field(default=16, metadata=dict(range=(1, 65536), help="TensorRT profile: the batch to tune for."))
+    # the TensorRT settings, which `migm-export rebuild` takes too (its defaults: the bundle's own)
+    trt_flavour: str = field(default="auto", metadata=dict(
+        choices=("auto", *trt.FLAVOURS),
+        help="tensorrt: NVIDIA TensorRT 10/11, builds on the GPU it is for; tensorrt-rtx: TensorRT for RTX, builds "
+             "without a GPU (engines run on RTX and Ampere-or-later GPUs); auto: tensorrt where it is installed with a "
+             "GPU, else tensorrt-rtx."))
+    compute_capabilities: tuple[str, ...] = field(default=(), metadata=dict(
+        option="--compute-capability",
+        help="tensorrt-rtx flavour: the GPUs' compute capabilities to build for, e.g. 8.6,8.9 (default: every one "
+             "it supports but Turing 7.5)."))
+    opt_level: int = field(default=3, metadata=dict(range=(0, 5), help="TensorRT builder optimization level."))
+    hardware_compat: str | None = field(default=None, metadata=dict(
+        help="tensorrt flavour: hardware compatibility level, e.g. ampere_plus (engines for any Ampere-or-later "
+             "GPU)."))
+    timing_cache: Path | None = field(default=None, metadata=dict(
+        help="TensorRT timing cache file (read, then updated; tensorrt flavour)."))
+
+    def __post_init__(self):  # the command line and config files give strings and lists
+        for name in ("calibration", "timing_cache"):
+            if getattr(self, name) is not None:
+                setattr(self, name, Path(getattr(self, name)))
+        self.compute_capabilities = tuple(self.compute_capabilities or ())
+        bad = [c for c in self.compute_capabilities if not (isinstance(c, str) and "." in c
+                                                            and c.replace(".", "", 1).isdigit())]
+        if bad:
+            raise ConfigError(f"expected compute capabilities like 8.6,8.9, got {', '.join(map(str, bad))}")
+
+
+TRT_SETTINGS = ("trt_flavour", "compute_capabilities", "opt_level", "hardware_compat", "timing_cache")
 
 
 def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut_path=None,
@@ -77,6 +116,10 @@ def build_bundle(out: str | Path, s: BuildSettings, base_path, vq_path, shortcut
     say = progress or (lambda msg: None)
     if s.backend == "auto":
         s = replace(s, backend=default_backend(s.precision))
+    if s.precision is None:  # the target's own: bf16 for OpenVINO, fp16 otherwise
+        s = replace(s, precision=default_precision(s.backend))
+    if s.precision not in BUILD_PRECISIONS:
+        raise ConfigError(f"unknown precision {s.precision!r}; choose from {', '.join(BUILD_PRECISIONS)}")
     if s.backend not in BUNDLE_BACKENDS:
         raise ConfigError(f"unknown backend {s.backend!r}; choose from {', '.join(BUILD_BACKENDS)}")
     if not 1 <= s.opt_batch <= s.max_batch <= 65536:
