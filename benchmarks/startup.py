@@ -57,7 +57,7 @@ def main():
                 runs[(name, case)].append(importtime(tree, code))
     rows = []
     for (name, case), samples in runs.items():
-        rows.append({"tree": str(trees[name]), "which": name, "case": case,
+        rows.append({"tree": _commit(trees[name]), "which": name, "case": case,
                      "modules": int(statistics.median(s[0] for s in samples)),
                      "importtime_s": round(statistics.median(s[1] for s in samples), 3),
                      "wall_s": round(statistics.median(s[2] for s in samples), 3),
@@ -72,6 +72,16 @@ def main():
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def _commit(tree: Path) -> str:
+    """The tree's commit (its path would name this machine's folders in a committed result)."""
+    try:
+        out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=30)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 if __name__ == "__main__":
