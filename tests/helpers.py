@@ -16,15 +16,21 @@ def rand_state(shapes: dict, seed: int) -> dict:
             or ".norm.weight" in k or k.endswith("ln_f.weight") else 0.0) for k, s in shapes.items()}
 
 
-def maskgit_shapes(d=32, di=16, n_block=1):
+def _shortcut_shapes(d, di):
+    """What both released shortcuts have outside their blocks: projections in and out, the new-token
+    projection, the mask-ratio embedder and the adaLN modulation."""
     mid = round(math.sqrt(di * 256))
-    s = {"proj_in.weight": (di, d), "proj_in.bias": (di,), "proj_out.weight": (d, di), "proj_out.bias": (d,),
-         "new_token_proj_in.weight": (di, d), "new_token_proj_in.bias": (di,),
+    return {"proj_in.weight": (di, d), "proj_in.bias": (di,), "proj_out.weight": (d, di), "proj_out.bias": (d,),
+            "new_token_proj_in.weight": (di, d), "new_token_proj_in.bias": (di,),
+            "time_embedder.mlp.0.weight": (mid, 256), "time_embedder.mlp.0.bias": (mid,),
+            "time_embedder.mlp.2.weight": (di, mid), "time_embedder.mlp.2.bias": (di,),
+            "adaLN_modulation.weight": (2 * di, di), "adaLN_modulation.bias": (2 * di,)}
+
+
+def maskgit_shapes(d=32, di=16, n_block=1):
+    s = {**_shortcut_shapes(d, di),
          "last_layer.0.weight": (di,), "last_layer.0.bias": (di,), "last_layer.1.weight": (di, di),
-         "last_layer.1.bias": (di,), "last_layer.3.weight": (di,), "last_layer.3.bias": (di,),
-         "time_embedder.mlp.0.weight": (mid, 256), "time_embedder.mlp.0.bias": (mid,),
-         "time_embedder.mlp.2.weight": (di, mid), "time_embedder.mlp.2.bias": (di,),
-         "adaLN_modulation.weight": (2 * di, di), "adaLN_modulation.bias": (2 * di,)}
+         "last_layer.1.bias": (di,), "last_layer.3.weight": (di,), "last_layer.3.bias": (di,)}
     for i in range(n_block):
         for a in ("cross_attn", "self_attn"):
             p = f"blocks.{i}.{a}"
@@ -37,12 +43,7 @@ def maskgit_shapes(d=32, di=16, n_block=1):
 
 
 def dimoo_shapes(d=32, di=16, mlp=48, n_block=1):
-    mid = round(math.sqrt(di * 256))
-    s = {"proj_in.weight": (di, d), "proj_in.bias": (di,), "proj_out.weight": (d, di), "proj_out.bias": (d,),
-         "new_token_proj_in.weight": (di, d), "new_token_proj_in.bias": (di,), "ln_f.weight": (di,),
-         "time_embedder.mlp.0.weight": (mid, 256), "time_embedder.mlp.0.bias": (mid,),
-         "time_embedder.mlp.2.weight": (di, mid), "time_embedder.mlp.2.bias": (di,),
-         "adaLN_modulation.weight": (2 * di, di), "adaLN_modulation.bias": (2 * di,)}
+    s = {**_shortcut_shapes(d, di), "ln_f.weight": (di,)}
     for i in range(n_block):
         for a in ("cross_attn", "self_attn"):
             p = f"blocks.{i}.{a}"
